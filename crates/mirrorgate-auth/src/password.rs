@@ -1,0 +1,255 @@
+//! Password checks against the htpasswd users: cache first, then throttles, then bcrypt on the
+//! blocking pool behind a semaphore.
+//!
+//! bcrypt is CPU-bound for tens of milliseconds; run on the async workers it would stall every
+//! connection on that worker. `spawn_blocking` moves it off them, and the semaphore (2 × cores by
+//! default) caps how many run at once so a flood of bad passwords queues instead of taking every core.
+//! The queue itself is capped too: past `max_waiting` the answer is 429 at once.
+
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::Semaphore;
+
+use crate::cache::CredentialCache;
+use crate::error::AuthError;
+use crate::htpasswd::UserStore;
+use crate::throttle::FailureThrottle;
+
+/// Tuning for password checks. The defaults suit a gateway for a few thousand users.
+#[derive(Debug, Clone)]
+pub struct PasswordPolicy {
+    /// Verified credentials kept (default 10 000).
+    pub cache_capacity: usize,
+    /// How long a verified credential is trusted without bcrypt (default 5 min).
+    pub cache_ttl: Duration,
+    /// Failures within `failure_window` that trigger a lockout, per source IP and per user (default 10).
+    pub max_failures: u32,
+    /// Window the failures are counted in (default 60 s).
+    pub failure_window: Duration,
+    /// How long a locked address or user is refused without running bcrypt (default 60 s).
+    pub lockout: Duration,
+    /// Concurrent bcrypt checks (default 2 × available cores).
+    pub bcrypt_permits: usize,
+    /// Checks allowed to wait for a permit before answering 429 (default 256).
+    pub max_waiting: usize,
+}
+
+impl Default for PasswordPolicy {
+    fn default() -> Self {
+        let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
+        PasswordPolicy {
+            cache_capacity: 10_000,
+            cache_ttl: Duration::from_secs(300),
+            max_failures: 10,
+            failure_window: Duration::from_secs(60),
+            lockout: Duration::from_secs(60),
+            bcrypt_permits: 2 * cores,
+            max_waiting: 256,
+        }
+    }
+}
+
+/// Bound on the number of tracked addresses and user names in the failure throttles.
+const THROTTLE_CAPACITY: usize = 100_000;
+
+/// Checks user/password pairs against a [`UserStore`].
+#[derive(Debug)]
+pub struct PasswordChecker {
+    store: Arc<UserStore>,
+    cache: CredentialCache,
+    permits: Arc<Semaphore>,
+    waiting: AtomicUsize,
+    max_waiting: usize,
+    by_ip: FailureThrottle<IpAddr>,
+    by_user: FailureThrottle<String>,
+}
+
+impl PasswordChecker {
+    /// Builds a checker over `store`.
+    pub fn new(store: Arc<UserStore>, policy: &PasswordPolicy) -> Result<Self, AuthError> {
+        let cache = CredentialCache::new(policy.cache_capacity, policy.cache_ttl)
+            .map_err(|_| AuthError::Config("no system randomness for the credential cache key".into()))?;
+        let throttle = || {
+            FailureThrottle::new(policy.max_failures, policy.failure_window, policy.lockout, THROTTLE_CAPACITY)
+        };
+        Ok(PasswordChecker {
+            store,
+            cache,
+            permits: Arc::new(Semaphore::new(policy.bcrypt_permits.max(1))),
+            waiting: AtomicUsize::new(0),
+            max_waiting: policy.max_waiting,
+            by_ip: throttle(),
+            by_user: throttle(),
+        })
+    }
+
+    /// The user store behind this checker (for reload and the watcher).
+    pub fn store(&self) -> &Arc<UserStore> {
+        &self.store
+    }
+
+    /// Succeeds when `password` is `user`'s. Unknown users cost a bcrypt run too, so timing does not
+    /// reveal which names exist.
+    pub async fn check(&self, user: &str, password: &str, peer_ip: IpAddr) -> Result<(), AuthError> {
+        let snapshot = self.store.snapshot();
+        let fp = self.cache.fingerprint(user, password);
+        let now = Instant::now();
+        if self.cache.contains(&fp, snapshot.generation, now) {
+            return Ok(());
+        }
+        let peer_ip = peer_ip.to_canonical();
+        let locked = [self.by_ip.check(&peer_ip, now).err(), self.by_user.check(&user.to_owned(), now).err()];
+        if let Some(retry_after) = locked.into_iter().flatten().max() {
+            return Err(AuthError::Throttled { retry_after });
+        }
+
+        let entry = snapshot.users.get(user);
+        let known = entry.is_some();
+        let hash = entry.map_or_else(|| snapshot.dummy_hash.clone(), |h| h.hash.clone());
+
+        if self.waiting.fetch_add(1, Ordering::AcqRel) >= self.max_waiting {
+            self.waiting.fetch_sub(1, Ordering::AcqRel);
+            return Err(AuthError::Throttled { retry_after: Duration::from_secs(1) });
+        }
+        let permit = self.permits.clone().acquire_owned().await;
+        self.waiting.fetch_sub(1, Ordering::AcqRel);
+        let Ok(permit) = permit else {
+            return Err(AuthError::Config("password checker closed".into()));
+        };
+        let password = password.to_owned();
+        let matched = tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            // A malformed hash cannot reach here (parse checks the shape); treat any bcrypt error as
+            // "no match" without logging it: its message quotes the hash.
+            bcrypt::verify(password.as_bytes(), &hash).unwrap_or(false)
+        })
+        .await
+        .map_err(AuthError::Blocking)?;
+
+        let now = Instant::now();
+        if matched && known {
+            self.cache.insert(fp, snapshot.generation, now);
+            self.by_user.record_success(&user.to_owned());
+            Ok(())
+        } else {
+            self.by_ip.record_failure(&peer_ip, now);
+            self.by_user.record_failure(&user.to_owned(), now);
+            Err(AuthError::BadCredentials)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::Ipv4Addr;
+
+    use super::*;
+    use crate::htpasswd::Htpasswd;
+
+    fn checker(policy: PasswordPolicy) -> PasswordChecker {
+        let line = format!("alice:{}\n", bcrypt::hash("secret", 4).unwrap());
+        let store = Arc::new(UserStore::from_htpasswd(Htpasswd::parse(&line).unwrap()));
+        PasswordChecker::new(store, &policy).unwrap()
+    }
+
+    const IP: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
+
+    // Rule: right password passes, wrong password and unknown user fail the same way.
+    #[tokio::test]
+    async fn right_wrong_unknown() {
+        let c = checker(PasswordPolicy::default());
+        c.check("alice", "secret", IP).await.unwrap();
+        assert!(matches!(c.check("alice", "nope", IP).await, Err(AuthError::BadCredentials)));
+        assert!(matches!(c.check("mallory", "secret", IP).await, Err(AuthError::BadCredentials)));
+    }
+
+    // Rule: a success is cached, and a cached pair passes even while the address is locked out.
+    #[tokio::test]
+    async fn cache_hit_skips_bcrypt_and_lockout() {
+        let policy = PasswordPolicy { max_failures: 2, ..PasswordPolicy::default() };
+        let c = checker(policy);
+        c.check("alice", "secret", IP).await.unwrap();
+        for _ in 0..2 {
+            let _ = c.check("alice", "bad", IP).await;
+        }
+        assert!(matches!(c.check("alice", "bad", IP).await, Err(AuthError::Throttled { .. })));
+        c.check("alice", "secret", IP).await.unwrap();
+    }
+
+    // Rule: after max failures an address is refused with 429 without running bcrypt, also for other users.
+    #[tokio::test]
+    async fn throttles_per_ip() {
+        let policy = PasswordPolicy { max_failures: 3, ..PasswordPolicy::default() };
+        let c = checker(policy);
+        for i in 0..3 {
+            let _ = c.check(&format!("u{i}"), "bad", IP).await;
+        }
+        let e = c.check("alice", "secret", IP).await.unwrap_err();
+        assert!(e.retry_after().is_some(), "{e:?}");
+        let other: IpAddr = "127.0.0.2".parse().unwrap();
+        c.check("alice", "secret", other).await.unwrap();
+    }
+
+    // Rule: after max failures a user name is refused from every address.
+    #[tokio::test]
+    async fn throttles_per_user() {
+        let policy = PasswordPolicy { max_failures: 3, ..PasswordPolicy::default() };
+        let c = checker(policy);
+        for i in 1..=3u8 {
+            let _ = c.check("alice", "bad", IpAddr::V4(Ipv4Addr::new(127, 0, 0, i))).await;
+        }
+        let e = c.check("alice", "secret", IpAddr::V4(Ipv4Addr::new(127, 0, 0, 9))).await;
+        assert!(matches!(e, Err(AuthError::Throttled { .. })));
+    }
+
+    // Rule: an unknown user costs about as much as a known one (bcrypt runs against a dummy hash).
+    #[tokio::test]
+    async fn unknown_user_runs_bcrypt() {
+        let line = format!("alice:{}\n", bcrypt::hash("secret", 10).unwrap());
+        let store = Arc::new(UserStore::from_htpasswd(Htpasswd::parse(&line).unwrap()));
+        let c = PasswordChecker::new(store, &PasswordPolicy::default()).unwrap();
+        let t = Instant::now();
+        let _ = c.check("alice", "bad", IP).await;
+        let known = t.elapsed();
+        let t = Instant::now();
+        let _ = c.check("nobody", "bad", IP).await;
+        let unknown = t.elapsed();
+        assert!(unknown * 3 > known, "unknown {unknown:?} vs known {known:?}");
+    }
+
+    // Rule: a reload (new generation) drops cached credentials, so a changed password stops working.
+    #[tokio::test]
+    async fn reload_drops_cache() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("htpasswd");
+        std::fs::write(&p, format!("alice:{}\n", bcrypt::hash("old", 4).unwrap())).unwrap();
+        let store = Arc::new(UserStore::load(&p).unwrap());
+        let c = PasswordChecker::new(store.clone(), &PasswordPolicy::default()).unwrap();
+        c.check("alice", "old", IP).await.unwrap();
+        std::fs::write(&p, format!("alice:{}\n", bcrypt::hash("new", 4).unwrap())).unwrap();
+        assert!(store.reload().unwrap());
+        assert!(matches!(c.check("alice", "old", IP).await, Err(AuthError::BadCredentials)));
+        c.check("alice", "new", IP).await.unwrap();
+    }
+
+    // Rule: lines made by Debian's `htpasswd -B` (cost 5 and 10) verify; the binary must be present.
+    #[tokio::test]
+    async fn verifies_real_htpasswd_lines() {
+        for cost in ["5", "10"] {
+            let out = std::process::Command::new("htpasswd")
+                .args(["-Bbn", "-C", cost, "u", "p"])
+                .output()
+                .expect("the `htpasswd` binary (Debian apache2-utils) is required for this test");
+            assert!(out.status.success(), "htpasswd failed: {}", String::from_utf8_lossy(&out.stderr));
+            let text = String::from_utf8(out.stdout).unwrap();
+            assert!(text.starts_with(&format!("u:$2y${cost:0>2}$")), "{text}");
+            let store = Arc::new(UserStore::from_htpasswd(Htpasswd::parse(&text).unwrap()));
+            let c = PasswordChecker::new(store, &PasswordPolicy::default()).unwrap();
+            c.check("u", "p", IP).await.unwrap();
+            assert!(c.check("u", "q", IP).await.is_err());
+        }
+    }
+}

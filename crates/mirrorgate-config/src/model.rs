@@ -1,0 +1,304 @@
+//! The validated config: what every other crate consumes. A value of these types has passed every check, so
+//! consumers never re-validate (parse, don't validate).
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use ipnet::IpNet;
+use regex::Regex;
+use url::Url;
+
+/// The whole validated config.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The file it was read from (reload watches it; errors name it).
+    pub source: PathBuf,
+    pub server: ServerConfig,
+    pub tls: TlsConfig,
+    pub auth: AuthConfig,
+    pub tenants: Vec<TenantConfig>,
+    pub limits: LimitsConfig,
+    pub routes: Vec<Route>,
+}
+
+impl Config {
+    /// Every concrete host name a certificate must cover (wildcard routes as `*.suffix`).
+    pub fn certificate_hosts(&self) -> Vec<String> {
+        let mut hosts: Vec<String> = self.routes.iter().map(|r| r.host.to_string()).collect();
+        hosts.sort();
+        hosts.dedup();
+        hosts
+    }
+}
+
+/// `[server]`: listeners and the timeouts of the forward path.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub https: SocketAddr,
+    pub http: Option<SocketAddr>,
+    pub admin: Option<SocketAddr>,
+    /// Peers whose `X-Forwarded-For` is believed; everyone else's is replaced.
+    pub trusted_proxies: Vec<IpNet>,
+    /// The `Strict-Transport-Security` value, `None` when turned off with `hsts = false`.
+    pub hsts: Option<String>,
+    /// Upper bound for the upstream to send response headers, and for any pause in a streamed body.
+    /// Default 600 s: the route timeout of the Envoy arrangement this gateway replaces.
+    pub upstream_timeout: Duration,
+    /// TCP + TLS connect to one endpoint; short (default 10 s) so fallback to the next endpoint is quick.
+    pub connect_timeout: Duration,
+    /// Time a client has to send its request headers (default 30 s): slow-header clients are cut off.
+    pub client_header_timeout: Duration,
+    /// How long in-flight requests may run after SIGTERM before connections are closed (default 30 s).
+    pub shutdown_grace: Duration,
+    pub log_format: LogFormat,
+}
+
+/// Access and diagnostic log format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// `[tls]`.
+#[derive(Debug, Clone)]
+pub struct TlsConfig {
+    /// Folder for ACME and self-signed material (created if missing).
+    pub storage: PathBuf,
+    pub source: TlsSource,
+}
+
+/// Where the serving certificate comes from.
+#[derive(Debug, Clone)]
+pub enum TlsSource {
+    /// No cert/key and no ACME: a self-signed certificate covering every route host, made at start.
+    SelfSigned,
+    /// Static PEM files, watched and swapped when they change (cert-manager, hand-managed).
+    Files { cert: PathBuf, key: PathBuf },
+    /// ACME; until the first certificate is issued the self-signed one is served.
+    Acme(AcmeConfig),
+}
+
+/// `[tls.acme]`.
+#[derive(Debug, Clone)]
+pub struct AcmeConfig {
+    pub directory: Url,
+    pub contact: Vec<String>,
+    pub challenge: AcmeChallenge,
+    pub directory_ca: Option<PathBuf>,
+}
+
+/// The ACME challenge type answered by the gateway itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AcmeChallenge {
+    Http01,
+    TlsAlpn01,
+}
+
+/// `[auth]`.
+#[derive(Debug, Clone, Default)]
+pub struct AuthConfig {
+    pub htpasswd: Option<PathBuf>,
+    pub token: Option<TokenConfig>,
+}
+
+/// `[auth.token]`: the built-in token server.
+#[derive(Debug, Clone)]
+pub struct TokenConfig {
+    pub key: PathBuf,
+    pub issuer: String,
+    pub service: String,
+    pub ttl: Duration,
+}
+
+/// `[[tenant]]`.
+#[derive(Debug, Clone)]
+pub struct TenantConfig {
+    pub name: String,
+    pub users: Vec<String>,
+    pub cidrs: Vec<IpNet>,
+    pub requests_per_second: Option<u32>,
+    pub burst: Option<u32>,
+    pub bytes_per_second: Option<u64>,
+    pub concurrent_requests: Option<u32>,
+    pub tenant_requests_per_second: Option<u32>,
+    pub tenant_bytes_per_second: Option<u64>,
+    pub bytes_per_day: Option<u64>,
+    /// `route-host/repository-glob` patterns, `push:` prefixed for push.
+    pub allow: Vec<String>,
+}
+
+/// `[limits]`: defaults for anonymous clients, per source IP, and the shared-state switch.
+#[derive(Debug, Clone, Default)]
+pub struct LimitsConfig {
+    pub anonymous: AnonymousLimits,
+    pub redis: Option<Url>,
+    /// Keep serving on local limits when Redis is unreachable (default true).
+    pub redis_fail_open: bool,
+}
+
+/// Per-IP limits for anonymous clients.
+#[derive(Debug, Clone, Default)]
+pub struct AnonymousLimits {
+    pub requests_per_second: Option<u32>,
+    pub burst: Option<u32>,
+    pub bytes_per_second: Option<u64>,
+    pub concurrent_requests: Option<u32>,
+}
+
+/// `[[route]]`: one public host (or wildcard) and where its requests go.
+#[derive(Debug, Clone)]
+pub struct Route {
+    pub host: HostPattern,
+    /// The registry of last resort; `None` only for path-prefix / ns routes that name upstreams per request.
+    pub upstream: Option<Upstream>,
+    /// Tried in order before `upstream` (backend caches first).
+    pub endpoints: Vec<Url>,
+    pub anonymous: bool,
+    pub docker_hub_library: bool,
+    /// Repository rewrites, first match wins.
+    pub rewrite: Vec<(Regex, String)>,
+    pub blob_redirects: BlobRedirects,
+    /// Off by default: following a redirect to loopback/private addresses would make the gateway an SSRF tool.
+    pub danger_allow_private_redirects: bool,
+    pub upstream_credentials: Option<Credentials>,
+    pub upstream_ca: Option<PathBuf>,
+    pub path_prefix: bool,
+    /// Upstreams a path-prefix or `?ns=` request may name, by the name clients use (`gcr.io`).
+    pub upstreams: Vec<(String, Upstream)>,
+    pub ns: bool,
+}
+
+/// An upstream registry base URL (scheme, host, port; no path).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Upstream {
+    pub url: Url,
+}
+
+impl Upstream {
+    /// `scheme://host:port` without a trailing slash.
+    pub fn origin(&self) -> String {
+        self.url.origin().ascii_serialization()
+    }
+}
+
+/// How blob redirects from an upstream (307 to a CDN) reach the client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BlobRedirects {
+    /// Fetch the target server-side: limits, byte counts and metrics see the bytes.
+    Follow,
+    /// Hand the redirect to the client: cheaper, but the bytes bypass the gateway.
+    PassThrough,
+}
+
+/// Server-side upstream credentials.
+#[derive(Clone)]
+pub struct Credentials {
+    pub username: String,
+    pub password: Secret,
+}
+
+impl fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Credentials")
+            .field("username", &self.username)
+            .field("password", &self.password)
+            .finish()
+    }
+}
+
+/// A secret string that never prints itself: `Debug` and `Display` show `<redacted>`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(s: impl Into<String>) -> Self {
+        Secret(s.into())
+    }
+
+    /// The secret itself; call only where it is sent, never where it could be logged.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+impl fmt::Display for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+/// A route host: exact, or `*.suffix` matching exactly one more label.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HostPattern {
+    Exact(String),
+    /// Holds the suffix without the `*.` (`docker.example` for `*.docker.example`).
+    Wildcard(String),
+}
+
+impl HostPattern {
+    /// Whether a lower-cased host name without port matches.
+    pub fn matches(&self, host: &str) -> bool {
+        match self {
+            HostPattern::Exact(h) => h == host,
+            HostPattern::Wildcard(suffix) => host
+                .strip_suffix(suffix.as_str())
+                .and_then(|l| l.strip_suffix('.'))
+                .is_some_and(|label| !label.is_empty() && !label.contains('.')),
+        }
+    }
+
+    /// For a wildcard match, the label in place of `*` (a secret-hostname tenant key).
+    pub fn wildcard_label<'a>(&self, host: &'a str) -> Option<&'a str> {
+        match self {
+            HostPattern::Exact(_) => None,
+            HostPattern::Wildcard(suffix) => host
+                .strip_suffix(suffix.as_str())
+                .and_then(|l| l.strip_suffix('.'))
+                .filter(|l| !l.is_empty() && !l.contains('.')),
+        }
+    }
+}
+
+impl fmt::Display for HostPattern {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            HostPattern::Exact(h) => f.write_str(h),
+            HostPattern::Wildcard(s) => write!(f, "*.{s}"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // Pins the wildcard rule: `*` is exactly one label, like in certificates.
+    #[test]
+    fn wildcard_matches_one_label() {
+        let p = HostPattern::Wildcard("docker.example".into());
+        assert!(p.matches("k3y.docker.example"));
+        assert!(!p.matches("docker.example"));
+        assert!(!p.matches("a.b.docker.example"));
+        assert!(!p.matches("xdocker.example"));
+        assert_eq!(p.wildcard_label("k3y.docker.example"), Some("k3y"));
+    }
+
+    // Pins that secrets never print.
+    #[test]
+    fn secrets_are_redacted() {
+        let c = Credentials {
+            username: "u".into(),
+            password: Secret::new("hunter2"),
+        };
+        assert!(!format!("{c:?}").contains("hunter2"));
+    }
+}

@@ -1,0 +1,148 @@
+//! The file as written: serde structs that reject unknown keys and keep the span of every value that
+//! validation may complain about. Nothing here is trusted; `validate` turns it into `model` types.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+use toml::Spanned;
+
+pub(crate) type S<T> = Spanned<T>;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawConfig {
+    pub server: S<RawServer>,
+    #[serde(default)]
+    pub tls: Option<S<RawTls>>,
+    #[serde(default)]
+    pub auth: Option<S<RawAuth>>,
+    #[serde(default)]
+    pub tenant: Vec<S<RawTenant>>,
+    #[serde(default)]
+    pub limits: Option<S<RawLimits>>,
+    #[serde(default)]
+    pub route: Vec<S<RawRoute>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawServer {
+    pub https: S<String>,
+    pub http: Option<S<String>>,
+    pub admin: Option<S<String>>,
+    #[serde(default)]
+    pub trusted_proxies: Vec<S<String>>,
+    /// `false` turns HSTS off, a string replaces the header value.
+    pub hsts: Option<S<HstsSetting>>,
+    pub upstream_timeout: Option<S<String>>,
+    pub connect_timeout: Option<S<String>>,
+    pub client_header_timeout: Option<S<String>>,
+    pub shutdown_grace: Option<S<String>>,
+    pub log_format: Option<S<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub(crate) enum HstsSetting {
+    Enabled(bool),
+    Value(String),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawTls {
+    pub storage: Option<S<String>>,
+    pub cert: Option<S<String>>,
+    pub key: Option<S<String>>,
+    pub acme: Option<S<RawAcme>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawAcme {
+    pub directory: S<String>,
+    #[serde(default)]
+    pub contact: Vec<S<String>>,
+    pub challenge: Option<S<String>>,
+    pub directory_ca: Option<S<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawAuth {
+    pub htpasswd: Option<S<String>>,
+    pub token: Option<S<RawToken>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawToken {
+    pub key: Option<S<String>>,
+    pub issuer: Option<S<String>>,
+    pub service: Option<S<String>>,
+    pub ttl: Option<S<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawTenant {
+    pub name: S<String>,
+    #[serde(default)]
+    pub users: Vec<S<String>>,
+    #[serde(default)]
+    pub cidrs: Vec<S<String>>,
+    pub requests_per_second: Option<S<u32>>,
+    pub burst: Option<S<u32>>,
+    pub bytes_per_second: Option<S<RawSize>>,
+    pub concurrent_requests: Option<S<u32>>,
+    pub tenant_requests_per_second: Option<S<u32>>,
+    pub tenant_bytes_per_second: Option<S<RawSize>>,
+    pub bytes_per_day: Option<S<RawSize>>,
+    #[serde(default)]
+    pub allow: Vec<S<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawLimits {
+    pub requests_per_second: Option<S<u32>>,
+    pub burst: Option<S<u32>>,
+    pub bytes_per_second: Option<S<RawSize>>,
+    pub concurrent_requests: Option<S<u32>>,
+    pub redis: Option<S<String>>,
+    pub redis_fail_open: Option<S<bool>>,
+}
+
+/// Sizes are strings (`"50MiB"`) or integers (bytes).
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub(crate) enum RawSize {
+    Bytes(u64),
+    Text(String),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawRoute {
+    pub host: S<String>,
+    pub upstream: Option<S<String>>,
+    #[serde(default)]
+    pub endpoints: Vec<S<String>>,
+    pub anonymous: Option<S<bool>>,
+    pub docker_hub_library: Option<S<bool>>,
+    /// k3s-style rewrites; a TOML table keeps the file's order, and the first match wins.
+    pub rewrite: Option<S<toml::Table>>,
+    pub blob_redirects: Option<S<String>>,
+    pub danger_allow_private_redirects: Option<S<bool>>,
+    pub upstream_username: Option<S<String>>,
+    pub upstream_username_env: Option<S<String>>,
+    pub upstream_username_file: Option<S<String>>,
+    pub upstream_password: Option<S<String>>,
+    pub upstream_password_env: Option<S<String>>,
+    pub upstream_password_file: Option<S<String>>,
+    pub upstream_ca: Option<S<String>>,
+    pub path_prefix: Option<S<bool>>,
+    #[serde(default)]
+    pub upstreams: BTreeMap<String, S<String>>,
+    pub ns: Option<S<bool>>,
+}

@@ -1,0 +1,717 @@
+//! Raw → validated, in one pass that records every problem instead of stopping at the first.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use ipnet::IpNet;
+use regex::Regex;
+use url::Url;
+
+use crate::error::{ConfigError, ConfigErrors};
+use crate::locate::Source;
+use crate::model::*;
+use crate::raw::*;
+use crate::values;
+
+/// Defaults, with the reason each is what it is.
+mod defaults {
+    use std::time::Duration;
+
+    /// The Envoy route timeout of the arrangement mirrorgate replaces; big blobs over slow links need it.
+    pub const UPSTREAM_TIMEOUT: Duration = Duration::from_secs(600);
+    /// Short, so a dead first endpoint costs little before the next one is tried.
+    pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+    /// Long enough for a slow mobile client, short enough that slow-header attacks free their sockets.
+    pub const CLIENT_HEADER_TIMEOUT: Duration = Duration::from_secs(30);
+    /// Kubernetes' default terminationGracePeriodSeconds is 30 s.
+    pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+    /// One year, the value HSTS preload lists ask for.
+    pub const HSTS: &str = "max-age=31536000";
+    /// Docker Hub hands out 300 s tokens; clients refresh on 401 anyway.
+    pub const TOKEN_TTL: Duration = Duration::from_secs(300);
+}
+
+struct Validator<'a> {
+    src: Source<'a>,
+    base: PathBuf,
+    errors: Vec<ConfigError>,
+}
+
+impl Validator<'_> {
+    fn err<T>(&mut self, at: &S<T>, key: impl Into<String>, message: impl Into<String>) {
+        let e = self.src.error_with_key(at.span().start, key, message);
+        self.errors.push(e);
+    }
+
+    /// Runs `parse` on a spanned value, recording a failure under `key`.
+    fn check<T, U>(
+        &mut self,
+        at: &S<T>,
+        key: impl Into<String>,
+        parse: impl FnOnce(&T) -> Result<U, String>,
+    ) -> Option<U> {
+        match parse(at.get_ref()) {
+            Ok(v) => Some(v),
+            Err(m) => {
+                self.err(at, key, m);
+                None
+            }
+        }
+    }
+
+    /// A path relative to the config file's folder.
+    fn path(&self, p: &str) -> PathBuf {
+        let p = Path::new(p);
+        if p.is_absolute() {
+            p.to_path_buf()
+        } else {
+            self.base.join(p)
+        }
+    }
+
+    /// A path that must name a readable file now (certificates, CA bundles, htpasswd).
+    fn readable_file(&mut self, at: &S<String>, key: &str) -> Option<PathBuf> {
+        let path = self.path(at.get_ref());
+        match std::fs::File::open(&path) {
+            Ok(_) => Some(path),
+            Err(e) => {
+                self.err(at, key, format!("cannot read `{}`: {e}", path.display()));
+                None
+            }
+        }
+    }
+
+    fn duration(&mut self, at: &Option<S<String>>, key: &str, default: Duration) -> Duration {
+        match at {
+            Some(s) => self
+                .check(s, key, |v| values::duration(v))
+                .unwrap_or(default),
+            None => default,
+        }
+    }
+
+    fn size(&mut self, at: &Option<S<RawSize>>, key: &str) -> Option<u64> {
+        at.as_ref().and_then(|s| self.check(s, key, values::size))
+    }
+
+    fn positive(&mut self, at: &Option<S<u32>>, key: &str) -> Option<u32> {
+        at.as_ref().and_then(|s| {
+            self.check(s, key, |&n| {
+                if n == 0 {
+                    Err("must be greater than zero".to_string())
+                } else {
+                    Ok(n)
+                }
+            })
+        })
+    }
+
+    /// A secret given inline, as `*_env` (environment variable name) or `*_file` (path): at most one of them.
+    fn secret(
+        &mut self,
+        key: &str,
+        inline: &Option<S<String>>,
+        env: &Option<S<String>>,
+        file: &Option<S<String>>,
+    ) -> Option<String> {
+        let given: Vec<&S<String>> = [inline, env, file].into_iter().flatten().collect();
+        if given.len() > 1 {
+            self.err(
+                given[1],
+                key,
+                format!("give only one of `{key}`, `{key}_env` and `{key}_file`"),
+            );
+            return None;
+        }
+        if let Some(v) = inline {
+            return Some(v.get_ref().clone());
+        }
+        if let Some(name) = env {
+            return match std::env::var(name.get_ref()) {
+                Ok(v) if !v.is_empty() => Some(v),
+                _ => {
+                    self.err(
+                        name,
+                        format!("{key}_env"),
+                        format!("the environment variable `{}` is not set", name.get_ref()),
+                    );
+                    None
+                }
+            };
+        }
+        if let Some(p) = file {
+            let path = self.path(p.get_ref());
+            return match std::fs::read_to_string(&path) {
+                Ok(v) => Some(v.trim_end_matches(['\r', '\n']).to_string()),
+                Err(e) => {
+                    self.err(
+                        p,
+                        format!("{key}_file"),
+                        format!("cannot read `{}`: {e}", path.display()),
+                    );
+                    None
+                }
+            };
+        }
+        None
+    }
+}
+
+pub(crate) fn validate(path: &Path, text: &str) -> Result<Config, ConfigErrors> {
+    let src = Source { file: path, text };
+    let raw: RawConfig = match toml::from_str(text) {
+        Ok(raw) => raw,
+        Err(e) => {
+            let offset = e.span().map_or(0, |s| s.start);
+            let message = e.message().trim().replace('\n', " ");
+            return Err(ConfigErrors::single(src.error_at(offset, message)));
+        }
+    };
+    let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
+    let mut v = Validator {
+        src,
+        base,
+        errors: Vec::new(),
+    };
+
+    let server = server(&mut v, &raw.server);
+    let routes: Vec<Route> = raw
+        .route
+        .iter()
+        .enumerate()
+        .filter_map(|(i, r)| route(&mut v, i + 1, r))
+        .collect();
+    duplicate_hosts(&mut v, &raw.route);
+    if raw.route.is_empty() {
+        v.errors.push(ConfigError::file_level(
+            path,
+            "no [[route]] is configured: the gateway would serve nothing",
+        ));
+    }
+    let tls = tls(&mut v, raw.tls.as_ref());
+    let auth = auth(&mut v, raw.auth.as_ref());
+    let tenants = tenants(&mut v, &raw.tenant);
+    let limits = limits(&mut v, raw.limits.as_ref());
+
+    if !v.errors.is_empty() {
+        v.errors.sort_by_key(|e| (e.line, e.column));
+        return Err(ConfigErrors(v.errors));
+    }
+    match server {
+        Some(server) => Ok(Config {
+            source: path.to_path_buf(),
+            server,
+            tls,
+            auth,
+            tenants,
+            limits,
+            routes,
+        }),
+        None => Err(ConfigErrors::single(ConfigError::file_level(
+            path,
+            "invalid [server] section",
+        ))),
+    }
+}
+
+fn server(v: &mut Validator<'_>, raw: &S<RawServer>) -> Option<ServerConfig> {
+    let r = raw.get_ref();
+    let https = v.check(&r.https, "server.https", |s| values::socket_addr(s));
+    let http = r
+        .http
+        .as_ref()
+        .and_then(|s| v.check(s, "server.http", |s| values::socket_addr(s)));
+    let admin = r
+        .admin
+        .as_ref()
+        .and_then(|s| v.check(s, "server.admin", |s| values::socket_addr(s)));
+    let trusted_proxies = r
+        .trusted_proxies
+        .iter()
+        .filter_map(|c| v.check(c, "server.trusted_proxies", |s| cidr(s)))
+        .collect();
+    let hsts = match r.hsts.as_ref().map(|h| h.get_ref()) {
+        None | Some(HstsSetting::Enabled(true)) => Some(defaults::HSTS.to_string()),
+        Some(HstsSetting::Enabled(false)) => None,
+        Some(HstsSetting::Value(s)) => {
+            if http::HeaderValue::from_str(s).is_err() || s.is_empty() {
+                if let Some(h) = r.hsts.as_ref() {
+                    v.err(h, "server.hsts", "not a valid header value");
+                }
+            }
+            Some(s.clone())
+        }
+    };
+    let log_format = match r.log_format.as_ref() {
+        None => LogFormat::Text,
+        Some(f) => v
+            .check(f, "server.log_format", |s| match s.as_str() {
+                "text" => Ok(LogFormat::Text),
+                "json" => Ok(LogFormat::Json),
+                other => Err(format!("`{other}`: expected \"text\" or \"json\"")),
+            })
+            .unwrap_or(LogFormat::Text),
+    };
+    let upstream_timeout = v.duration(
+        &r.upstream_timeout,
+        "server.upstream_timeout",
+        defaults::UPSTREAM_TIMEOUT,
+    );
+    let connect_timeout = v.duration(
+        &r.connect_timeout,
+        "server.connect_timeout",
+        defaults::CONNECT_TIMEOUT,
+    );
+    let client_header_timeout = v.duration(
+        &r.client_header_timeout,
+        "server.client_header_timeout",
+        defaults::CLIENT_HEADER_TIMEOUT,
+    );
+    let shutdown_grace = v.duration(
+        &r.shutdown_grace,
+        "server.shutdown_grace",
+        defaults::SHUTDOWN_GRACE,
+    );
+    if let (Some(a), Some(b)) = (https, http) {
+        if a == b {
+            if let Some(h) = &r.http {
+                v.err(h, "server.http", "the same address as server.https");
+            }
+        }
+    }
+    Some(ServerConfig {
+        https: https?,
+        http,
+        admin,
+        trusted_proxies,
+        hsts,
+        upstream_timeout,
+        connect_timeout,
+        client_header_timeout,
+        shutdown_grace,
+        log_format,
+    })
+}
+
+fn cidr(s: &str) -> Result<IpNet, String> {
+    s.parse::<IpNet>()
+        .or_else(|_| s.parse::<std::net::IpAddr>().map(IpNet::from))
+        .map_err(|_| format!("`{s}` is not a CIDR (e.g. \"10.0.0.0/8\") or an IP address"))
+}
+
+fn host_pattern(s: &str) -> Result<HostPattern, String> {
+    let lower = s.trim().to_ascii_lowercase();
+    let (wild, name) = match lower.strip_prefix("*.") {
+        Some(rest) => (true, rest),
+        None => (false, lower.as_str()),
+    };
+    let label_ok = |l: &str| {
+        !l.is_empty()
+            && l.len() <= 63
+            && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+    };
+    if name.is_empty() || name.len() > 253 || !name.split('.').all(label_ok) {
+        return Err(format!(
+            "`{s}` is not a host name (letters, digits, `-` and dots; `*.` prefix for a wildcard)"
+        ));
+    }
+    Ok(if wild {
+        HostPattern::Wildcard(name.to_string())
+    } else {
+        HostPattern::Exact(name.to_string())
+    })
+}
+
+fn route(v: &mut Validator<'_>, i: usize, raw: &S<RawRoute>) -> Option<Route> {
+    let r = raw.get_ref();
+    let k = |key: &str| format!("route[{i}].{key}");
+    let host = v.check(&r.host, k("host"), |s| host_pattern(s));
+    let upstream = r
+        .upstream
+        .as_ref()
+        .and_then(|u| v.check(u, k("upstream"), |s| values::base_url(s)))
+        .map(|url| Upstream { url });
+    let endpoints: Vec<Url> = r
+        .endpoints
+        .iter()
+        .filter_map(|e| v.check(e, k("endpoints"), |s| values::base_url(s)))
+        .collect();
+    let path_prefix = r.path_prefix.as_ref().is_some_and(|b| *b.get_ref());
+    let ns = r.ns.as_ref().is_some_and(|b| *b.get_ref());
+    let mut upstreams = Vec::new();
+    for (name, url) in &r.upstreams {
+        if host_pattern(name).map(|h| matches!(h, HostPattern::Exact(_))) != Ok(true) {
+            v.err(
+                url,
+                k(&format!("upstreams.\"{name}\"")),
+                format!("`{name}` is not a registry host name"),
+            );
+            continue;
+        }
+        if let Some(url) = v.check(url, k(&format!("upstreams.\"{name}\"")), |s| {
+            values::base_url(s)
+        }) {
+            upstreams.push((name.to_ascii_lowercase(), Upstream { url }));
+        }
+    }
+    if (path_prefix || ns) && r.upstreams.is_empty() {
+        v.err(&r.host, k("upstreams"), "path_prefix and ns routes need an `upstreams` table naming the registries they may reach");
+    }
+    if !path_prefix && !ns && r.upstream.is_none() {
+        v.err(
+            &r.host,
+            k("upstream"),
+            "missing: every route needs an upstream (or path_prefix/ns with `upstreams`)",
+        );
+    }
+    if !r.endpoints.is_empty() && r.upstream.is_none() {
+        v.err(
+            &r.endpoints[0],
+            k("endpoints"),
+            "endpoints are tried before `upstream`, which is missing",
+        );
+    }
+    let mut rewrite = Vec::new();
+    if let Some(table) = &r.rewrite {
+        for (pattern, replacement) in table.get_ref() {
+            let Some(replacement) = replacement.as_str() else {
+                v.err(
+                    table,
+                    k("rewrite"),
+                    format!("the replacement for `{pattern}` must be a string"),
+                );
+                continue;
+            };
+            match Regex::new(pattern) {
+                Ok(re) => rewrite.push((re, replacement.to_string())),
+                Err(e) => v.err(
+                    table,
+                    k("rewrite"),
+                    format!("`{pattern}` is not a valid regex: {e}"),
+                ),
+            }
+        }
+    }
+    let blob_redirects = match &r.blob_redirects {
+        None => BlobRedirects::Follow,
+        Some(b) => v
+            .check(b, k("blob_redirects"), |s| match s.as_str() {
+                "follow" => Ok(BlobRedirects::Follow),
+                "pass-through" => Ok(BlobRedirects::PassThrough),
+                other => Err(format!(
+                    "`{other}`: expected \"follow\" or \"pass-through\""
+                )),
+            })
+            .unwrap_or(BlobRedirects::Follow),
+    };
+    let username = v.secret(
+        &k("upstream_username"),
+        &r.upstream_username,
+        &r.upstream_username_env,
+        &r.upstream_username_file,
+    );
+    let password = v.secret(
+        &k("upstream_password"),
+        &r.upstream_password,
+        &r.upstream_password_env,
+        &r.upstream_password_file,
+    );
+    let upstream_credentials = match (username, password) {
+        (Some(username), Some(password)) => Some(Credentials {
+            username,
+            password: Secret::new(password),
+        }),
+        (None, None) => None,
+        // A side that was given but failed to resolve has its own error already.
+        _ if [
+            &r.upstream_username,
+            &r.upstream_username_env,
+            &r.upstream_username_file,
+        ]
+        .iter()
+        .any(|o| o.is_some())
+            && [
+                &r.upstream_password,
+                &r.upstream_password_env,
+                &r.upstream_password_file,
+            ]
+            .iter()
+            .any(|o| o.is_some()) =>
+        {
+            None
+        }
+        _ => {
+            v.err(
+                &r.host,
+                k("upstream_password"),
+                "upstream credentials need both a username and a password",
+            );
+            None
+        }
+    };
+    let upstream_ca = r
+        .upstream_ca
+        .as_ref()
+        .and_then(|p| v.readable_file(p, &k("upstream_ca")));
+    Some(Route {
+        host: host?,
+        upstream,
+        endpoints,
+        anonymous: r.anonymous.as_ref().is_some_and(|b| *b.get_ref()),
+        docker_hub_library: r.docker_hub_library.as_ref().is_some_and(|b| *b.get_ref()),
+        rewrite,
+        blob_redirects,
+        danger_allow_private_redirects: r
+            .danger_allow_private_redirects
+            .as_ref()
+            .is_some_and(|b| *b.get_ref()),
+        upstream_credentials,
+        upstream_ca,
+        path_prefix,
+        upstreams,
+        ns,
+    })
+}
+
+fn duplicate_hosts(v: &mut Validator<'_>, routes: &[S<RawRoute>]) {
+    let mut seen: HashMap<String, usize> = HashMap::new();
+    for (i, r) in routes.iter().enumerate() {
+        let host = r.get_ref().host.get_ref().trim().to_ascii_lowercase();
+        if let Some(first) = seen.insert(host.clone(), i + 1) {
+            v.err(
+                &r.get_ref().host,
+                format!("route[{}].host", i + 1),
+                format!("`{host}` is already the host of route[{first}]"),
+            );
+        }
+    }
+}
+
+fn tls(v: &mut Validator<'_>, raw: Option<&S<RawTls>>) -> TlsConfig {
+    let Some(raw) = raw else {
+        return TlsConfig {
+            storage: v.path("certs"),
+            source: TlsSource::SelfSigned,
+        };
+    };
+    let r = raw.get_ref();
+    let storage = v.path(r.storage.as_ref().map_or("certs", |s| s.get_ref().as_str()));
+    let source = match (&r.cert, &r.key, &r.acme) {
+        (Some(c), _, Some(_)) => {
+            v.err(
+                c,
+                "tls.cert",
+                "give either cert/key or [tls.acme], not both",
+            );
+            TlsSource::SelfSigned
+        }
+        (Some(c), Some(k), None) => {
+            let cert = v.readable_file(c, "tls.cert");
+            let key = v.readable_file(k, "tls.key");
+            match (cert, key) {
+                (Some(cert), Some(key)) => TlsSource::Files { cert, key },
+                _ => TlsSource::SelfSigned,
+            }
+        }
+        (Some(c), None, None) => {
+            v.err(c, "tls.key", "missing: tls.cert needs tls.key");
+            TlsSource::SelfSigned
+        }
+        (None, Some(k), _) => {
+            v.err(k, "tls.cert", "missing: tls.key needs tls.cert");
+            TlsSource::SelfSigned
+        }
+        (None, None, Some(acme)) => {
+            acme_config(v, acme).map_or(TlsSource::SelfSigned, TlsSource::Acme)
+        }
+        (None, None, None) => TlsSource::SelfSigned,
+    };
+    TlsConfig { storage, source }
+}
+
+fn acme_config(v: &mut Validator<'_>, raw: &S<RawAcme>) -> Option<AcmeConfig> {
+    let r = raw.get_ref();
+    let directory = v.check(&r.directory, "tls.acme.directory", |s| {
+        let u = Url::parse(s).map_err(|e| format!("`{s}` is not a URL ({e})"))?;
+        if u.scheme() != "https" {
+            return Err("the ACME directory must be an https URL".to_string());
+        }
+        Ok(u)
+    });
+    let contact = r
+        .contact
+        .iter()
+        .filter_map(|c| {
+            v.check(c, "tls.acme.contact", |s| {
+                if s.starts_with("mailto:") {
+                    Ok(s.clone())
+                } else {
+                    Err(format!("`{s}`: contacts are `mailto:` URLs"))
+                }
+            })
+        })
+        .collect();
+    let challenge = match &r.challenge {
+        None => AcmeChallenge::TlsAlpn01,
+        Some(c) => v
+            .check(c, "tls.acme.challenge", |s| match s.as_str() {
+                "tls-alpn-01" => Ok(AcmeChallenge::TlsAlpn01),
+                "http-01" => Ok(AcmeChallenge::Http01),
+                other => Err(format!(
+                    "`{other}`: expected \"tls-alpn-01\" or \"http-01\""
+                )),
+            })
+            .unwrap_or(AcmeChallenge::TlsAlpn01),
+    };
+    let directory_ca = r
+        .directory_ca
+        .as_ref()
+        .and_then(|p| v.readable_file(p, "tls.acme.directory_ca"));
+    Some(AcmeConfig {
+        directory: directory?,
+        contact,
+        challenge,
+        directory_ca,
+    })
+}
+
+fn auth(v: &mut Validator<'_>, raw: Option<&S<RawAuth>>) -> AuthConfig {
+    let Some(raw) = raw else {
+        return AuthConfig::default();
+    };
+    let r = raw.get_ref();
+    let htpasswd = r
+        .htpasswd
+        .as_ref()
+        .and_then(|p| v.readable_file(p, "auth.htpasswd"));
+    let token = r.token.as_ref().map(|t| {
+        let t = t.get_ref();
+        TokenConfig {
+            key: v.path(
+                t.key
+                    .as_ref()
+                    .map_or("token-key.pem", |s| s.get_ref().as_str()),
+            ),
+            issuer: t
+                .issuer
+                .as_ref()
+                .map_or_else(|| "mirrorgate".to_string(), |s| s.get_ref().clone()),
+            service: t
+                .service
+                .as_ref()
+                .map_or_else(|| "mirrorgate".to_string(), |s| s.get_ref().clone()),
+            ttl: v.duration(&t.ttl, "auth.token.ttl", defaults::TOKEN_TTL),
+        }
+    });
+    AuthConfig { htpasswd, token }
+}
+
+fn tenants(v: &mut Validator<'_>, raw: &[S<RawTenant>]) -> Vec<TenantConfig> {
+    let mut names: HashMap<String, usize> = HashMap::new();
+    let mut users: HashMap<String, String> = HashMap::new();
+    let mut out = Vec::new();
+    for (i, t) in raw.iter().enumerate() {
+        let r = t.get_ref();
+        let k = |key: &str| format!("tenant[{}].{key}", i + 1);
+        let name = r.name.get_ref().clone();
+        if name.is_empty()
+            || !name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+        {
+            v.err(
+                &r.name,
+                k("name"),
+                "tenant names use letters, digits, `-`, `_` and `.` (they become metric labels)",
+            );
+        }
+        if let Some(first) = names.insert(name.clone(), i + 1) {
+            v.err(
+                &r.name,
+                k("name"),
+                format!("`{name}` is already the name of tenant[{first}]"),
+            );
+        }
+        for u in &r.users {
+            if let Some(other) = users.insert(u.get_ref().clone(), name.clone()) {
+                v.err(
+                    u,
+                    k("users"),
+                    format!(
+                        "user `{}` already belongs to tenant `{other}`; a user has one tenant",
+                        u.get_ref()
+                    ),
+                );
+            }
+        }
+        let cidrs = r
+            .cidrs
+            .iter()
+            .filter_map(|c| v.check(c, k("cidrs"), |s| cidr(s)))
+            .collect();
+        for a in &r.allow {
+            v.check(a, k("allow"), |s| {
+                let body = s.strip_prefix("push:").unwrap_or(s);
+                match body.split_once('/') {
+                    Some((host, repo)) if !host.is_empty() && !repo.is_empty() => Ok(()),
+                    _ => Err(format!("`{s}`: write `route-host/repository-pattern` (e.g. \"docker.example/*\"), `push:` first for push")),
+                }
+            });
+        }
+        out.push(TenantConfig {
+            name,
+            users: r.users.iter().map(|u| u.get_ref().clone()).collect(),
+            cidrs,
+            requests_per_second: v.positive(&r.requests_per_second, &k("requests_per_second")),
+            burst: v.positive(&r.burst, &k("burst")),
+            bytes_per_second: v.size(&r.bytes_per_second, &k("bytes_per_second")),
+            concurrent_requests: v.positive(&r.concurrent_requests, &k("concurrent_requests")),
+            tenant_requests_per_second: v.positive(
+                &r.tenant_requests_per_second,
+                &k("tenant_requests_per_second"),
+            ),
+            tenant_bytes_per_second: v
+                .size(&r.tenant_bytes_per_second, &k("tenant_bytes_per_second")),
+            bytes_per_day: v.size(&r.bytes_per_day, &k("bytes_per_day")),
+            allow: r.allow.iter().map(|a| a.get_ref().clone()).collect(),
+        });
+    }
+    out
+}
+
+fn limits(v: &mut Validator<'_>, raw: Option<&S<RawLimits>>) -> LimitsConfig {
+    let Some(raw) = raw else {
+        return LimitsConfig {
+            redis_fail_open: true,
+            ..LimitsConfig::default()
+        };
+    };
+    let r = raw.get_ref();
+    let redis = r.redis.as_ref().and_then(|s| {
+        v.check(s, "limits.redis", |s| {
+            let u = Url::parse(s).map_err(|e| format!("`{s}` is not a URL ({e})"))?;
+            match u.scheme() {
+                "redis" | "rediss" | "redis+unix" | "unix" => Ok(u),
+                other => Err(format!(
+                    "`{other}`: expected a redis://, rediss:// or unix:// URL"
+                )),
+            }
+        })
+    });
+    LimitsConfig {
+        anonymous: AnonymousLimits {
+            requests_per_second: v.positive(&r.requests_per_second, "limits.requests_per_second"),
+            burst: v.positive(&r.burst, "limits.burst"),
+            bytes_per_second: v.size(&r.bytes_per_second, "limits.bytes_per_second"),
+            concurrent_requests: v.positive(&r.concurrent_requests, "limits.concurrent_requests"),
+        },
+        redis,
+        redis_fail_open: r.redis_fail_open.as_ref().is_none_or(|b| *b.get_ref()),
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,232 @@
+use std::path::Path;
+
+use super::*;
+
+fn parse_in(dir: &Path, text: &str) -> Result<Config, ConfigErrors> {
+    crate::parse(&dir.join("mirrorgate.toml"), text)
+}
+
+const MINIMAL: &str = r#"
+[server]
+https = "127.0.0.1:8443"
+
+[[route]]
+host = "docker.test"
+upstream = "http://127.0.0.1:5000"
+"#;
+
+// Pins the defaults documented in the contract.
+#[test]
+fn minimal_config_gets_documented_defaults() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = parse_in(dir.path(), MINIMAL).unwrap();
+    assert_eq!(c.server.upstream_timeout, Duration::from_secs(600));
+    assert_eq!(c.server.hsts.as_deref(), Some("max-age=31536000"));
+    assert!(matches!(c.tls.source, TlsSource::SelfSigned));
+    assert_eq!(c.tls.storage, dir.path().join("certs"));
+    assert_eq!(c.routes[0].blob_redirects, BlobRedirects::Follow);
+    assert!(c.limits.redis_fail_open);
+}
+
+// Pins that the full example of config.md is accepted, so the contract document stays true.
+#[test]
+fn contract_example_parses() {
+    let dir = tempfile::tempdir().unwrap();
+    for f in [
+        "site.pem",
+        "site.key",
+        "htpasswd",
+        "upstream-ca.pem",
+        "pebble-root.pem",
+    ] {
+        std::fs::write(dir.path().join(f), "x").unwrap();
+    }
+    std::env::var("PATH").unwrap();
+    let text = r#"
+[server]
+https = "127.0.0.1:8443"
+http = "127.0.0.1:8080"
+admin = "127.0.0.1:9090"
+trusted_proxies = ["10.0.0.0/8"]
+hsts = "max-age=31536000"
+upstream_timeout = "600s"
+
+[tls]
+storage = "certs"
+[tls.acme]
+directory = "https://acme-v02.api.letsencrypt.org/directory"
+contact = ["mailto:ops@example.com"]
+challenge = "tls-alpn-01"
+directory_ca = "pebble-root.pem"
+
+[auth]
+htpasswd = "htpasswd"
+
+[auth.token]
+key = "token-key.pem"
+issuer = "mirrorgate"
+service = "mirrorgate"
+ttl = "5m"
+
+[[tenant]]
+name = "acme-corp"
+users = ["alice", "bob"]
+cidrs = ["192.0.2.0/24"]
+requests_per_second = 20
+burst = 100
+bytes_per_second = "50MiB"
+concurrent_requests = 32
+tenant_requests_per_second = 200
+tenant_bytes_per_second = "500MiB"
+bytes_per_day = "200GiB"
+allow = ["docker.example/*", "gcr.example/google-containers/*"]
+
+[limits]
+requests_per_second = 5
+burst = 20
+bytes_per_second = "5MiB"
+redis = "redis://127.0.0.1:6379"
+
+[[route]]
+host = "docker.example"
+upstream = "https://registry-1.docker.io"
+endpoints = ["http://docker-cache:5000"]
+anonymous = false
+docker_hub_library = true
+rewrite = { "^(.*)$" = "library/$1" }
+blob_redirects = "follow"
+upstream_username_env = "PATH"
+upstream_password_env = "PATH"
+upstream_ca = "upstream-ca.pem"
+
+[[route]]
+host = "mirror.example"
+path_prefix = true
+upstreams = { "gcr.io" = "https://gcr.io", "quay.io" = "https://quay.io" }
+ns = true
+"#;
+    let c = parse_in(dir.path(), text).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(c.routes.len(), 2);
+    assert_eq!(c.tenants[0].bytes_per_day, Some(200 << 30));
+    assert_eq!(c.routes[0].rewrite.len(), 1);
+    assert!(c.routes[0].upstream_credentials.is_some());
+    assert_eq!(c.routes[1].upstreams.len(), 2);
+    assert!(matches!(c.tls.source, TlsSource::Acme(_)));
+    assert_eq!(c.auth.token.as_ref().unwrap().ttl, Duration::from_secs(300));
+}
+
+// Pins "unknown keys are errors, and the error names file, line and key".
+#[test]
+fn unknown_key_names_line_and_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = "[server]\nhttps = \"127.0.0.1:1\"\n\n[[route]]\nhost = \"a.test\"\nupstreem = \"http://x\"\n";
+    let e = parse_in(dir.path(), text).unwrap_err();
+    let first = &e.0[0];
+    assert_eq!(first.line, 6, "{e}");
+    assert_eq!(first.key, "route[1].upstreem", "{e}");
+    assert!(first.message.contains("unknown field"), "{e}");
+    assert!(e.to_string().contains("mirrorgate.toml:6:"), "{e}");
+}
+
+// Pins that validation reports every problem at once, in file order.
+#[test]
+fn all_problems_are_reported_together() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = r#"
+[server]
+https = "nowhere"
+upstream_timeout = "soon"
+
+[[route]]
+host = "a.test"
+upstream = "ftp://x"
+rewrite = { "([" = "x" }
+
+[[route]]
+host = "A.test"
+upstream = "http://x"
+blob_redirects = "teleport"
+"#;
+    let e = parse_in(dir.path(), text).unwrap_err();
+    let keys: Vec<&str> = e.iter().map(|e| e.key.as_str()).collect();
+    assert_eq!(
+        keys,
+        [
+            "server.https",
+            "server.upstream_timeout",
+            "route[1].upstream",
+            "route[1].rewrite",
+            "route[2].host",
+            "route[2].blob_redirects"
+        ],
+        "{e}"
+    );
+    assert!(e.iter().all(|e| e.line > 0));
+}
+
+// Pins that files named in the config must be readable and are resolved next to the config.
+#[test]
+fn missing_files_are_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = format!("{MINIMAL}\n[tls]\ncert = \"site.pem\"\nkey = \"site.key\"\n");
+    let e = parse_in(dir.path(), &text).unwrap_err();
+    assert_eq!(e.0.len(), 2, "{e}");
+    assert!(
+        e.0[0]
+            .message
+            .contains(&dir.path().join("site.pem").display().to_string()),
+        "{e}"
+    );
+}
+
+// Pins the secret sources: exactly one of inline/_env/_file, and a missing env var is an error, never empty.
+#[test]
+fn secrets_from_env_and_file() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("pw"), "s3cret\n").unwrap();
+    let ok = format!("{MINIMAL}upstream_username = \"u\"\nupstream_password_file = \"pw\"\n");
+    let c = parse_in(dir.path(), &ok).unwrap();
+    assert_eq!(
+        c.routes[0]
+            .upstream_credentials
+            .as_ref()
+            .unwrap()
+            .password
+            .expose(),
+        "s3cret"
+    );
+    let missing = format!("{MINIMAL}upstream_username = \"u\"\nupstream_password_env = \"MIRRORGATE_TEST_SURELY_UNSET\"\n");
+    let e = parse_in(dir.path(), &missing).unwrap_err();
+    assert_eq!(e.0[0].key, "route[1].upstream_password_env");
+    let both = format!("{MINIMAL}upstream_username = \"u\"\nupstream_password = \"a\"\nupstream_password_file = \"pw\"\n");
+    assert!(parse_in(dir.path(), &both).is_err());
+}
+
+// Pins the open-relay guard at config level: path-prefix/ns routes must list their upstreams.
+#[test]
+fn prefix_routes_need_upstreams() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = "[server]\nhttps = \"127.0.0.1:1\"\n[[route]]\nhost = \"mirror.test\"\npath_prefix = true\n";
+    let e = parse_in(dir.path(), text).unwrap_err();
+    assert_eq!(e.0[0].key, "route[1].upstreams", "{e}");
+}
+
+// Pins tenant rules: one tenant per user, allow patterns shaped host/repo.
+#[test]
+fn tenant_rules() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = format!(
+        "{MINIMAL}\n[[tenant]]\nname = \"a\"\nusers = [\"u\"]\nallow = [\"nohost\"]\n[[tenant]]\nname = \"b\"\nusers = [\"u\"]\n"
+    );
+    let e = parse_in(dir.path(), &text).unwrap_err();
+    let keys: Vec<&str> = e.iter().map(|e| e.key.as_str()).collect();
+    assert_eq!(keys, ["tenant[1].allow", "tenant[2].users"], "{e}");
+}
+
+// Pins that a syntax error is located too.
+#[test]
+fn syntax_errors_are_located() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = parse_in(dir.path(), "[server]\nhttps = \n").unwrap_err();
+    assert_eq!(e.0[0].line, 2, "{e}");
+}

@@ -1,0 +1,882 @@
+//! The admission decision: request rate, concurrency and daily quota for one request.
+//!
+//! Order of checks, cheapest and reversible first: daily quota (read only), concurrency (a
+//! permit that is given back if a later check refuses), then request rates per user (or IP) and
+//! per tenant (GCRA through governor; a token taken from the user limiter is not given back when
+//! the tenant limiter refuses, which errs on the strict side). In shared mode the same decision is
+//! then taken once more, atomically, in Redis.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::num::NonZeroU32;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use dashmap::DashMap;
+use governor::clock::Clock;
+use governor::middleware::{StateInformationMiddleware, StateSnapshot};
+use governor::nanos::Nanos;
+use governor::state::keyed::DashMapStateStore;
+use governor::state::{InMemoryState, NotKeyed};
+use governor::{NotUntil, Quota, RateLimiter};
+use http::HeaderMap;
+
+use crate::bandwidth::ByteBucket;
+use crate::clock::TimeSource;
+use crate::decision::{LimitKind, LimitScope, Limited, RateInfo};
+use crate::shared::{AdmitError, RateArgs, Shared, SharedPermit, SharedRequest};
+use crate::spec::{nonzero_rate, AnonymousLimits, LimitsSpec, TenantLimits};
+use crate::LimitsError;
+
+/// Housekeeping (evicting idle keys) runs inline every this many checks, so memory stays bounded
+/// even when nobody calls [`Limiter::housekeep`] or [`Limiter::spawn_housekeeping`].
+const HOUSEKEEP_EVERY: u64 = 8192;
+
+/// A concurrency refusal has no exact retry time; one second is a polite back-off.
+const CONCURRENCY_RETRY: Duration = Duration::from_secs(1);
+
+type KeyedLimiter<K> =
+    RateLimiter<K, DashMapStateStore<K>, TimeSource, StateInformationMiddleware>;
+type DirectLimiter = RateLimiter<NotKeyed, InMemoryState, TimeSource, StateInformationMiddleware>;
+
+/// Who is asking, as far as limits care.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Subject {
+    /// The authenticated user, if any.
+    pub user: Option<Arc<str>>,
+    /// The tenant the request is accounted to, if any (for logs; limits follow `class`).
+    pub tenant: Option<Arc<str>>,
+    /// The client's address (after trusted-proxy resolution).
+    pub ip: IpAddr,
+    /// Which limits apply.
+    pub class: SubjectClass,
+}
+
+/// Which set of limits applies to a [`Subject`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SubjectClass {
+    /// The named tenant's limits; per-user limits key on `user`, or on `ip` without a user
+    /// (tenants recognised by source CIDR).
+    Tenant(Arc<str>),
+    /// The `[limits]` defaults, per source IP.
+    Anonymous,
+}
+
+impl Subject {
+    /// A request of `tenant`, by `user` when credentials were given.
+    pub fn tenant(tenant: impl Into<Arc<str>>, user: Option<&str>, ip: IpAddr) -> Self {
+        let tenant = tenant.into();
+        Self {
+            user: user.map(Arc::from),
+            tenant: Some(tenant.clone()),
+            ip,
+            class: SubjectClass::Tenant(tenant),
+        }
+    }
+
+    /// An anonymous request from `ip`.
+    pub fn anonymous(ip: IpAddr) -> Self {
+        Self { user: None, tenant: None, ip, class: SubjectClass::Anonymous }
+    }
+}
+
+/// The per-user key inside a tenant: a user name, or the source IP for credential-less clients.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum UserKey {
+    Name(Arc<str>),
+    Ip(IpAddr),
+}
+
+impl UserKey {
+    fn of(subject: &Subject) -> Self {
+        match &subject.user {
+            Some(user) => Self::Name(user.clone()),
+            None => Self::Ip(subject.ip),
+        }
+    }
+
+    fn redis_part(&self) -> String {
+        match self {
+            Self::Name(name) => format!("u:{name}"),
+            Self::Ip(ip) => format!("ip:{ip}"),
+        }
+    }
+}
+
+/// How many keys the limiter holds, for metrics and for checking that eviction works.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct KeyCounts {
+    /// Per-user request-rate states, over all tenants.
+    pub user_rate: usize,
+    /// Per-IP request-rate states of anonymous clients.
+    pub ip_rate: usize,
+    /// Per-user concurrency counters.
+    pub concurrency: usize,
+    /// Per-user and per-IP bandwidth buckets.
+    pub byte_buckets: usize,
+}
+
+/// A request that may go on. Keep it alive until the response body has ended or was dropped
+/// (hand it to [`crate::ThrottledBody`]): it holds the concurrency permits.
+#[derive(Debug, Default)]
+pub struct Admission {
+    permits: Vec<LocalPermit>,
+    shared_permit: Option<SharedPermit>,
+    rate: Option<RateInfo>,
+    buckets: Vec<Arc<ByteBucket>>,
+    quota: Option<QuotaHandle>,
+}
+
+impl Admission {
+    /// An admission with no limits at all (unlimited routes, unknown tenants).
+    pub fn unlimited() -> Self {
+        Self::default()
+    }
+
+    /// `RateLimit-Limit`/`-Remaining`/`-Reset` for a successful response, from the request-rate
+    /// limit with the least room left. Best effort: `limit` is the burst size, `remaining` how
+    /// many requests could be sent at once right now (in shared mode, as Redis saw it), `reset`
+    /// the time until the full burst is back. Empty when no request rate applies.
+    pub fn rate_limit_headers(&self) -> HeaderMap {
+        self.rate.map(|r| r.headers()).unwrap_or_default()
+    }
+
+    /// The request-rate state behind [`Admission::rate_limit_headers`].
+    pub fn rate_info(&self) -> Option<RateInfo> {
+        self.rate
+    }
+
+    /// Counts bytes sent outside a [`crate::ThrottledBody`] towards the daily quota.
+    pub fn record_bytes(&self, n: u64) {
+        if let Some(quota) = &self.quota {
+            quota.record(n);
+        }
+    }
+
+    /// Wraps a response body so it is throttled, counted, and releases this admission at its end.
+    pub fn throttle<B>(self, body: B) -> crate::ThrottledBody<B> {
+        crate::ThrottledBody::new(body, self)
+    }
+
+    pub(crate) fn buckets(&self) -> &[Arc<ByteBucket>] {
+        &self.buckets
+    }
+
+    pub(crate) fn quota_handle(&self) -> Option<QuotaHandle> {
+        self.quota.clone()
+    }
+}
+
+/// One in-flight slot; given back on drop.
+#[derive(Debug)]
+struct LocalPermit(Arc<AtomicU32>);
+
+impl LocalPermit {
+    fn try_acquire(counter: &Arc<AtomicU32>, max: u32) -> Option<Self> {
+        counter
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < max).then_some(n + 1))
+            .ok()
+            .map(|_| Self(counter.clone()))
+    }
+}
+
+impl Drop for LocalPermit {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// A tenant's bytes sent today. In shared mode, bytes not yet flushed to Redis wait in
+/// `unflushed`.
+#[derive(Debug)]
+pub(crate) struct DailyQuota {
+    limit: u64,
+    clock: TimeSource,
+    /// (UTC day, bytes sent that day by this replica)
+    today: Mutex<(u64, u64)>,
+    pub(crate) unflushed: AtomicU64,
+    shared: bool,
+}
+
+impl DailyQuota {
+    pub(crate) fn limit(&self) -> u64 {
+        self.limit
+    }
+
+    fn used(&self) -> u64 {
+        let day = self.clock.utc_day();
+        let mut today = self.today.lock().unwrap_or_else(|p| p.into_inner());
+        if today.0 != day {
+            *today = (day, 0);
+        }
+        today.1
+    }
+
+    fn record(&self, n: u64) {
+        let day = self.clock.utc_day();
+        {
+            let mut today = self.today.lock().unwrap_or_else(|p| p.into_inner());
+            if today.0 != day {
+                *today = (day, 0);
+            }
+            today.1 = today.1.saturating_add(n);
+        }
+        if self.shared {
+            self.unflushed.fetch_add(n, Ordering::Relaxed);
+        }
+    }
+
+    fn check(&self) -> Result<(), Limited> {
+        if self.used() < self.limit {
+            return Ok(());
+        }
+        let until = self.clock.until_utc_midnight();
+        Err(Limited {
+            kind: LimitKind::Quota,
+            scope: LimitScope::Tenant,
+            retry_after: until,
+            limit: self.limit,
+            remaining: 0,
+            reset: until,
+        })
+    }
+}
+
+/// Where a body reports the bytes it sent.
+#[derive(Debug, Clone)]
+pub(crate) struct QuotaHandle(Arc<DailyQuota>);
+
+impl QuotaHandle {
+    pub(crate) fn record(&self, n: u64) {
+        self.0.record(n);
+    }
+}
+
+/// A GCRA limiter with what the headers need to know about it.
+struct Rate<L> {
+    limiter: L,
+    rps: NonZeroU32,
+    burst: NonZeroU32,
+}
+
+impl<L> Rate<L> {
+    fn args(&self, key: String, scope: LimitScope) -> RateArgs {
+        RateArgs { key, interval: Duration::from_secs(1) / self.rps.get(), burst: self.burst.get(), scope }
+    }
+}
+
+fn quota(rps: NonZeroU32, burst: NonZeroU32) -> Quota {
+    Quota::per_second(rps).allow_burst(burst)
+}
+
+fn keyed<K: std::hash::Hash + Eq + Clone>(
+    rps: Option<NonZeroU32>,
+    burst: Option<NonZeroU32>,
+    clock: &TimeSource,
+) -> Option<Rate<KeyedLimiter<K>>> {
+    let rps = rps?;
+    let burst = burst.unwrap_or(rps);
+    let limiter = RateLimiter::dashmap_with_clock(quota(rps, burst), clock.clone())
+        .with_middleware::<StateInformationMiddleware>();
+    Some(Rate { limiter, rps, burst })
+}
+
+/// Counters per key, evicted when idle.
+struct ConcurrencyMap<K: std::hash::Hash + Eq> {
+    max: u32,
+    counters: DashMap<K, Arc<AtomicU32>>,
+}
+
+impl<K: std::hash::Hash + Eq + Clone> ConcurrencyMap<K> {
+    fn acquire(&self, key: &K) -> Option<LocalPermit> {
+        // Cloned under the shard lock: eviction (also under that lock) sees the extra reference.
+        let counter = self.counters.entry(key.clone()).or_default().clone();
+        LocalPermit::try_acquire(&counter, self.max)
+    }
+
+    fn evict_idle(&self) {
+        self.counters
+            .retain(|_, c| Arc::strong_count(c) > 1 || c.load(Ordering::Acquire) > 0);
+        self.counters.shrink_to_fit();
+    }
+}
+
+/// Bandwidth buckets per key, evicted when full and unused.
+struct BucketMap<K: std::hash::Hash + Eq> {
+    rate: u64,
+    buckets: DashMap<K, Arc<ByteBucket>>,
+}
+
+impl<K: std::hash::Hash + Eq + Clone> BucketMap<K> {
+    fn new(rate: Option<u64>) -> Option<Self> {
+        nonzero_rate(rate).map(|rate| Self { rate, buckets: DashMap::new() })
+    }
+
+    fn get(&self, key: &K) -> Arc<ByteBucket> {
+        self.buckets
+            .entry(key.clone())
+            .or_insert_with(|| Arc::new(ByteBucket::new(self.rate)))
+            .clone()
+    }
+
+    fn evict_idle(&self) {
+        // Only full buckets go: dropping one in debt would let a client reset its rate.
+        self.buckets.retain(|_, b| Arc::strong_count(b) > 1 || !b.is_full());
+        self.buckets.shrink_to_fit();
+    }
+}
+
+struct TenantState {
+    name: Arc<str>,
+    users_rate: Option<Rate<KeyedLimiter<UserKey>>>,
+    total_rate: Option<Rate<DirectLimiter>>,
+    users_inflight: Option<ConcurrencyMap<UserKey>>,
+    total_inflight: Option<(u32, Arc<AtomicU32>)>,
+    users_bytes: Option<BucketMap<UserKey>>,
+    total_bytes: Option<Arc<ByteBucket>>,
+    quota: Option<Arc<DailyQuota>>,
+}
+
+impl TenantState {
+    fn new(name: Arc<str>, spec: &TenantLimits, clock: &TimeSource, shared: bool) -> Self {
+        let total_rate = spec.tenant_requests_per_second.map(|rps| {
+            let burst = spec.burst.map_or(rps, |b| b.max(rps));
+            let limiter = RateLimiter::direct_with_clock(quota(rps, burst), clock.clone())
+                .with_middleware::<StateInformationMiddleware>();
+            Rate { limiter, rps, burst }
+        });
+        Self {
+            users_rate: keyed(spec.requests_per_second, spec.burst, clock),
+            total_rate,
+            users_inflight: spec
+                .concurrent_requests
+                .map(|max| ConcurrencyMap { max: max.get(), counters: DashMap::new() }),
+            total_inflight: spec.tenant_concurrent_requests.map(|max| (max.get(), Arc::default())),
+            users_bytes: BucketMap::new(spec.bytes_per_second),
+            total_bytes: nonzero_rate(spec.tenant_bytes_per_second)
+                .map(|rate| Arc::new(ByteBucket::new(rate))),
+            quota: spec.bytes_per_day.map(|limit| {
+                Arc::new(DailyQuota {
+                    limit,
+                    clock: clock.clone(),
+                    today: Mutex::new((clock.utc_day(), 0)),
+                    unflushed: AtomicU64::new(0),
+                    shared,
+                })
+            }),
+            name,
+        }
+    }
+}
+
+struct AnonState {
+    ip_rate: Option<Rate<KeyedLimiter<IpAddr>>>,
+    ip_bytes: Option<BucketMap<IpAddr>>,
+}
+
+impl AnonState {
+    fn new(spec: &AnonymousLimits, clock: &TimeSource) -> Self {
+        Self {
+            ip_rate: keyed(spec.requests_per_second, spec.burst, clock),
+            ip_bytes: BucketMap::new(spec.bytes_per_second),
+        }
+    }
+}
+
+/// Request rates, concurrency caps, bandwidth buckets and daily quotas for every tenant, user and
+/// anonymous IP. Build once per configuration and share as `Arc<Limiter>`.
+pub struct Limiter {
+    clock: TimeSource,
+    tenants: HashMap<Arc<str>, TenantState>,
+    anonymous: AnonState,
+    checks: AtomicU64,
+    housekeeping: AtomicBool,
+    shared: Option<Arc<Shared>>,
+}
+
+impl std::fmt::Debug for Limiter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Limiter")
+            .field("tenants", &self.tenants.len())
+            .field("shared", &self.shared.is_some())
+            .field("keys", &self.key_counts())
+            .finish()
+    }
+}
+
+impl Limiter {
+    /// Limits on the machine's clocks. With `spec.shared` set this must run inside a tokio
+    /// runtime: it spawns the task that connects to Redis, probes it, renews concurrency leases
+    /// and flushes byte counts.
+    pub fn new(spec: LimitsSpec) -> Result<Self, LimitsError> {
+        Self::with_clock(spec, TimeSource::system())
+    }
+
+    /// Limits on a given clock (tests move a manual clock across midnight).
+    pub fn with_clock(spec: LimitsSpec, clock: TimeSource) -> Result<Self, LimitsError> {
+        let shared_mode = spec.shared.is_some();
+        let tenants: HashMap<Arc<str>, TenantState> = spec
+            .tenants
+            .iter()
+            .map(|(name, limits)| {
+                (name.clone(), TenantState::new(name.clone(), limits, &clock, shared_mode))
+            })
+            .collect();
+        let shared = match spec.shared {
+            Some(shared_spec) => {
+                let quotas = tenants
+                    .values()
+                    .filter_map(|t| t.quota.clone().map(|q| (t.name.clone(), q)))
+                    .collect();
+                Some(Shared::start(shared_spec, quotas, clock.clone())?)
+            }
+            None => None,
+        };
+        Ok(Self {
+            anonymous: AnonState::new(&spec.anonymous, &clock),
+            clock,
+            tenants,
+            checks: AtomicU64::new(0),
+            housekeeping: AtomicBool::new(false),
+            shared,
+        })
+    }
+
+    /// Decides whether `subject` may send a request now: local limits first (cheap, and they
+    /// refuse most floods without a Redis round trip), then, in shared mode, the limits all
+    /// replicas share.
+    pub async fn check(&self, subject: &Subject) -> Result<Admission, Limited> {
+        let mut admission = self.check_local(subject)?;
+        let Some(shared) = &self.shared else {
+            return Ok(admission);
+        };
+        let Some(request) = self.shared_request(subject) else {
+            return Ok(admission);
+        };
+        match shared.admit(request).await {
+            Ok((permit, rate)) => {
+                admission.shared_permit = permit;
+                if rate.is_some() {
+                    admission.rate = rate;
+                }
+                Ok(admission)
+            }
+            Err(AdmitError::Limited(limited)) => Err(limited),
+            Err(AdmitError::Unreachable) if shared.fail_open() => Ok(admission),
+            Err(AdmitError::Unreachable) => Err(Limited {
+                kind: LimitKind::Unavailable,
+                scope: scope_of(subject),
+                retry_after: Duration::from_secs(1),
+                limit: 0,
+                remaining: 0,
+                reset: Duration::from_secs(1),
+            }),
+        }
+    }
+
+    /// The local (this replica only) decision, without Redis. [`Limiter::check`] is this plus
+    /// shared mode; call this directly only where no runtime is available.
+    pub fn check_local(&self, subject: &Subject) -> Result<Admission, Limited> {
+        if self.checks.fetch_add(1, Ordering::Relaxed) % HOUSEKEEP_EVERY == HOUSEKEEP_EVERY - 1 {
+            self.housekeep();
+        }
+        match &subject.class {
+            SubjectClass::Anonymous => self.check_anonymous(subject.ip),
+            SubjectClass::Tenant(name) => match self.tenants.get(name) {
+                Some(tenant) => self.check_tenant(tenant, subject),
+                None => {
+                    tracing::debug!(tenant = %name, "no limits configured for tenant");
+                    Ok(Admission::unlimited())
+                }
+            },
+        }
+    }
+
+    fn check_anonymous(&self, ip: IpAddr) -> Result<Admission, Limited> {
+        let mut admission = Admission::default();
+        if let Some(rate) = &self.anonymous.ip_rate {
+            admission.rate =
+                Some(self.outcome(rate.limiter.check_key(&ip), LimitScope::Ip)?);
+        }
+        if let Some(bytes) = &self.anonymous.ip_bytes {
+            admission.buckets.push(bytes.get(&ip));
+        }
+        Ok(admission)
+    }
+
+    fn check_tenant(&self, tenant: &TenantState, subject: &Subject) -> Result<Admission, Limited> {
+        let user = UserKey::of(subject);
+        let mut admission = Admission::default();
+        if let Some(quota) = &tenant.quota {
+            quota.check()?;
+            admission.quota = Some(QuotaHandle(quota.clone()));
+        }
+        if let Some(inflight) = &tenant.users_inflight {
+            let permit = inflight
+                .acquire(&user)
+                .ok_or_else(|| concurrency_limited(LimitScope::User, inflight.max))?;
+            admission.permits.push(permit);
+        }
+        if let Some((max, counter)) = &tenant.total_inflight {
+            let permit = LocalPermit::try_acquire(counter, *max)
+                .ok_or_else(|| concurrency_limited(LimitScope::Tenant, *max))?;
+            admission.permits.push(permit);
+        }
+        let mut rate = None;
+        if let Some(users) = &tenant.users_rate {
+            rate = Some(self.outcome(users.limiter.check_key(&user), LimitScope::User)?);
+        }
+        if let Some(total) = &tenant.total_rate {
+            let info = self.outcome(total.limiter.check(), LimitScope::Tenant)?;
+            rate = RateInfo::tighter(rate, Some(info));
+        }
+        admission.rate = rate;
+        if let Some(bytes) = &tenant.users_bytes {
+            admission.buckets.push(bytes.get(&user));
+        }
+        if let Some(bucket) = &tenant.total_bytes {
+            admission.buckets.push(bucket.clone());
+        }
+        Ok(admission)
+    }
+
+    fn outcome(
+        &self,
+        result: Result<StateSnapshot, NotUntil<Nanos>>,
+        scope: LimitScope,
+    ) -> Result<RateInfo, Limited> {
+        match result {
+            Ok(snapshot) => {
+                let quota = snapshot.quota();
+                let burst = quota.burst_size().get();
+                let remaining = snapshot.remaining_burst_capacity();
+                Ok(RateInfo {
+                    limit: u64::from(burst),
+                    remaining: u64::from(remaining),
+                    reset: quota.replenish_interval() * burst.saturating_sub(remaining),
+                })
+            }
+            Err(not_until) => {
+                let quota = not_until.quota();
+                let burst = quota.burst_size().get();
+                let wait = not_until.wait_time_from(self.clock.now());
+                Err(Limited {
+                    kind: LimitKind::RequestRate,
+                    scope,
+                    retry_after: wait,
+                    limit: u64::from(burst),
+                    remaining: 0,
+                    reset: wait + quota.replenish_interval() * (burst - 1),
+                })
+            }
+        }
+    }
+
+    /// What Redis must decide for `subject`, or `None` when nothing shared applies.
+    fn shared_request(&self, subject: &Subject) -> Option<SharedRequest> {
+        let mut request = SharedRequest::default();
+        match &subject.class {
+            SubjectClass::Anonymous => {
+                let rate = self.anonymous.ip_rate.as_ref()?;
+                request.first_rate = Some(rate.args(format!("rate:ip:{}", subject.ip), LimitScope::Ip));
+            }
+            SubjectClass::Tenant(name) => {
+                let tenant = self.tenants.get(name)?;
+                let user = UserKey::of(subject).redis_part();
+                request.first_rate = tenant
+                    .users_rate
+                    .as_ref()
+                    .map(|r| r.args(format!("rate:{name}:{user}"), LimitScope::User));
+                request.tenant_rate = tenant
+                    .total_rate
+                    .as_ref()
+                    .map(|r| r.args(format!("rate:{name}"), LimitScope::Tenant));
+                request.user_inflight =
+                    tenant.users_inflight.as_ref().map(|c| (format!("conc:{name}:{user}"), c.max));
+                request.tenant_inflight =
+                    tenant.total_inflight.as_ref().map(|(max, _)| (format!("conc:{name}"), *max));
+                request.quota = tenant.quota.as_ref().map(|q| {
+                    (
+                        format!("quota:{name}:{}", self.clock.utc_day()),
+                        q.limit(),
+                        q.unflushed.load(Ordering::Relaxed),
+                        self.clock.until_utc_midnight(),
+                    )
+                });
+            }
+        }
+        (!request.is_empty()).then_some(request)
+    }
+
+    /// Evicts keys whose state equals a fresh one (rate limiters past their burst window, idle
+    /// concurrency counters, full and unused bandwidth buckets) and gives the memory back. Runs
+    /// inline every 8192 checks; [`Limiter::spawn_housekeeping`] runs it on a timer instead.
+    pub fn housekeep(&self) {
+        if self.housekeeping.swap(true, Ordering::AcqRel) {
+            return; // another thread is at it
+        }
+        for tenant in self.tenants.values() {
+            if let Some(rate) = &tenant.users_rate {
+                rate.limiter.retain_recent();
+                rate.limiter.shrink_to_fit();
+            }
+            if let Some(inflight) = &tenant.users_inflight {
+                inflight.evict_idle();
+            }
+            if let Some(bytes) = &tenant.users_bytes {
+                bytes.evict_idle();
+            }
+        }
+        if let Some(rate) = &self.anonymous.ip_rate {
+            rate.limiter.retain_recent();
+            rate.limiter.shrink_to_fit();
+        }
+        if let Some(bytes) = &self.anonymous.ip_bytes {
+            bytes.evict_idle();
+        }
+        self.housekeeping.store(false, Ordering::Release);
+    }
+
+    /// Runs [`Limiter::housekeep`] every `every` until the limiter is dropped.
+    pub fn spawn_housekeeping(self: &Arc<Self>, every: Duration) -> tokio::task::JoinHandle<()> {
+        let weak: Weak<Self> = Arc::downgrade(self);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                let Some(limiter) = weak.upgrade() else { return };
+                limiter.housekeep();
+            }
+        })
+    }
+
+    /// Keys currently held, for metrics.
+    pub fn key_counts(&self) -> KeyCounts {
+        let mut counts = KeyCounts::default();
+        for tenant in self.tenants.values() {
+            counts.user_rate += tenant.users_rate.as_ref().map_or(0, |r| r.limiter.len());
+            counts.concurrency += tenant.users_inflight.as_ref().map_or(0, |c| c.counters.len());
+            counts.byte_buckets += tenant.users_bytes.as_ref().map_or(0, |b| b.buckets.len());
+        }
+        counts.ip_rate = self.anonymous.ip_rate.as_ref().map_or(0, |r| r.limiter.len());
+        counts.byte_buckets += self.anonymous.ip_bytes.as_ref().map_or(0, |b| b.buckets.len());
+        counts
+    }
+
+    /// Bytes `tenant` sent today through this replica, or `None` without a daily quota.
+    pub fn quota_used_today(&self, tenant: &str) -> Option<u64> {
+        self.tenants.get(tenant)?.quota.as_ref().map(|q| q.used())
+    }
+
+    /// Whether shared mode is on.
+    pub fn is_shared(&self) -> bool {
+        self.shared.is_some()
+    }
+
+    /// Whether Redis answered the last call (for metrics and `/readyz`). Always `true` without
+    /// shared mode: there is nothing to be unhealthy.
+    pub fn redis_healthy(&self) -> bool {
+        self.shared.as_ref().is_none_or(|s| s.healthy())
+    }
+}
+
+fn concurrency_limited(scope: LimitScope, max: u32) -> Limited {
+    Limited {
+        kind: LimitKind::Concurrency,
+        scope,
+        retry_after: CONCURRENCY_RETRY,
+        limit: u64::from(max),
+        remaining: 0,
+        reset: CONCURRENCY_RETRY,
+    }
+}
+
+fn scope_of(subject: &Subject) -> LimitScope {
+    match subject.class {
+        SubjectClass::Anonymous => LimitScope::Ip,
+        SubjectClass::Tenant(_) => LimitScope::Tenant,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::Ipv4Addr;
+
+    use super::*;
+
+    const START: Duration = Duration::from_secs(19_723 * 86_400 + 12 * 3600); // a UTC noon
+
+    fn nz(n: u32) -> Option<NonZeroU32> {
+        NonZeroU32::new(n)
+    }
+
+    fn ip(n: u32) -> IpAddr {
+        IpAddr::V4(Ipv4Addr::from(0x0a00_0000 + n))
+    }
+
+    fn tenant_limiter(limits: TenantLimits, clock: &TimeSource) -> Limiter {
+        let mut tenants = HashMap::new();
+        tenants.insert(Arc::from("acme"), limits);
+        Limiter::with_clock(LimitsSpec { tenants, ..LimitsSpec::default() }, clock.clone()).unwrap()
+    }
+
+    fn alice() -> Subject {
+        Subject::tenant("acme", Some("alice"), ip(1))
+    }
+
+    // Pins: a user gets exactly `burst` requests at once, then 429 with GCRA's exact wait.
+    #[test]
+    fn burst_then_limited_with_retry_after() {
+        let clock = TimeSource::manual(START);
+        let limits =
+            TenantLimits { requests_per_second: nz(2), burst: nz(5), ..TenantLimits::default() };
+        let limiter = tenant_limiter(limits, &clock);
+        for _ in 0..5 {
+            limiter.check_local(&alice()).unwrap();
+        }
+        let limited = limiter.check_local(&alice()).unwrap_err();
+        assert_eq!(limited.kind, LimitKind::RequestRate);
+        assert_eq!(limited.scope, LimitScope::User);
+        assert_eq!(limited.retry_after, Duration::from_millis(500));
+        assert_eq!(limited.limit, 5);
+        assert_eq!(limited.headers()["retry-after"], "1");
+        // Another user of the tenant is not affected.
+        limiter.check_local(&Subject::tenant("acme", Some("bob"), ip(1))).unwrap();
+        clock.advance(Duration::from_millis(200));
+        let limited = limiter.check_local(&alice()).unwrap_err();
+        assert_eq!(limited.retry_after, Duration::from_millis(300));
+        clock.advance(Duration::from_millis(300));
+        limiter.check_local(&alice()).unwrap();
+    }
+
+    // Pins: the tenant total binds across users, reported with scope Tenant.
+    #[test]
+    fn tenant_total_rate_binds_across_users() {
+        let clock = TimeSource::manual(START);
+        let limits = TenantLimits {
+            requests_per_second: nz(100),
+            tenant_requests_per_second: nz(3),
+            ..TenantLimits::default()
+        };
+        let limiter = tenant_limiter(limits, &clock);
+        for n in 0..3 {
+            limiter.check_local(&Subject::tenant("acme", Some(&format!("u{n}")), ip(1))).unwrap();
+        }
+        let limited = limiter.check_local(&Subject::tenant("acme", Some("u9"), ip(1))).unwrap_err();
+        assert_eq!((limited.kind, limited.scope), (LimitKind::RequestRate, LimitScope::Tenant));
+    }
+
+    // Pins: successful responses get RateLimit-* headers from the tightest rate limit.
+    #[test]
+    fn admission_headers_report_remaining_burst() {
+        let clock = TimeSource::manual(START);
+        let limits =
+            TenantLimits { requests_per_second: nz(10), burst: nz(4), ..TenantLimits::default() };
+        let limiter = tenant_limiter(limits, &clock);
+        let first = limiter.check_local(&alice()).unwrap();
+        let h = first.rate_limit_headers();
+        assert_eq!(h["ratelimit-limit"], "4");
+        assert_eq!(h["ratelimit-remaining"], "3");
+        assert_eq!(h["ratelimit-reset"], "1");
+        let second = limiter.check_local(&alice()).unwrap();
+        assert_eq!(second.rate_limit_headers()["ratelimit-remaining"], "2");
+        assert!(Admission::unlimited().rate_limit_headers().is_empty());
+    }
+
+    // Pins: in-flight caps per user and per tenant; permits come back when the Admission drops.
+    #[test]
+    fn concurrency_released_on_drop() {
+        let clock = TimeSource::manual(START);
+        let limits = TenantLimits {
+            concurrent_requests: nz(2),
+            tenant_concurrent_requests: nz(3),
+            ..TenantLimits::default()
+        };
+        let limiter = tenant_limiter(limits, &clock);
+        let a = limiter.check_local(&alice()).unwrap();
+        let b = limiter.check_local(&alice()).unwrap();
+        let refused = limiter.check_local(&alice()).unwrap_err();
+        assert_eq!((refused.kind, refused.scope), (LimitKind::Concurrency, LimitScope::User));
+        assert_eq!(refused.limit, 2);
+        let c = limiter.check_local(&Subject::tenant("acme", Some("bob"), ip(2))).unwrap();
+        let refused =
+            limiter.check_local(&Subject::tenant("acme", Some("carol"), ip(3))).unwrap_err();
+        assert_eq!(refused.scope, LimitScope::Tenant);
+        drop(a);
+        // The user slot is back, and the refused user check did not leak a tenant slot.
+        let d = limiter.check_local(&alice()).unwrap();
+        drop((b, c, d));
+        let all: Vec<_> = (0..2).map(|_| limiter.check_local(&alice()).unwrap()).collect();
+        assert_eq!(all.len(), 2);
+    }
+
+    // Pins: quota counts bytes sent, refuses until UTC midnight, and rolls over with the day.
+    #[test]
+    fn quota_exhausts_and_rolls_over_at_utc_midnight() {
+        let clock = TimeSource::manual(Duration::from_secs(19_723 * 86_400 + 86_400 - 60));
+        let limits = TenantLimits { bytes_per_day: Some(1000), ..TenantLimits::default() };
+        let limiter = tenant_limiter(limits, &clock);
+        let admission = limiter.check_local(&alice()).unwrap();
+        admission.record_bytes(999);
+        limiter.check_local(&alice()).unwrap().record_bytes(1);
+        assert_eq!(limiter.quota_used_today("acme"), Some(1000));
+        let refused = limiter.check_local(&alice()).unwrap_err();
+        assert_eq!((refused.kind, refused.scope), (LimitKind::Quota, LimitScope::Tenant));
+        assert_eq!(refused.retry_after, Duration::from_secs(60));
+        assert_eq!(refused.headers()["retry-after"], "60");
+        assert_eq!(refused.headers()["ratelimit-limit"], "1000");
+        clock.advance(Duration::from_secs(59));
+        assert!(limiter.check_local(&alice()).is_err());
+        clock.advance(Duration::from_secs(1));
+        limiter.check_local(&alice()).unwrap();
+        assert_eq!(limiter.quota_used_today("acme"), Some(0));
+    }
+
+    // Pins: keyed state is bounded: 100k anonymous IPs are evicted once their window passed.
+    #[test]
+    fn eviction_bounds_keys() {
+        let clock = TimeSource::manual(START);
+        let spec = LimitsSpec {
+            anonymous: AnonymousLimits {
+                requests_per_second: nz(10),
+                burst: nz(20),
+                bytes_per_second: Some(1 << 20),
+            },
+            ..LimitsSpec::default()
+        };
+        let limiter = Limiter::with_clock(spec, clock.clone()).unwrap();
+        for n in 0..100_000 {
+            drop(limiter.check_local(&Subject::anonymous(ip(n))).unwrap());
+        }
+        // Inline housekeeping ran meanwhile, but nothing was old enough to go.
+        assert_eq!(limiter.key_counts().ip_rate, 100_000);
+        // One client stays active.
+        let busy = Subject::anonymous(ip(7));
+        clock.advance(Duration::from_secs(5));
+        limiter.check_local(&busy).unwrap();
+        limiter.housekeep();
+        let counts = limiter.key_counts();
+        assert_eq!(counts.ip_rate, 1);
+        // Unused buckets were full again (1 MiB/s refills a 4 KiB reservation-free bucket at once).
+        assert_eq!(counts.byte_buckets, 0);
+    }
+
+    // Pins: anonymous limits are per source IP.
+    #[test]
+    fn anonymous_limits_are_per_ip() {
+        let clock = TimeSource::manual(START);
+        let spec = LimitsSpec {
+            anonymous: AnonymousLimits { requests_per_second: nz(1), burst: nz(1), bytes_per_second: None },
+            ..LimitsSpec::default()
+        };
+        let limiter = Limiter::with_clock(spec, clock).unwrap();
+        limiter.check_local(&Subject::anonymous(ip(1))).unwrap();
+        let refused = limiter.check_local(&Subject::anonymous(ip(1))).unwrap_err();
+        assert_eq!(refused.scope, LimitScope::Ip);
+        assert_eq!(refused.retry_after, Duration::from_secs(1));
+        limiter.check_local(&Subject::anonymous(ip(2))).unwrap();
+    }
+}

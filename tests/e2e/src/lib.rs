@@ -1,0 +1,34 @@
+//! mirrorgate-e2e: the harness that lets every end-to-end test read as a story.
+//!
+//! mirrorgate is only worth something if real clients (skopeo, podman, containerd) pull real images through it
+//! from a real registry (Debian's `docker-registry`, i.e. distribution 2.8). Unit tests cannot show that, so the
+//! scenarios under `tests/` start those programs as processes on loopback and drive them. This crate holds the
+//! pieces they share, so a scenario says *what* happens ("push an image to registry A, pull it through the
+//! gateway, the digests match") and not *how* a process is started and waited for.
+//!
+//! The scenarios run through `tests/run`, which installs the real parts and runs `cargo test` inside a private
+//! mount namespace where `/etc/hosts` maps `docker.test`, `gcr.test`, … to 127.0.0.1 (`tests/hosts`). A missing
+//! program or host mapping is a loud failure, never a skip: a green run must mean the scenario ran.
+//!
+//! Helpers return `anyhow::Result` with context naming what failed; scenarios unwrap them, so a failure is
+//! a panic with the whole chain, and every [`Proc`] prints its log tail when the test panics.
+
+mod ca;
+mod env;
+mod gateway;
+mod http;
+mod oci;
+mod proc;
+mod registry;
+mod skopeo;
+mod token;
+
+pub use ca::{Leaf, TestCa};
+pub use env::{bin_path, require, require_hosts, runtime, TestDir};
+pub use gateway::{Gateway, Ports};
+pub use http::{HttpCheck, RawRequest, RawResponse};
+pub use oci::{Descriptor, OciImage};
+pub use proc::{free_port, wait_for_http, wait_for_port, Proc};
+pub use registry::{push, Pushed, Registry, RegistryMode};
+pub use skopeo::{layer_digests_in_layout, Outcome, Skopeo};
+pub use token::{TokenIssuer, TokenIssuerOptions};
