@@ -35,7 +35,13 @@ struct Entry {
 impl CredentialCache {
     pub(crate) fn new(capacity: usize, ttl: Duration) -> Result<Self, ring::error::Unspecified> {
         let key = hmac::Key::generate(hmac::HMAC_SHA256, &SystemRandom::new())?;
-        Ok(CredentialCache { key, entries: DashMap::new(), capacity, ttl, generation: AtomicU64::new(0) })
+        Ok(CredentialCache {
+            key,
+            entries: DashMap::new(),
+            capacity,
+            ttl,
+            generation: AtomicU64::new(0),
+        })
     }
 
     pub(crate) fn fingerprint(&self, user: &str, password: &str) -> Fingerprint {
@@ -53,7 +59,10 @@ impl CredentialCache {
     fn sync_generation(&self, generation: u64) {
         let seen = self.generation.load(Ordering::Acquire);
         if seen != generation
-            && self.generation.compare_exchange(seen, generation, Ordering::AcqRel, Ordering::Acquire).is_ok()
+            && self
+                .generation
+                .compare_exchange(seen, generation, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
         {
             self.entries.clear();
         }
@@ -80,12 +89,19 @@ impl CredentialCache {
             return;
         }
         if self.entries.len() >= self.capacity {
-            self.entries.retain(|_, e| e.generation == generation && e.expires > now);
+            self.entries
+                .retain(|_, e| e.generation == generation && e.expires > now);
             if self.entries.len() >= self.capacity {
                 self.entries.clear();
             }
         }
-        self.entries.insert(fp, Entry { expires: now + self.ttl, generation });
+        self.entries.insert(
+            fp,
+            Entry {
+                expires: now + self.ttl,
+                generation,
+            },
+        );
     }
 
     #[cfg(test)]
@@ -104,8 +120,16 @@ mod tests {
         let a = CredentialCache::new(10, Duration::from_secs(60)).unwrap();
         let b = CredentialCache::new(10, Duration::from_secs(60)).unwrap();
         assert_eq!(a.fingerprint("u", "p"), a.fingerprint("u", "p"));
-        assert_ne!(a.fingerprint("u", "p"), b.fingerprint("u", "p"), "per-process random key");
-        assert_ne!(a.fingerprint("ab", "c"), a.fingerprint("a", "bc"), "user/password boundary matters");
+        assert_ne!(
+            a.fingerprint("u", "p"),
+            b.fingerprint("u", "p"),
+            "per-process random key"
+        );
+        assert_ne!(
+            a.fingerprint("ab", "c"),
+            a.fingerprint("a", "bc"),
+            "user/password boundary matters"
+        );
     }
 
     // Rule: entries expire, and a generation change drops them all.

@@ -141,7 +141,9 @@ impl AuthError {
     /// For [`ErrorKind::Throttled`]: how long to tell the client to wait (at least one second).
     pub fn retry_after(&self) -> Option<Duration> {
         match self {
-            AuthError::Throttled { retry_after } => Some((*retry_after).max(Duration::from_secs(1))),
+            AuthError::Throttled { retry_after } => {
+                Some((*retry_after).max(Duration::from_secs(1)))
+            }
             _ => None,
         }
     }
@@ -253,7 +255,10 @@ mod tests {
     // Rule: each client-facing error maps to the answer the proxy must give (401/403/429/400/500).
     #[test]
     fn kinds_map_to_answers() {
-        assert_eq!(AuthError::MissingCredentials.kind(), ErrorKind::Unauthorized);
+        assert_eq!(
+            AuthError::MissingCredentials.kind(),
+            ErrorKind::Unauthorized
+        );
         assert_eq!(AuthError::BadCredentials.kind(), ErrorKind::Unauthorized);
         let denied = AuthError::Denied {
             who: "t/u".into(),
@@ -262,12 +267,20 @@ mod tests {
             action: Action::Push,
         };
         assert_eq!(denied.kind(), ErrorKind::Denied);
-        let throttled = AuthError::Throttled { retry_after: Duration::from_millis(10) };
+        let throttled = AuthError::Throttled {
+            retry_after: Duration::from_millis(10),
+        };
         assert_eq!(throttled.kind(), ErrorKind::Throttled);
         assert_eq!(throttled.retry_after(), Some(Duration::from_secs(1)));
-        assert_eq!(AuthError::InvalidRequest("x".into()).kind(), ErrorKind::BadRequest);
+        assert_eq!(
+            AuthError::InvalidRequest("x".into()).kind(),
+            ErrorKind::BadRequest
+        );
         assert_eq!(AuthError::Config("x".into()).kind(), ErrorKind::Internal);
-        let scope = AuthError::InsufficientScope { repository: "a".into(), action: Action::Pull };
+        let scope = AuthError::InsufficientScope {
+            repository: "a".into(),
+            action: Action::Pull,
+        };
         assert_eq!(scope.bearer_error(), Some("insufficient_scope"));
     }
 

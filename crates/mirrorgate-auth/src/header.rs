@@ -31,7 +31,10 @@ pub enum Credentials {
 impl fmt::Debug for Credentials {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Credentials::Basic { user, .. } => f.debug_struct("Basic").field("user", user).finish_non_exhaustive(),
+            Credentials::Basic { user, .. } => f
+                .debug_struct("Basic")
+                .field("user", user)
+                .finish_non_exhaustive(),
             Credentials::Bearer(_) => f.write_str("Bearer(..)"),
         }
     }
@@ -39,7 +42,9 @@ impl fmt::Debug for Credentials {
 
 /// Splits `Scheme rest` with a case-insensitive scheme.
 fn split_scheme(value: &HeaderValue) -> Result<(&str, &str), AuthError> {
-    let s = value.to_str().map_err(|_| AuthError::MalformedHeader(HeaderError::NotAscii))?;
+    let s = value
+        .to_str()
+        .map_err(|_| AuthError::MalformedHeader(HeaderError::NotAscii))?;
     let s = s.trim();
     let (scheme, rest) = s.split_once(' ').unwrap_or((s, ""));
     Ok((scheme, rest.trim()))
@@ -59,9 +64,14 @@ fn decode_basic(encoded: &str) -> Result<(String, String), AuthError> {
     if encoded.is_empty() {
         return Err(AuthError::MalformedHeader(HeaderError::Empty));
     }
-    let bytes = BASIC_B64.decode(encoded).map_err(|_| AuthError::MalformedHeader(HeaderError::Base64))?;
-    let text = std::str::from_utf8(&bytes).map_err(|e| AuthError::MalformedHeader(HeaderError::Utf8(e)))?;
-    let (user, password) = text.split_once(':').ok_or(AuthError::MalformedHeader(HeaderError::NoColon))?;
+    let bytes = BASIC_B64
+        .decode(encoded)
+        .map_err(|_| AuthError::MalformedHeader(HeaderError::Base64))?;
+    let text = std::str::from_utf8(&bytes)
+        .map_err(|e| AuthError::MalformedHeader(HeaderError::Utf8(e)))?;
+    let (user, password) = text
+        .split_once(':')
+        .ok_or(AuthError::MalformedHeader(HeaderError::NoColon))?;
     Ok((user.to_owned(), password.to_owned()))
 }
 
@@ -93,10 +103,19 @@ mod tests {
     #[test]
     fn basic_decodes_padding_tolerant() {
         // "alice:pa:ss" → YWxpY2U6cGE6c3M=
-        assert_eq!(parse_basic(&hv("Basic YWxpY2U6cGE6c3M=")).unwrap(), ("alice".into(), "pa:ss".into()));
-        assert_eq!(parse_basic(&hv("basic YWxpY2U6cGE6c3M")).unwrap(), ("alice".into(), "pa:ss".into()));
+        assert_eq!(
+            parse_basic(&hv("Basic YWxpY2U6cGE6c3M=")).unwrap(),
+            ("alice".into(), "pa:ss".into())
+        );
+        assert_eq!(
+            parse_basic(&hv("basic YWxpY2U6cGE6c3M")).unwrap(),
+            ("alice".into(), "pa:ss".into())
+        );
         // "u:" → empty password is still a well-formed header.
-        assert_eq!(parse_basic(&hv("Basic dTo=")).unwrap(), ("u".into(), String::new()));
+        assert_eq!(
+            parse_basic(&hv("Basic dTo=")).unwrap(),
+            ("u".into(), String::new())
+        );
     }
 
     // Rule: malformed headers give a typed error that does not echo the credential.
@@ -105,13 +124,15 @@ mod tests {
         let cases = [
             ("Basic", "empty"),
             ("Basic !!!!", "base64"),
-            ("Basic bm9jb2xvbg==", "colon"),  // "nocolon"
-            ("Basic //79", "utf8"),           // 0xff 0xfe 0xfd
+            ("Basic bm9jb2xvbg==", "colon"), // "nocolon"
+            ("Basic //79", "utf8"),          // 0xff 0xfe 0xfd
             ("Digest abc", "scheme"),
         ];
         for (h, want) in cases {
             let e = parse_basic(&hv(h)).unwrap_err();
-            let AuthError::MalformedHeader(inner) = &e else { panic!("{h}: {e:?}") };
+            let AuthError::MalformedHeader(inner) = &e else {
+                panic!("{h}: {e:?}")
+            };
             let ok = matches!(
                 (want, inner),
                 ("empty", HeaderError::Empty)

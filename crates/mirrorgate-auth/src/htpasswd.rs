@@ -35,7 +35,9 @@ pub(crate) struct UserHash {
 
 impl fmt::Debug for UserHash {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("UserHash").field("cost", &self.cost).finish_non_exhaustive()
+        f.debug_struct("UserHash")
+            .field("cost", &self.cost)
+            .finish_non_exhaustive()
     }
 }
 
@@ -58,12 +60,24 @@ impl Htpasswd {
                 continue;
             }
             let Some((user, hash)) = line.split_once(':') else {
-                errors.push(HtpasswdLineError { line: line_no, user: None, problem: HtpasswdProblem::NoSeparator });
+                errors.push(HtpasswdLineError {
+                    line: line_no,
+                    user: None,
+                    problem: HtpasswdProblem::NoSeparator,
+                });
                 continue;
             };
-            let err = |problem| HtpasswdLineError { line: line_no, user: Some(user.to_owned()), problem };
+            let err = |problem| HtpasswdLineError {
+                line: line_no,
+                user: Some(user.to_owned()),
+                problem,
+            };
             if user.is_empty() {
-                errors.push(HtpasswdLineError { line: line_no, user: None, problem: HtpasswdProblem::EmptyUser });
+                errors.push(HtpasswdLineError {
+                    line: line_no,
+                    user: None,
+                    problem: HtpasswdProblem::EmptyUser,
+                });
                 continue;
             }
             if let Some(&first_line) = first_seen.get(user) {
@@ -73,7 +87,13 @@ impl Htpasswd {
             first_seen.insert(user.to_owned(), line_no);
             match parse_bcrypt(hash) {
                 Ok(cost) => {
-                    users.insert(user.to_owned(), UserHash { hash: hash.to_owned(), cost });
+                    users.insert(
+                        user.to_owned(),
+                        UserHash {
+                            hash: hash.to_owned(),
+                            cost,
+                        },
+                    );
                 }
                 Err(problem) => errors.push(err(problem)),
             }
@@ -92,7 +112,10 @@ impl Htpasswd {
             path: path.to_owned(),
             source,
         })?;
-        Self::parse(&text).map_err(|errors| AuthError::Htpasswd { path: path.to_owned(), errors })
+        Self::parse(&text).map_err(|errors| AuthError::Htpasswd {
+            path: path.to_owned(),
+            errors,
+        })
     }
 
     /// Number of users.
@@ -125,13 +148,19 @@ impl Htpasswd {
         for h in self.users.values() {
             *counts.entry(h.cost).or_default() += 1;
         }
-        counts.into_iter().max_by_key(|&(cost, n)| (n, cost)).map(|(cost, _)| cost).unwrap_or(DEFAULT_COST)
+        counts
+            .into_iter()
+            .max_by_key(|&(cost, n)| (n, cost))
+            .map(|(cost, _)| cost)
+            .unwrap_or(DEFAULT_COST)
     }
 }
 
 /// Checks a bcrypt hash's shape and returns its cost; anything else is named for the error message.
 fn parse_bcrypt(hash: &str) -> Result<u32, HtpasswdProblem> {
-    let rest = ["$2y$", "$2b$", "$2a$"].iter().find_map(|p| hash.strip_prefix(p));
+    let rest = ["$2y$", "$2b$", "$2a$"]
+        .iter()
+        .find_map(|p| hash.strip_prefix(p));
     let Some(rest) = rest else {
         return Err(HtpasswdProblem::UnsupportedScheme(scheme_name(hash)));
     };
@@ -140,11 +169,19 @@ fn parse_bcrypt(hash: &str) -> Result<u32, HtpasswdProblem> {
     };
     let cost: u32 = match cost.parse() {
         Ok(c) if cost.len() == 2 && (4..=31).contains(&c) => c,
-        _ => return Err(HtpasswdProblem::MalformedBcrypt("cost must be two digits, 04 to 31")),
+        _ => {
+            return Err(HtpasswdProblem::MalformedBcrypt(
+                "cost must be two digits, 04 to 31",
+            ))
+        }
     };
-    let alphabet_ok = body.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'/');
+    let alphabet_ok = body
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'/');
     if body.len() != 53 || !alphabet_ok {
-        return Err(HtpasswdProblem::MalformedBcrypt("salt and hash must be 53 bcrypt-base64 characters"));
+        return Err(HtpasswdProblem::MalformedBcrypt(
+            "salt and hash must be 53 bcrypt-base64 characters",
+        ));
     }
     Ok(cost)
 }
@@ -165,7 +202,11 @@ fn scheme_name(hash: &str) -> &'static str {
         "$6$ SHA-512-crypt"
     } else if hash.starts_with('$') {
         "unknown $-scheme"
-    } else if hash.len() == 13 && hash.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'/') {
+    } else if hash.len() == 13
+        && hash
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'/')
+    {
         "DES crypt"
     } else {
         "plain text or unknown"
@@ -223,7 +264,9 @@ impl UserStore {
     /// Reloads from the file. Returns `Ok(true)` when the users changed. An unreadable or broken file
     /// keeps the current users and returns the error for the caller to log.
     pub fn reload(&self) -> Result<bool, AuthError> {
-        let Some(path) = &self.path else { return Ok(false) };
+        let Some(path) = &self.path else {
+            return Ok(false);
+        };
         let bytes = read(path)?;
         self.apply(path, &bytes)
     }
@@ -260,7 +303,9 @@ impl UserStore {
     /// one mtime tick and a Kubernetes symlink swap are both seen. Failures are logged once per broken
     /// version and the old users stay in force.
     pub async fn watch(&self, interval: Duration, cancel: CancellationToken) {
-        let Some(path) = self.path.clone() else { return };
+        let Some(path) = self.path.clone() else {
+            return;
+        };
         let mut ticker = tokio::time::interval(interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         ticker.tick().await;
@@ -277,7 +322,12 @@ impl UserStore {
                 }
             };
             let hash = digest(&bytes);
-            if self.last_failed.lock().map(|g| *g == Some(hash)).unwrap_or(false) {
+            if self
+                .last_failed
+                .lock()
+                .map(|g| *g == Some(hash))
+                .unwrap_or(false)
+            {
                 continue;
             }
             match self.apply(&path, &bytes) {
@@ -298,7 +348,11 @@ impl UserStore {
 }
 
 fn read(path: &Path) -> Result<Vec<u8>, AuthError> {
-    std::fs::read(path).map_err(|source| AuthError::Io { what: "reading htpasswd file", path: path.to_owned(), source })
+    std::fs::read(path).map_err(|source| AuthError::Io {
+        what: "reading htpasswd file",
+        path: path.to_owned(),
+        source,
+    })
 }
 
 fn parse_bytes(path: &Path, bytes: &[u8]) -> Result<Htpasswd, AuthError> {
@@ -307,12 +361,20 @@ fn parse_bytes(path: &Path, bytes: &[u8]) -> Result<Htpasswd, AuthError> {
         path: path.to_owned(),
         source: std::io::Error::new(std::io::ErrorKind::InvalidData, e),
     })?;
-    Htpasswd::parse(text).map_err(|errors| AuthError::Htpasswd { path: path.to_owned(), errors })
+    Htpasswd::parse(text).map_err(|errors| AuthError::Htpasswd {
+        path: path.to_owned(),
+        errors,
+    })
 }
 
 fn snapshot(users: Htpasswd, generation: u64, content_hash: [u8; 32]) -> Snapshot {
     let dummy_hash = format!("$2b${:02}${DUMMY_BODY}", users.typical_cost());
-    Snapshot { users, generation, dummy_hash, content_hash }
+    Snapshot {
+        users,
+        generation,
+        dummy_hash,
+        content_hash,
+    }
 }
 
 fn digest(bytes: &[u8]) -> [u8; 32] {
@@ -345,14 +407,32 @@ mod tests {
         let errs = Htpasswd::parse(&text).unwrap_err().0;
         let lines: Vec<usize> = errs.iter().map(|e| e.line).collect();
         assert_eq!(lines, vec![3, 4, 5, 6, 7, 8, 9]);
-        assert_eq!(errs[0].problem, HtpasswdProblem::UnsupportedScheme("$apr1$ MD5"));
+        assert_eq!(
+            errs[0].problem,
+            HtpasswdProblem::UnsupportedScheme("$apr1$ MD5")
+        );
         assert_eq!(errs[0].to_string(), "line 3: user 'bob' uses an unsupported hash scheme ($apr1$ MD5); only bcrypt is accepted: run `htpasswd -B`");
-        assert_eq!(errs[1].problem, HtpasswdProblem::UnsupportedScheme("{SHA} SHA-1"));
-        assert_eq!(errs[2].problem, HtpasswdProblem::UnsupportedScheme("plain text or unknown"));
-        assert_eq!(errs[3].problem, HtpasswdProblem::UnsupportedScheme("DES crypt"));
+        assert_eq!(
+            errs[1].problem,
+            HtpasswdProblem::UnsupportedScheme("{SHA} SHA-1")
+        );
+        assert_eq!(
+            errs[2].problem,
+            HtpasswdProblem::UnsupportedScheme("plain text or unknown")
+        );
+        assert_eq!(
+            errs[3].problem,
+            HtpasswdProblem::UnsupportedScheme("DES crypt")
+        );
         assert_eq!(errs[4].problem, HtpasswdProblem::NoSeparator);
-        assert!(matches!(errs[5].problem, HtpasswdProblem::MalformedBcrypt(_)));
-        assert_eq!(errs[6].problem, HtpasswdProblem::Duplicate { first_line: 1 });
+        assert!(matches!(
+            errs[5].problem,
+            HtpasswdProblem::MalformedBcrypt(_)
+        ));
+        assert_eq!(
+            errs[6].problem,
+            HtpasswdProblem::Duplicate { first_line: 1 }
+        );
         // The message never quotes a hash.
         let all = HtpasswdErrors(errs).to_string();
         assert!(!all.contains("W6ph5") && !all.contains("plainpass") && !all.contains("$def"));
@@ -366,8 +446,14 @@ mod tests {
         std::fs::write(&p, "a:$apr1$x$y\nb:{SHA}x\n").unwrap();
         let e = Htpasswd::load(&p).unwrap_err();
         let msg = e.to_string();
-        assert!(msg.contains("htpasswd") && msg.contains("2 problems") && msg.contains("line 2"), "{msg}");
-        assert!(matches!(Htpasswd::load(&dir.path().join("missing")), Err(AuthError::Io { .. })));
+        assert!(
+            msg.contains("htpasswd") && msg.contains("2 problems") && msg.contains("line 2"),
+            "{msg}"
+        );
+        assert!(matches!(
+            Htpasswd::load(&dir.path().join("missing")),
+            Err(AuthError::Io { .. })
+        ));
     }
 
     // Rule: reload swaps users and bumps the generation; a broken file keeps the old users.
@@ -434,8 +520,13 @@ mod tests {
     #[test]
     fn dummy_hash_uses_typical_cost() {
         let body = &ALICE["alice:$2y$05$".len()..];
-        let h = Htpasswd::parse(&format!("a:$2y$07${body}\nb:$2y$07${body}\nc:$2y$12${body}\n")).unwrap();
+        let h = Htpasswd::parse(&format!(
+            "a:$2y$07${body}\nb:$2y$07${body}\nc:$2y$12${body}\n"
+        ))
+        .unwrap();
         assert!(snapshot(h, 0, [0; 32]).dummy_hash.starts_with("$2b$07$"));
-        assert!(snapshot(Htpasswd::default(), 0, [0; 32]).dummy_hash.starts_with("$2b$10$"));
+        assert!(snapshot(Htpasswd::default(), 0, [0; 32])
+            .dummy_hash
+            .starts_with("$2b$10$"));
     }
 }

@@ -42,7 +42,11 @@ pub struct Identity {
 impl Identity {
     /// An anonymous client.
     pub fn anonymous() -> Self {
-        Identity { tenant: None, user: None, method: AuthMethod::Anonymous }
+        Identity {
+            tenant: None,
+            user: None,
+            method: AuthMethod::Anonymous,
+        }
     }
 
     /// True for clients without a user: anonymous, network, or an anonymous token.
@@ -70,9 +74,17 @@ mod tests {
     // Rule: the log form names tenant and user, or says anonymous.
     #[test]
     fn display_forms() {
-        let full = Identity { tenant: Some("acme".into()), user: Some("alice".into()), method: AuthMethod::Basic };
+        let full = Identity {
+            tenant: Some("acme".into()),
+            user: Some("alice".into()),
+            method: AuthMethod::Basic,
+        };
         assert_eq!(full.to_string(), "acme/alice");
-        let net = Identity { tenant: Some("acme".into()), user: None, method: AuthMethod::Network };
+        let net = Identity {
+            tenant: Some("acme".into()),
+            user: None,
+            method: AuthMethod::Network,
+        };
         assert_eq!(net.to_string(), "acme");
         assert_eq!(Identity::anonymous().to_string(), "anonymous");
         assert!(Identity::anonymous().is_anonymous() && !net.is_anonymous());

@@ -1,1 +1,47 @@
-//! mirrorgate-auth
+//! Client identity for mirrorgate: who a request comes from and what it may do.
+//!
+//! A registry gateway on the internet sees three kinds of clients: people and CI with htpasswd
+//! credentials, container runtimes that only speak the Docker token dance, and whole networks (or the
+//! public) without credentials. This crate answers for all three so the proxy only calls two functions
+//! per request ([`Authenticator::identify`], [`Authenticator::authorize`]) and one for `/token`
+//! ([`Authenticator::token`]):
+//!
+//! - `htpasswd`: bcrypt-only htpasswd files, reloaded by polling (Kubernetes Secret mounts swap symlinks);
+//! - `password`, `cache`, `throttle`: bcrypt off the async workers behind a semaphore, a keyed cache of
+//!   verified credentials, and failure lockouts per address and per user;
+//! - `header`: the `Authorization` header;
+//! - `tenants`, `identity`: users and networks → tenants → `allow` rules per route host and repository;
+//! - `key`, `token`, `verify`: the ES256 token server that distribution 2.8 (`docker-registry`) accepts,
+//!   and the verifier for our own tokens;
+//! - `authenticator`: the facade tying these together.
+//!
+//! Secrets (passwords, tokens, hashes, keys) never appear in errors, `Debug` output or logs.
+
+mod authenticator;
+mod cache;
+mod error;
+mod header;
+mod htpasswd;
+mod identity;
+mod key;
+mod password;
+mod tenants;
+mod throttle;
+mod token;
+mod verify;
+
+pub use authenticator::{AccessRequest, AuthSpec, Authenticator};
+pub use error::{
+    AuthError, ErrorKind, HeaderError, HtpasswdErrors, HtpasswdLineError, HtpasswdProblem,
+};
+pub use header::{parse_authorization, parse_basic, Credentials};
+pub use htpasswd::{Htpasswd, UserStore};
+pub use identity::{AuthMethod, Identity};
+pub use key::{certificate_path_for, libtrust_key_id, TokenKey};
+pub use password::{PasswordChecker, PasswordPolicy};
+pub use tenants::{Action, TenantSpec, Tenants, ANONYMOUS_TENANT};
+pub use token::{
+    grant_access, AccessEntry, Claims, Grant, Issued, Scope, TokenIssuer, TokenRequest,
+    TokenResponse, TokenSpec, DEFAULT_REFRESH_TTL,
+};
+pub use verify::{TokenVerifier, LEEWAY_SECS};

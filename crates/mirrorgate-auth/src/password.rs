@@ -39,7 +39,9 @@ pub struct PasswordPolicy {
 
 impl Default for PasswordPolicy {
     fn default() -> Self {
-        let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
+        let cores = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(2);
         PasswordPolicy {
             cache_capacity: 10_000,
             cache_ttl: Duration::from_secs(300),
@@ -70,19 +72,28 @@ pub struct PasswordChecker {
 impl PasswordChecker {
     /// Builds a checker over `store`.
     pub fn new(store: Arc<UserStore>, policy: &PasswordPolicy) -> Result<Self, AuthError> {
-        let cache = CredentialCache::new(policy.cache_capacity, policy.cache_ttl)
-            .map_err(|_| AuthError::Config("no system randomness for the credential cache key".into()))?;
-        let throttle = || {
-            FailureThrottle::new(policy.max_failures, policy.failure_window, policy.lockout, THROTTLE_CAPACITY)
-        };
+        let cache =
+            CredentialCache::new(policy.cache_capacity, policy.cache_ttl).map_err(|_| {
+                AuthError::Config("no system randomness for the credential cache key".into())
+            })?;
         Ok(PasswordChecker {
             store,
             cache,
             permits: Arc::new(Semaphore::new(policy.bcrypt_permits.max(1))),
             waiting: AtomicUsize::new(0),
             max_waiting: policy.max_waiting,
-            by_ip: throttle(),
-            by_user: throttle(),
+            by_ip: FailureThrottle::new(
+                policy.max_failures,
+                policy.failure_window,
+                policy.lockout,
+                THROTTLE_CAPACITY,
+            ),
+            by_user: FailureThrottle::new(
+                policy.max_failures,
+                policy.failure_window,
+                policy.lockout,
+                THROTTLE_CAPACITY,
+            ),
         })
     }
 
@@ -93,7 +104,12 @@ impl PasswordChecker {
 
     /// Succeeds when `password` is `user`'s. Unknown users cost a bcrypt run too, so timing does not
     /// reveal which names exist.
-    pub async fn check(&self, user: &str, password: &str, peer_ip: IpAddr) -> Result<(), AuthError> {
+    pub async fn check(
+        &self,
+        user: &str,
+        password: &str,
+        peer_ip: IpAddr,
+    ) -> Result<(), AuthError> {
         let snapshot = self.store.snapshot();
         let fp = self.cache.fingerprint(user, password);
         let now = Instant::now();
@@ -101,7 +117,10 @@ impl PasswordChecker {
             return Ok(());
         }
         let peer_ip = peer_ip.to_canonical();
-        let locked = [self.by_ip.check(&peer_ip, now).err(), self.by_user.check(&user.to_owned(), now).err()];
+        let locked = [
+            self.by_ip.check(&peer_ip, now).err(),
+            self.by_user.check(&user.to_owned(), now).err(),
+        ];
         if let Some(retry_after) = locked.into_iter().flatten().max() {
             return Err(AuthError::Throttled { retry_after });
         }
@@ -112,7 +131,9 @@ impl PasswordChecker {
 
         if self.waiting.fetch_add(1, Ordering::AcqRel) >= self.max_waiting {
             self.waiting.fetch_sub(1, Ordering::AcqRel);
-            return Err(AuthError::Throttled { retry_after: Duration::from_secs(1) });
+            return Err(AuthError::Throttled {
+                retry_after: Duration::from_secs(1),
+            });
         }
         let permit = self.permits.clone().acquire_owned().await;
         self.waiting.fetch_sub(1, Ordering::AcqRel);
@@ -162,27 +183,42 @@ mod tests {
     async fn right_wrong_unknown() {
         let c = checker(PasswordPolicy::default());
         c.check("alice", "secret", IP).await.unwrap();
-        assert!(matches!(c.check("alice", "nope", IP).await, Err(AuthError::BadCredentials)));
-        assert!(matches!(c.check("mallory", "secret", IP).await, Err(AuthError::BadCredentials)));
+        assert!(matches!(
+            c.check("alice", "nope", IP).await,
+            Err(AuthError::BadCredentials)
+        ));
+        assert!(matches!(
+            c.check("mallory", "secret", IP).await,
+            Err(AuthError::BadCredentials)
+        ));
     }
 
     // Rule: a success is cached, and a cached pair passes even while the address is locked out.
     #[tokio::test]
     async fn cache_hit_skips_bcrypt_and_lockout() {
-        let policy = PasswordPolicy { max_failures: 2, ..PasswordPolicy::default() };
+        let policy = PasswordPolicy {
+            max_failures: 2,
+            ..PasswordPolicy::default()
+        };
         let c = checker(policy);
         c.check("alice", "secret", IP).await.unwrap();
         for _ in 0..2 {
             let _ = c.check("alice", "bad", IP).await;
         }
-        assert!(matches!(c.check("alice", "bad", IP).await, Err(AuthError::Throttled { .. })));
+        assert!(matches!(
+            c.check("alice", "bad", IP).await,
+            Err(AuthError::Throttled { .. })
+        ));
         c.check("alice", "secret", IP).await.unwrap();
     }
 
     // Rule: after max failures an address is refused with 429 without running bcrypt, also for other users.
     #[tokio::test]
     async fn throttles_per_ip() {
-        let policy = PasswordPolicy { max_failures: 3, ..PasswordPolicy::default() };
+        let policy = PasswordPolicy {
+            max_failures: 3,
+            ..PasswordPolicy::default()
+        };
         let c = checker(policy);
         for i in 0..3 {
             let _ = c.check(&format!("u{i}"), "bad", IP).await;
@@ -196,12 +232,19 @@ mod tests {
     // Rule: after max failures a user name is refused from every address.
     #[tokio::test]
     async fn throttles_per_user() {
-        let policy = PasswordPolicy { max_failures: 3, ..PasswordPolicy::default() };
+        let policy = PasswordPolicy {
+            max_failures: 3,
+            ..PasswordPolicy::default()
+        };
         let c = checker(policy);
         for i in 1..=3u8 {
-            let _ = c.check("alice", "bad", IpAddr::V4(Ipv4Addr::new(127, 0, 0, i))).await;
+            let _ = c
+                .check("alice", "bad", IpAddr::V4(Ipv4Addr::new(127, 0, 0, i)))
+                .await;
         }
-        let e = c.check("alice", "secret", IpAddr::V4(Ipv4Addr::new(127, 0, 0, 9))).await;
+        let e = c
+            .check("alice", "secret", IpAddr::V4(Ipv4Addr::new(127, 0, 0, 9)))
+            .await;
         assert!(matches!(e, Err(AuthError::Throttled { .. })));
     }
 
@@ -217,7 +260,10 @@ mod tests {
         let t = Instant::now();
         let _ = c.check("nobody", "bad", IP).await;
         let unknown = t.elapsed();
-        assert!(unknown * 3 > known, "unknown {unknown:?} vs known {known:?}");
+        assert!(
+            unknown * 3 > known,
+            "unknown {unknown:?} vs known {known:?}"
+        );
     }
 
     // Rule: a reload (new generation) drops cached credentials, so a changed password stops working.
@@ -231,7 +277,10 @@ mod tests {
         c.check("alice", "old", IP).await.unwrap();
         std::fs::write(&p, format!("alice:{}\n", bcrypt::hash("new", 4).unwrap())).unwrap();
         assert!(store.reload().unwrap());
-        assert!(matches!(c.check("alice", "old", IP).await, Err(AuthError::BadCredentials)));
+        assert!(matches!(
+            c.check("alice", "old", IP).await,
+            Err(AuthError::BadCredentials)
+        ));
         c.check("alice", "new", IP).await.unwrap();
     }
 
@@ -243,7 +292,11 @@ mod tests {
                 .args(["-Bbn", "-C", cost, "u", "p"])
                 .output()
                 .expect("the `htpasswd` binary (Debian apache2-utils) is required for this test");
-            assert!(out.status.success(), "htpasswd failed: {}", String::from_utf8_lossy(&out.stderr));
+            assert!(
+                out.status.success(),
+                "htpasswd failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
             let text = String::from_utf8(out.stdout).unwrap();
             assert!(text.starts_with(&format!("u:$2y${cost:0>2}$")), "{text}");
             let store = Arc::new(UserStore::from_htpasswd(Htpasswd::parse(&text).unwrap()));

@@ -82,16 +82,26 @@ impl Rule {
             None => (false, pattern),
         };
         let Some((host, repo)) = rest.split_once('/') else {
-            return Err(format!("allow pattern '{pattern}' must be '[push:]<route host>/<repository pattern>'"));
+            return Err(format!(
+                "allow pattern '{pattern}' must be '[push:]<route host>/<repository pattern>'"
+            ));
         };
         if host.is_empty() || repo.is_empty() {
-            return Err(format!("allow pattern '{pattern}' has an empty host or repository part"));
+            return Err(format!(
+                "allow pattern '{pattern}' has an empty host or repository part"
+            ));
         }
-        Ok(Rule { push, host: host.to_owned(), repo: repo.to_owned() })
+        Ok(Rule {
+            push,
+            host: host.to_owned(),
+            repo: repo.to_owned(),
+        })
     }
 
     fn matches(&self, route_host: &str, repo: &str, action: Action) -> bool {
-        (action == Action::Pull || self.push) && glob(&self.host, route_host) && glob(&self.repo, repo)
+        (action == Action::Pull || self.push)
+            && glob(&self.host, route_host)
+            && glob(&self.repo, repo)
     }
 }
 
@@ -121,7 +131,9 @@ impl Tenants {
                 return Err(AuthError::Config("a tenant has an empty name".into()));
             }
             if out.tenants.contains_key(&name) {
-                return Err(AuthError::Config(format!("tenant '{name}' is defined twice")));
+                return Err(AuthError::Config(format!(
+                    "tenant '{name}' is defined twice"
+                )));
             }
             if &*name == ANONYMOUS_TENANT && (!spec.users.is_empty() || !spec.cidrs.is_empty()) {
                 return Err(AuthError::Config(format!(
@@ -131,25 +143,32 @@ impl Tenants {
             let rules = spec
                 .allow
                 .iter()
-                .map(|p| Rule::parse(p).map_err(|e| AuthError::Config(format!("tenant '{name}': {e}"))))
+                .map(|p| {
+                    Rule::parse(p).map_err(|e| AuthError::Config(format!("tenant '{name}': {e}")))
+                })
                 .collect::<Result<Vec<_>, _>>()?;
             for user in spec.users {
                 if let Some(other) = out.by_user.get(&user) {
-                    return Err(AuthError::Config(format!("user '{user}' is in tenants '{other}' and '{name}'")));
+                    return Err(AuthError::Config(format!(
+                        "user '{user}' is in tenants '{other}' and '{name}'"
+                    )));
                 }
                 out.by_user.insert(user, name.clone());
             }
             for net in spec.cidrs {
                 let net = net.trunc();
                 if let Some(other) = seen_nets.get(&net) {
-                    return Err(AuthError::Config(format!("network {net} is in tenants '{other}' and '{name}'")));
+                    return Err(AuthError::Config(format!(
+                        "network {net} is in tenants '{other}' and '{name}'"
+                    )));
                 }
                 seen_nets.insert(net, name.clone());
                 out.cidrs.push((net, name.clone()));
             }
             out.tenants.insert(name, Tenant { rules });
         }
-        out.cidrs.sort_by_key(|(net, _)| std::cmp::Reverse(net.prefix_len()));
+        out.cidrs
+            .sort_by_key(|(net, _)| std::cmp::Reverse(net.prefix_len()));
         Ok(out)
     }
 
@@ -162,7 +181,10 @@ impl Tenants {
     /// IPv4 networks.
     pub fn tenant_of_ip(&self, ip: IpAddr) -> Option<&Arc<str>> {
         let ip = ip.to_canonical();
-        self.cidrs.iter().find(|(net, _)| net.contains(&ip)).map(|(_, t)| t)
+        self.cidrs
+            .iter()
+            .find(|(net, _)| net.contains(&ip))
+            .map(|(_, t)| t)
     }
 
     /// True when a tenant by that name exists.
@@ -257,19 +279,32 @@ mod tests {
             "acme",
             &["alice"],
             &[],
-            &["docker.example/*", "gcr.example/google-containers/*", "push:docker.example/team/*", "*/shared/*"],
+            &[
+                "docker.example/*",
+                "gcr.example/google-containers/*",
+                "push:docker.example/team/*",
+                "*/shared/*",
+            ],
         )])
         .unwrap();
         assert!(t.allows("acme", "docker.example", "library/alpine", Action::Pull));
         assert!(!t.allows("acme", "docker.example", "library/alpine", Action::Push));
         assert!(t.allows("acme", "docker.example", "team/a/b", Action::Push));
-        assert!(t.allows("acme", "gcr.example", "google-containers/pause", Action::Pull));
+        assert!(t.allows(
+            "acme",
+            "gcr.example",
+            "google-containers/pause",
+            Action::Pull
+        ));
         assert!(!t.allows("acme", "gcr.example", "other/pause", Action::Pull));
         assert!(t.allows("acme", "quay.example", "shared/x", Action::Pull));
         assert!(!t.allows("nobody", "docker.example", "library/alpine", Action::Pull));
 
         let p = Tenants::new(vec![spec("p", &[], &[], &["push:reg.example/x/*"])]).unwrap();
-        assert!(p.allows("p", "reg.example", "x/y", Action::Pull), "push implies pull");
+        assert!(
+            p.allows("p", "reg.example", "x/y", Action::Pull),
+            "push implies pull"
+        );
     }
 
     // Rule: users and CIDRs map to tenants; the longest prefix wins; IPv4-mapped addresses match.
@@ -282,9 +317,19 @@ mod tests {
         .unwrap();
         assert_eq!(t.tenant_of_user("bob").map(|s| &**s), Some("wide"));
         assert_eq!(t.tenant_of_user("zed"), None);
-        assert_eq!(t.tenant_of_ip("10.1.2.3".parse().unwrap()).map(|s| &**s), Some("narrow"));
-        assert_eq!(t.tenant_of_ip("10.2.2.3".parse().unwrap()).map(|s| &**s), Some("wide"));
-        assert_eq!(t.tenant_of_ip("::ffff:10.1.0.1".parse().unwrap()).map(|s| &**s), Some("narrow"));
+        assert_eq!(
+            t.tenant_of_ip("10.1.2.3".parse().unwrap()).map(|s| &**s),
+            Some("narrow")
+        );
+        assert_eq!(
+            t.tenant_of_ip("10.2.2.3".parse().unwrap()).map(|s| &**s),
+            Some("wide")
+        );
+        assert_eq!(
+            t.tenant_of_ip("::ffff:10.1.0.1".parse().unwrap())
+                .map(|s| &**s),
+            Some("narrow")
+        );
         assert_eq!(t.tenant_of_ip("127.0.0.1".parse().unwrap()), None);
     }
 
@@ -294,7 +339,10 @@ mod tests {
         let cases = vec![
             vec![spec("a", &[], &[], &[]), spec("a", &[], &[], &[])],
             vec![spec("a", &["u"], &[], &[]), spec("b", &["u"], &[], &[])],
-            vec![spec("a", &[], &["10.0.0.0/8"], &[]), spec("b", &[], &["10.0.0.0/8"], &[])],
+            vec![
+                spec("a", &[], &["10.0.0.0/8"], &[]),
+                spec("b", &[], &["10.0.0.0/8"], &[]),
+            ],
             vec![spec("a", &[], &[], &["docker.example"])],
             vec![spec(ANONYMOUS_TENANT, &["u"], &[], &[])],
         ];
@@ -311,10 +359,19 @@ mod tests {
         assert!(none.allows_anonymous("h", "r", Action::Push));
         assert!(none.allows_untenanted_user(Action::Pull));
         assert!(!none.allows_untenanted_user(Action::Push));
-        let t = Tenants::new(vec![spec(ANONYMOUS_TENANT, &[], &[], &["pub.example/library/*"])]).unwrap();
+        let t = Tenants::new(vec![spec(
+            ANONYMOUS_TENANT,
+            &[],
+            &[],
+            &["pub.example/library/*"],
+        )])
+        .unwrap();
         assert!(t.allows_anonymous("pub.example", "library/alpine", Action::Pull));
         assert!(!t.allows_anonymous("pub.example", "other/x", Action::Pull));
-        assert!(t.allows_untenanted_user(Action::Pull), "the anonymous tenant alone is not a tenant set-up");
+        assert!(
+            t.allows_untenanted_user(Action::Pull),
+            "the anonymous tenant alone is not a tenant set-up"
+        );
         let t = Tenants::new(vec![spec("acme", &["a"], &[], &[])]).unwrap();
         assert!(!t.allows_untenanted_user(Action::Pull));
     }

@@ -28,8 +28,19 @@ struct Window {
 }
 
 impl<K: Eq + Hash + Clone> FailureThrottle<K> {
-    pub(crate) fn new(max_failures: u32, window: Duration, lockout: Duration, capacity: usize) -> Self {
-        FailureThrottle { map: DashMap::new(), max_failures, window, lockout, capacity }
+    pub(crate) fn new(
+        max_failures: u32,
+        window: Duration,
+        lockout: Duration,
+        capacity: usize,
+    ) -> Self {
+        FailureThrottle {
+            map: DashMap::new(),
+            max_failures,
+            window,
+            lockout,
+            capacity,
+        }
     }
 
     /// `Err(retry_after)` while `key` is locked out.
@@ -47,9 +58,17 @@ impl<K: Eq + Hash + Clone> FailureThrottle<K> {
         if self.map.len() >= self.capacity && !self.map.contains_key(key) {
             self.sweep(now);
         }
-        let mut w = self.map.entry(key.clone()).or_insert(Window { start: now, failures: 0, locked_until: None });
+        let mut w = self.map.entry(key.clone()).or_insert(Window {
+            start: now,
+            failures: 0,
+            locked_until: None,
+        });
         if now.duration_since(w.start) > self.window || w.locked_until.is_some_and(|u| u <= now) {
-            *w = Window { start: now, failures: 0, locked_until: None };
+            *w = Window {
+                start: now,
+                failures: 0,
+                locked_until: None,
+            };
         }
         w.failures += 1;
         if w.failures >= self.max_failures {

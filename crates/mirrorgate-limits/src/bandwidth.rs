@@ -51,7 +51,10 @@ impl ByteBucket {
         Self {
             rate,
             capacity,
-            state: Mutex::new(BucketState { tokens: capacity as f64, last: Instant::now() }),
+            state: Mutex::new(BucketState {
+                tokens: capacity as f64,
+                last: Instant::now(),
+            }),
         }
     }
 
@@ -64,7 +67,10 @@ impl ByteBucket {
     /// sending them.
     pub fn reserve(&self, n: u64) -> Duration {
         let now = Instant::now();
-        let mut state = self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut state = self
+            .state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         self.refill(&mut state, now);
         state.tokens -= n as f64;
         if state.tokens >= 0.0 {
@@ -76,7 +82,10 @@ impl ByteBucket {
 
     /// A full bucket behaves exactly like a fresh one, so it can be evicted from its map.
     pub(crate) fn is_full(&self) -> bool {
-        let mut state = self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut state = self
+            .state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         self.refill(&mut state, Instant::now());
         state.tokens >= self.capacity as f64
     }
@@ -220,8 +229,7 @@ where
     }
 
     fn size_hint(&self) -> SizeHint {
-        let buffered =
-            (self.pending.len() + self.ready.as_ref().map_or(0, Bytes::len)) as u64;
+        let buffered = (self.pending.len() + self.ready.as_ref().map_or(0, Bytes::len)) as u64;
         let inner = self.inner.size_hint();
         let mut hint = SizeHint::new();
         hint.set_lower(inner.lower().saturating_add(buffered));
@@ -251,7 +259,7 @@ mod tests {
     use http_body_util::{BodyExt, Full};
 
     use super::*;
-    use crate::{LimitsSpec, Limiter, Subject, TenantLimits};
+    use crate::{Limiter, LimitsSpec, Subject, TenantLimits};
 
     const MIB: u64 = 1024 * 1024;
 
@@ -259,10 +267,17 @@ mod tests {
         let mut tenants = HashMap::new();
         tenants.insert(
             Arc::from("slow"),
-            TenantLimits { bytes_per_second: Some(2 * MIB), ..TenantLimits::default() },
+            TenantLimits {
+                bytes_per_second: Some(2 * MIB),
+                ..TenantLimits::default()
+            },
         );
         tenants.insert(Arc::from("fast"), TenantLimits::default());
-        Limiter::new(LimitsSpec { tenants, ..LimitsSpec::default() }).unwrap()
+        Limiter::new(LimitsSpec {
+            tenants,
+            ..LimitsSpec::default()
+        })
+        .unwrap()
     }
 
     fn subject(tenant: &str, user: &str) -> Subject {
@@ -289,10 +304,9 @@ mod tests {
         let slow = limiter.check_local(&subject("slow", "alice")).unwrap();
         let fast = limiter.check_local(&subject("fast", "bob")).unwrap();
         let body = Full::new(Bytes::from(vec![7u8; 4 * MIB as usize]));
-        let slow_body = ThrottledBody::new(body.clone(), slow)
-            .with_on_bytes(Arc::new(move |n| {
-                hook_sent.fetch_add(n, Ordering::Relaxed);
-            }));
+        let slow_body = ThrottledBody::new(body.clone(), slow).with_on_bytes(Arc::new(move |n| {
+            hook_sent.fetch_add(n, Ordering::Relaxed);
+        }));
         let fast_body = ThrottledBody::new(body, fast);
         let (slow_res, fast_res) = tokio::join!(drain(slow_body), drain(fast_body));
         assert_eq!(slow_res.0, 4 * MIB);
@@ -301,7 +315,11 @@ mod tests {
         assert!((1.4..3.0).contains(&secs), "throttled body took {secs}s");
         assert_eq!(sent.load(Ordering::Relaxed), 4 * MIB);
         assert_eq!(fast_res.0, 4 * MIB);
-        assert!(fast_res.2 < Duration::from_millis(300), "unthrottled took {:?}", fast_res.2);
+        assert!(
+            fast_res.2 < Duration::from_millis(300),
+            "unthrottled took {:?}",
+            fast_res.2
+        );
     }
 
     // Pins: a user's parallel streams share one allowance fairly (both finish near the same time).
@@ -317,7 +335,10 @@ mod tests {
         );
         // 2 MiB total at 2 MiB/s: about a second together, not half a second each.
         let (ta, tb) = (ra.2.as_secs_f64(), rb.2.as_secs_f64());
-        assert!((0.7..1.6).contains(&ta) && (0.7..1.6).contains(&tb), "{ta} {tb}");
+        assert!(
+            (0.7..1.6).contains(&ta) && (0.7..1.6).contains(&tb),
+            "{ta} {tb}"
+        );
         assert!((ta - tb).abs() < 0.2, "unfair: {ta} vs {tb}");
     }
 
@@ -328,7 +349,10 @@ mod tests {
         // Capacity is one slice (1 KiB at this rate): the first slice is free.
         assert_eq!(bucket.reserve(1024), Duration::ZERO);
         let wait = bucket.reserve(5 * 1024);
-        assert!(wait > Duration::from_millis(450) && wait <= Duration::from_millis(500), "{wait:?}");
+        assert!(
+            wait > Duration::from_millis(450) && wait <= Duration::from_millis(500),
+            "{wait:?}"
+        );
         assert!(!bucket.is_full());
     }
 }

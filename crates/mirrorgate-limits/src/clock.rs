@@ -18,20 +18,30 @@ pub struct TimeSource(Arc<Inner>);
 
 #[derive(Debug)]
 enum Inner {
-    System { origin: Instant },
-    Manual { elapsed_nanos: AtomicU64, unix_start: Duration },
+    System {
+        origin: Instant,
+    },
+    Manual {
+        elapsed_nanos: AtomicU64,
+        unix_start: Duration,
+    },
 }
 
 impl TimeSource {
     /// The machine's clocks.
     pub fn system() -> Self {
-        Self(Arc::new(Inner::System { origin: Instant::now() }))
+        Self(Arc::new(Inner::System {
+            origin: Instant::now(),
+        }))
     }
 
     /// A clock that only moves on [`TimeSource::advance`], starting at `unix_start` (time since
     /// the Unix epoch, UTC).
     pub fn manual(unix_start: Duration) -> Self {
-        Self(Arc::new(Inner::Manual { elapsed_nanos: AtomicU64::new(0), unix_start }))
+        Self(Arc::new(Inner::Manual {
+            elapsed_nanos: AtomicU64::new(0),
+            unix_start,
+        }))
     }
 
     /// Moves a manual clock forward; does nothing on the system clock (real time cannot be
@@ -55,9 +65,9 @@ impl TimeSource {
     /// Wall-clock time since the Unix epoch (UTC).
     pub fn unix_now(&self) -> Duration {
         match &*self.0 {
-            Inner::System { .. } => {
-                SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default()
-            }
+            Inner::System { .. } => SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .unwrap_or_default(),
             Inner::Manual { unix_start, .. } => *unix_start + self.elapsed(),
         }
     }
@@ -99,6 +109,9 @@ mod tests {
         assert_eq!(clock.until_utc_midnight(), Duration::from_secs(90));
         clock.advance(Duration::from_secs(91));
         assert_eq!(clock.utc_day(), 19_001);
-        assert_eq!(clock.until_utc_midnight(), Duration::from_secs(DAY_SECS - 1));
+        assert_eq!(
+            clock.until_utc_midnight(),
+            Duration::from_secs(DAY_SECS - 1)
+        );
     }
 }

@@ -85,8 +85,16 @@ impl Limited {
     /// `Retry-After`, `RateLimit-Limit`, `RateLimit-Remaining` and `RateLimit-Reset`.
     pub fn headers(&self) -> HeaderMap {
         let mut headers = HeaderMap::with_capacity(4);
-        headers.insert(http::header::RETRY_AFTER, HeaderValue::from(self.retry_after_secs()));
-        insert_ratelimit(&mut headers, self.limit, self.remaining, ceil_secs(self.reset).max(1));
+        headers.insert(
+            http::header::RETRY_AFTER,
+            HeaderValue::from(self.retry_after_secs()),
+        );
+        insert_ratelimit(
+            &mut headers,
+            self.limit,
+            self.remaining,
+            ceil_secs(self.reset).max(1),
+        );
         headers
     }
 }
@@ -128,7 +136,12 @@ impl RateInfo {
 
     pub(crate) fn headers(&self) -> HeaderMap {
         let mut headers = HeaderMap::with_capacity(3);
-        insert_ratelimit(&mut headers, self.limit, self.remaining, ceil_secs(self.reset));
+        insert_ratelimit(
+            &mut headers,
+            self.limit,
+            self.remaining,
+            ceil_secs(self.reset),
+        );
         headers
     }
 }
@@ -186,8 +199,16 @@ mod tests {
     // Pins: success headers report the limit the client hits first.
     #[test]
     fn tighter_rate_info_wins() {
-        let a = RateInfo { limit: 10, remaining: 7, reset: Duration::from_millis(300) };
-        let b = RateInfo { limit: 100, remaining: 2, reset: Duration::from_secs(2) };
+        let a = RateInfo {
+            limit: 10,
+            remaining: 7,
+            reset: Duration::from_millis(300),
+        };
+        let b = RateInfo {
+            limit: 100,
+            remaining: 2,
+            reset: Duration::from_secs(2),
+        };
         let t = RateInfo::tighter(Some(a), Some(b)).unwrap();
         assert_eq!(t, b);
         let h = t.headers();

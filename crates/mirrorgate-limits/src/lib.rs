@@ -1,1 +1,27 @@
-//! mirrorgate-limits
+//! Rate limits, concurrency caps, bandwidth and daily byte quotas for mirrorgate's tenants,
+//! users and anonymous clients.
+//!
+//! A paid multi-tenant mirror must keep one tenant (or one leaked credential, or one noisy IP)
+//! from starving the others and from running up egress. This crate answers, per request, "may it
+//! go on?" ([`Limiter::check`] → [`Admission`] or [`Limited`], which knows its 429 headers), and
+//! throttles the response body while it streams ([`ThrottledBody`]) instead of delaying headers,
+//! which would make large pulls time out. With [`SharedSpec`], N replicas enforce one limit
+//! together through Redis and fall back to local limits when Redis is gone.
+//!
+//! The specs here are plain structs so this crate does not depend on the config schema; the
+//! binary maps `[[tenant]]` and `[limits]` into a [`LimitsSpec`].
+
+mod bandwidth;
+mod clock;
+mod decision;
+mod error;
+mod limiter;
+mod shared;
+mod spec;
+
+pub use bandwidth::{ByteBucket, OnBytes, ThrottledBody};
+pub use clock::TimeSource;
+pub use decision::{LimitKind, LimitScope, Limited, RateInfo};
+pub use error::LimitsError;
+pub use limiter::{Admission, KeyCounts, Limiter, Subject, SubjectClass};
+pub use spec::{AnonymousLimits, LimitsSpec, SharedSpec, TenantLimits};

@@ -36,8 +36,7 @@ const HOUSEKEEP_EVERY: u64 = 8192;
 /// A concurrency refusal has no exact retry time; one second is a polite back-off.
 const CONCURRENCY_RETRY: Duration = Duration::from_secs(1);
 
-type KeyedLimiter<K> =
-    RateLimiter<K, DashMapStateStore<K>, TimeSource, StateInformationMiddleware>;
+type KeyedLimiter<K> = RateLimiter<K, DashMapStateStore<K>, TimeSource, StateInformationMiddleware>;
 type DirectLimiter = RateLimiter<NotKeyed, InMemoryState, TimeSource, StateInformationMiddleware>;
 
 /// Who is asking, as far as limits care.
@@ -77,7 +76,12 @@ impl Subject {
 
     /// An anonymous request from `ip`.
     pub fn anonymous(ip: IpAddr) -> Self {
-        Self { user: None, tenant: None, ip, class: SubjectClass::Anonymous }
+        Self {
+            user: None,
+            tenant: None,
+            ip,
+            class: SubjectClass::Anonymous,
+        }
     }
 }
 
@@ -175,7 +179,9 @@ struct LocalPermit(Arc<AtomicU32>);
 impl LocalPermit {
     fn try_acquire(counter: &Arc<AtomicU32>, max: u32) -> Option<Self> {
         counter
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < max).then_some(n + 1))
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < max).then_some(n + 1)
+            })
             .ok()
             .map(|_| Self(counter.clone()))
     }
@@ -262,7 +268,12 @@ struct Rate<L> {
 
 impl<L> Rate<L> {
     fn args(&self, key: String, scope: LimitScope) -> RateArgs {
-        RateArgs { key, interval: Duration::from_secs(1) / self.rps.get(), burst: self.burst.get(), scope }
+        RateArgs {
+            key,
+            interval: Duration::from_secs(1) / self.rps.get(),
+            burst: self.burst.get(),
+            scope,
+        }
     }
 }
 
@@ -279,7 +290,11 @@ fn keyed<K: std::hash::Hash + Eq + Clone>(
     let burst = burst.unwrap_or(rps);
     let limiter = RateLimiter::dashmap_with_clock(quota(rps, burst), clock.clone())
         .with_middleware::<StateInformationMiddleware>();
-    Some(Rate { limiter, rps, burst })
+    Some(Rate {
+        limiter,
+        rps,
+        burst,
+    })
 }
 
 /// Counters per key, evicted when idle.
@@ -310,7 +325,10 @@ struct BucketMap<K: std::hash::Hash + Eq> {
 
 impl<K: std::hash::Hash + Eq + Clone> BucketMap<K> {
     fn new(rate: Option<u64>) -> Option<Self> {
-        nonzero_rate(rate).map(|rate| Self { rate, buckets: DashMap::new() })
+        nonzero_rate(rate).map(|rate| Self {
+            rate,
+            buckets: DashMap::new(),
+        })
     }
 
     fn get(&self, key: &K) -> Arc<ByteBucket> {
@@ -322,7 +340,8 @@ impl<K: std::hash::Hash + Eq + Clone> BucketMap<K> {
 
     fn evict_idle(&self) {
         // Only full buckets go: dropping one in debt would let a client reset its rate.
-        self.buckets.retain(|_, b| Arc::strong_count(b) > 1 || !b.is_full());
+        self.buckets
+            .retain(|_, b| Arc::strong_count(b) > 1 || !b.is_full());
         self.buckets.shrink_to_fit();
     }
 }
@@ -344,15 +363,22 @@ impl TenantState {
             let burst = spec.burst.map_or(rps, |b| b.max(rps));
             let limiter = RateLimiter::direct_with_clock(quota(rps, burst), clock.clone())
                 .with_middleware::<StateInformationMiddleware>();
-            Rate { limiter, rps, burst }
+            Rate {
+                limiter,
+                rps,
+                burst,
+            }
         });
         Self {
             users_rate: keyed(spec.requests_per_second, spec.burst, clock),
             total_rate,
-            users_inflight: spec
-                .concurrent_requests
-                .map(|max| ConcurrencyMap { max: max.get(), counters: DashMap::new() }),
-            total_inflight: spec.tenant_concurrent_requests.map(|max| (max.get(), Arc::default())),
+            users_inflight: spec.concurrent_requests.map(|max| ConcurrencyMap {
+                max: max.get(),
+                counters: DashMap::new(),
+            }),
+            total_inflight: spec
+                .tenant_concurrent_requests
+                .map(|max| (max.get(), Arc::default())),
             users_bytes: BucketMap::new(spec.bytes_per_second),
             total_bytes: nonzero_rate(spec.tenant_bytes_per_second)
                 .map(|rate| Arc::new(ByteBucket::new(rate))),
@@ -420,7 +446,10 @@ impl Limiter {
             .tenants
             .iter()
             .map(|(name, limits)| {
-                (name.clone(), TenantState::new(name.clone(), limits, &clock, shared_mode))
+                (
+                    name.clone(),
+                    TenantState::new(name.clone(), limits, &clock, shared_mode),
+                )
             })
             .collect();
         let shared = match spec.shared {
@@ -496,8 +525,7 @@ impl Limiter {
     fn check_anonymous(&self, ip: IpAddr) -> Result<Admission, Limited> {
         let mut admission = Admission::default();
         if let Some(rate) = &self.anonymous.ip_rate {
-            admission.rate =
-                Some(self.outcome(rate.limiter.check_key(&ip), LimitScope::Ip)?);
+            admission.rate = Some(self.outcome(rate.limiter.check_key(&ip), LimitScope::Ip)?);
         }
         if let Some(bytes) = &self.anonymous.ip_bytes {
             admission.buckets.push(bytes.get(&ip));
@@ -579,7 +607,8 @@ impl Limiter {
         match &subject.class {
             SubjectClass::Anonymous => {
                 let rate = self.anonymous.ip_rate.as_ref()?;
-                request.first_rate = Some(rate.args(format!("rate:ip:{}", subject.ip), LimitScope::Ip));
+                request.first_rate =
+                    Some(rate.args(format!("rate:ip:{}", subject.ip), LimitScope::Ip));
             }
             SubjectClass::Tenant(name) => {
                 let tenant = self.tenants.get(name)?;
@@ -592,10 +621,14 @@ impl Limiter {
                     .total_rate
                     .as_ref()
                     .map(|r| r.args(format!("rate:{name}"), LimitScope::Tenant));
-                request.user_inflight =
-                    tenant.users_inflight.as_ref().map(|c| (format!("conc:{name}:{user}"), c.max));
-                request.tenant_inflight =
-                    tenant.total_inflight.as_ref().map(|(max, _)| (format!("conc:{name}"), *max));
+                request.user_inflight = tenant
+                    .users_inflight
+                    .as_ref()
+                    .map(|c| (format!("conc:{name}:{user}"), c.max));
+                request.tenant_inflight = tenant
+                    .total_inflight
+                    .as_ref()
+                    .map(|(max, _)| (format!("conc:{name}"), *max));
                 request.quota = tenant.quota.as_ref().map(|q| {
                     (
                         format!("quota:{name}:{}", self.clock.utc_day()),
@@ -647,7 +680,9 @@ impl Limiter {
             tick.tick().await;
             loop {
                 tick.tick().await;
-                let Some(limiter) = weak.upgrade() else { return };
+                let Some(limiter) = weak.upgrade() else {
+                    return;
+                };
                 limiter.housekeep();
             }
         })
@@ -658,11 +693,22 @@ impl Limiter {
         let mut counts = KeyCounts::default();
         for tenant in self.tenants.values() {
             counts.user_rate += tenant.users_rate.as_ref().map_or(0, |r| r.limiter.len());
-            counts.concurrency += tenant.users_inflight.as_ref().map_or(0, |c| c.counters.len());
+            counts.concurrency += tenant
+                .users_inflight
+                .as_ref()
+                .map_or(0, |c| c.counters.len());
             counts.byte_buckets += tenant.users_bytes.as_ref().map_or(0, |b| b.buckets.len());
         }
-        counts.ip_rate = self.anonymous.ip_rate.as_ref().map_or(0, |r| r.limiter.len());
-        counts.byte_buckets += self.anonymous.ip_bytes.as_ref().map_or(0, |b| b.buckets.len());
+        counts.ip_rate = self
+            .anonymous
+            .ip_rate
+            .as_ref()
+            .map_or(0, |r| r.limiter.len());
+        counts.byte_buckets += self
+            .anonymous
+            .ip_bytes
+            .as_ref()
+            .map_or(0, |b| b.buckets.len());
         counts
     }
 
@@ -720,7 +766,14 @@ mod tests {
     fn tenant_limiter(limits: TenantLimits, clock: &TimeSource) -> Limiter {
         let mut tenants = HashMap::new();
         tenants.insert(Arc::from("acme"), limits);
-        Limiter::with_clock(LimitsSpec { tenants, ..LimitsSpec::default() }, clock.clone()).unwrap()
+        Limiter::with_clock(
+            LimitsSpec {
+                tenants,
+                ..LimitsSpec::default()
+            },
+            clock.clone(),
+        )
+        .unwrap()
     }
 
     fn alice() -> Subject {
@@ -731,8 +784,11 @@ mod tests {
     #[test]
     fn burst_then_limited_with_retry_after() {
         let clock = TimeSource::manual(START);
-        let limits =
-            TenantLimits { requests_per_second: nz(2), burst: nz(5), ..TenantLimits::default() };
+        let limits = TenantLimits {
+            requests_per_second: nz(2),
+            burst: nz(5),
+            ..TenantLimits::default()
+        };
         let limiter = tenant_limiter(limits, &clock);
         for _ in 0..5 {
             limiter.check_local(&alice()).unwrap();
@@ -744,7 +800,9 @@ mod tests {
         assert_eq!(limited.limit, 5);
         assert_eq!(limited.headers()["retry-after"], "1");
         // Another user of the tenant is not affected.
-        limiter.check_local(&Subject::tenant("acme", Some("bob"), ip(1))).unwrap();
+        limiter
+            .check_local(&Subject::tenant("acme", Some("bob"), ip(1)))
+            .unwrap();
         clock.advance(Duration::from_millis(200));
         let limited = limiter.check_local(&alice()).unwrap_err();
         assert_eq!(limited.retry_after, Duration::from_millis(300));
@@ -763,18 +821,28 @@ mod tests {
         };
         let limiter = tenant_limiter(limits, &clock);
         for n in 0..3 {
-            limiter.check_local(&Subject::tenant("acme", Some(&format!("u{n}")), ip(1))).unwrap();
+            limiter
+                .check_local(&Subject::tenant("acme", Some(&format!("u{n}")), ip(1)))
+                .unwrap();
         }
-        let limited = limiter.check_local(&Subject::tenant("acme", Some("u9"), ip(1))).unwrap_err();
-        assert_eq!((limited.kind, limited.scope), (LimitKind::RequestRate, LimitScope::Tenant));
+        let limited = limiter
+            .check_local(&Subject::tenant("acme", Some("u9"), ip(1)))
+            .unwrap_err();
+        assert_eq!(
+            (limited.kind, limited.scope),
+            (LimitKind::RequestRate, LimitScope::Tenant)
+        );
     }
 
     // Pins: successful responses get RateLimit-* headers from the tightest rate limit.
     #[test]
     fn admission_headers_report_remaining_burst() {
         let clock = TimeSource::manual(START);
-        let limits =
-            TenantLimits { requests_per_second: nz(10), burst: nz(4), ..TenantLimits::default() };
+        let limits = TenantLimits {
+            requests_per_second: nz(10),
+            burst: nz(4),
+            ..TenantLimits::default()
+        };
         let limiter = tenant_limiter(limits, &clock);
         let first = limiter.check_local(&alice()).unwrap();
         let h = first.rate_limit_headers();
@@ -799,17 +867,25 @@ mod tests {
         let a = limiter.check_local(&alice()).unwrap();
         let b = limiter.check_local(&alice()).unwrap();
         let refused = limiter.check_local(&alice()).unwrap_err();
-        assert_eq!((refused.kind, refused.scope), (LimitKind::Concurrency, LimitScope::User));
+        assert_eq!(
+            (refused.kind, refused.scope),
+            (LimitKind::Concurrency, LimitScope::User)
+        );
         assert_eq!(refused.limit, 2);
-        let c = limiter.check_local(&Subject::tenant("acme", Some("bob"), ip(2))).unwrap();
-        let refused =
-            limiter.check_local(&Subject::tenant("acme", Some("carol"), ip(3))).unwrap_err();
+        let c = limiter
+            .check_local(&Subject::tenant("acme", Some("bob"), ip(2)))
+            .unwrap();
+        let refused = limiter
+            .check_local(&Subject::tenant("acme", Some("carol"), ip(3)))
+            .unwrap_err();
         assert_eq!(refused.scope, LimitScope::Tenant);
         drop(a);
         // The user slot is back, and the refused user check did not leak a tenant slot.
         let d = limiter.check_local(&alice()).unwrap();
         drop((b, c, d));
-        let all: Vec<_> = (0..2).map(|_| limiter.check_local(&alice()).unwrap()).collect();
+        let all: Vec<_> = (0..2)
+            .map(|_| limiter.check_local(&alice()).unwrap())
+            .collect();
         assert_eq!(all.len(), 2);
     }
 
@@ -817,14 +893,20 @@ mod tests {
     #[test]
     fn quota_exhausts_and_rolls_over_at_utc_midnight() {
         let clock = TimeSource::manual(Duration::from_secs(19_723 * 86_400 + 86_400 - 60));
-        let limits = TenantLimits { bytes_per_day: Some(1000), ..TenantLimits::default() };
+        let limits = TenantLimits {
+            bytes_per_day: Some(1000),
+            ..TenantLimits::default()
+        };
         let limiter = tenant_limiter(limits, &clock);
         let admission = limiter.check_local(&alice()).unwrap();
         admission.record_bytes(999);
         limiter.check_local(&alice()).unwrap().record_bytes(1);
         assert_eq!(limiter.quota_used_today("acme"), Some(1000));
         let refused = limiter.check_local(&alice()).unwrap_err();
-        assert_eq!((refused.kind, refused.scope), (LimitKind::Quota, LimitScope::Tenant));
+        assert_eq!(
+            (refused.kind, refused.scope),
+            (LimitKind::Quota, LimitScope::Tenant)
+        );
         assert_eq!(refused.retry_after, Duration::from_secs(60));
         assert_eq!(refused.headers()["retry-after"], "60");
         assert_eq!(refused.headers()["ratelimit-limit"], "1000");
@@ -860,7 +942,7 @@ mod tests {
         limiter.housekeep();
         let counts = limiter.key_counts();
         assert_eq!(counts.ip_rate, 1);
-        // Unused buckets were full again (1 MiB/s refills a 4 KiB reservation-free bucket at once).
+        // No body ever reserved from the per-IP buckets: all full, unused, and evicted.
         assert_eq!(counts.byte_buckets, 0);
     }
 
@@ -869,7 +951,11 @@ mod tests {
     fn anonymous_limits_are_per_ip() {
         let clock = TimeSource::manual(START);
         let spec = LimitsSpec {
-            anonymous: AnonymousLimits { requests_per_second: nz(1), burst: nz(1), bytes_per_second: None },
+            anonymous: AnonymousLimits {
+                requests_per_second: nz(1),
+                burst: nz(1),
+                bytes_per_second: None,
+            },
             ..LimitsSpec::default()
         };
         let limiter = Limiter::with_clock(spec, clock).unwrap();

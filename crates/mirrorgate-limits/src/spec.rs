@@ -53,7 +53,8 @@ pub struct SharedSpec {
     /// `redis://host:port/db` or `redis+unix:///path/to/socket`.
     pub redis_url: String,
     /// When Redis is unreachable: `true` keeps serving with the local (per-replica) limits,
-    /// `false` refuses limited requests with [`crate::LimitKind::Unavailable`].
+    /// `false` refuses limited requests with [`crate::LimitKind::Unavailable`] (also before the
+    /// first connection succeeds at start-up).
     pub fail_open: bool,
     /// Upper bound for one Redis round trip on the request path; a hanging Redis must not stall
     /// requests. Default 50 ms.

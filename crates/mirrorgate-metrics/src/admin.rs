@@ -5,7 +5,6 @@
 //! atomics and the registry without touching the request path's locks.
 
 use std::convert::Infallible;
-use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -41,59 +40,57 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 /// - `HEAD` works like `GET`; other methods get `405`; other paths `404`.
 ///
 /// Admin connections count in the connection metrics under `listener="admin"`.
-pub fn serve_admin(
+pub async fn serve_admin(
     listener: TcpListener,
     metrics: Arc<Metrics>,
     health: Arc<Health>,
     shutdown: CancellationToken,
-) -> impl Future<Output = ()> + Send + 'static {
-    async move {
-        let graceful = GracefulShutdown::new();
-        let mut http = hyper::server::conn::http1::Builder::new();
-        http.timer(TokioTimer::new())
-            .header_read_timeout(HEADER_READ_TIMEOUT)
-            .keep_alive(true);
-        if let Ok(addr) = listener.local_addr() {
-            tracing::info!(%addr, "admin listener serving /metrics /healthz /readyz");
-        }
+) {
+    let graceful = GracefulShutdown::new();
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .keep_alive(true);
+    if let Ok(addr) = listener.local_addr() {
+        tracing::info!(%addr, "admin listener serving /metrics /healthz /readyz");
+    }
 
-        loop {
-            let (stream, peer) = tokio::select! {
-                () = shutdown.cancelled() => break,
-                accepted = listener.accept() => match accepted {
-                    Ok(pair) => pair,
-                    Err(error) => {
-                        tracing::warn!(%error, "admin listener: accept failed");
-                        tokio::time::sleep(ACCEPT_BACKOFF).await;
-                        continue;
-                    }
-                },
-            };
-            let guard = metrics.connection_opened("admin");
-            let service = {
-                let metrics = Arc::clone(&metrics);
-                let health = Arc::clone(&health);
-                service_fn(move |req| {
-                    let response = respond(&req, &metrics, &health);
-                    async move { Ok::<_, Infallible>(response) }
-                })
-            };
-            let conn = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
-            tokio::spawn(async move {
-                if let Err(error) = conn.await {
-                    tracing::debug!(%peer, %error, "admin connection ended with an error");
+    loop {
+        let (stream, peer) = tokio::select! {
+            () = shutdown.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok(pair) => pair,
+                Err(error) => {
+                    tracing::warn!(%error, "admin listener: accept failed");
+                    tokio::time::sleep(ACCEPT_BACKOFF).await;
+                    continue;
                 }
-                drop(guard);
-            });
-        }
+            },
+        };
+        let guard = metrics.connection_opened("admin");
+        let service = {
+            let metrics = Arc::clone(&metrics);
+            let health = Arc::clone(&health);
+            service_fn(move |req| {
+                let response = respond(&req, &metrics, &health);
+                async move { Ok::<_, Infallible>(response) }
+            })
+        };
+        let conn = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
+        tokio::spawn(async move {
+            if let Err(error) = conn.await {
+                tracing::debug!(%peer, %error, "admin connection ended with an error");
+            }
+            drop(guard);
+        });
+    }
 
-        drop(listener);
-        if tokio::time::timeout(DRAIN_TIMEOUT, graceful.shutdown())
-            .await
-            .is_err()
-        {
-            tracing::warn!("admin listener: connections still open after the drain timeout");
-        }
+    drop(listener);
+    if tokio::time::timeout(DRAIN_TIMEOUT, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!("admin listener: connections still open after the drain timeout");
     }
 }
 
@@ -199,7 +196,14 @@ mod tests {
         let raw = String::from_utf8(raw).unwrap();
         let (head, body) = raw.split_once("\r\n\r\n").unwrap();
         let mut lines = head.split("\r\n");
-        let status = lines.next().unwrap().split(' ').nth(1).unwrap().parse().unwrap();
+        let status = lines
+            .next()
+            .unwrap()
+            .split(' ')
+            .nth(1)
+            .unwrap()
+            .parse()
+            .unwrap();
         let headers = lines
             .map(|l| {
                 let (k, v) = l.split_once(':').unwrap();
@@ -267,8 +271,16 @@ mod tests {
 
         let not_ready = call(addr, "GET", "/readyz").await;
         assert_eq!(not_ready.status, 503);
-        assert!(not_ready.body.contains("no usable certificate"), "{}", not_ready.body);
-        assert!(not_ready.body.contains("config not loaded"), "{}", not_ready.body);
+        assert!(
+            not_ready.body.contains("no usable certificate"),
+            "{}",
+            not_ready.body
+        );
+        assert!(
+            not_ready.body.contains("config not loaded"),
+            "{}",
+            not_ready.body
+        );
 
         health.set_listeners_bound(true);
         health.set_config_loaded(true);

@@ -75,7 +75,11 @@ mod tests {
         let h = Health::new();
         assert_eq!(
             h.missing(),
-            ["listeners not bound", "config not loaded", "no usable certificate"]
+            [
+                "listeners not bound",
+                "config not loaded",
+                "no usable certificate"
+            ]
         );
         h.set_listeners_bound(true);
         h.set_config_loaded(true);

@@ -22,8 +22,8 @@ use crate::labels::{
 /// Latency buckets from 1 ms to 10 min: a cached manifest answers in milliseconds, a multi-gigabyte layer
 /// through a throttled tenant can take minutes, and both must land in a real bucket, not `+Inf`.
 const DURATION_BUCKETS: &[f64] = &[
-    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0,
-    300.0, 600.0,
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+    120.0, 300.0, 600.0,
 ];
 
 /// Knobs for label cardinality. The defaults suit a gateway with up to a thousand tenants.
@@ -305,7 +305,9 @@ impl Metrics {
             "Always 1; the labels say which build is running.",
             &["version"],
         )?;
-        build_info.with_label_values(&[options.version.as_str()]).set(1);
+        build_info
+            .with_label_values(&[options.version.as_str()])
+            .set(1);
 
         // Process metrics keep their standard names (process_cpu_seconds_total, ...) so stock dashboards
         // and alerts apply; they are not part of `names`, which lists mirrorgate's own families.
@@ -496,7 +498,9 @@ impl Metrics {
 
     /// Records a refused authentication or authorization.
     pub fn auth_failure(&self, reason: AuthFailureReason) {
-        self.auth_failures.with_label_values(&[reason.as_str()]).inc();
+        self.auth_failures
+            .with_label_values(&[reason.as_str()])
+            .inc();
     }
 
     /// Records a request held back by a limit.
@@ -689,8 +693,9 @@ pub(crate) mod tests {
         }
     }
 
-    /// Calls every helper once, so every family has at least one series.
-    fn exercise_all(m: &Metrics) {
+    /// Calls every helper once, so every family has at least one series. The returned guard keeps one
+    /// `https` connection open.
+    fn exercise_all(m: &Metrics) -> ConnectionGuard {
         m.request_done(
             &get("docker.example"),
             200,
@@ -719,7 +724,7 @@ pub(crate) mod tests {
         m.auth_failure(AuthFailureReason::BadPassword);
         m.rate_limited(LimitKind::RequestRate, LimitScope::User);
         m.set_limiter_keys("user_requests", 12);
-        let _conn = m.connection_opened("https");
+        let conn = m.connection_opened("https");
         m.tls_handshake_error("https", "no_certificate");
         m.set_certificate_expiry(
             "docker.example",
@@ -727,13 +732,14 @@ pub(crate) mod tests {
         );
         m.acme_renewal(Outcome::Success);
         m.config_reload(Outcome::Success);
+        conn
     }
 
     // Rule: each helper feeds its family with the documented label names and values.
     #[test]
     fn helpers_expose_expected_series() {
         let m = Metrics::new(MetricsOptions::default()).unwrap();
-        exercise_all(&m);
+        let _conn = exercise_all(&m);
         m.request_done(
             &RequestLabels {
                 route: UNROUTED_LABEL,
@@ -770,12 +776,20 @@ pub(crate) mod tests {
             value_of(&s, "mirrorgate_request_duration_seconds_count", &rk),
             Some(1.0)
         );
-        let le = [("route", "docker.example"), ("kind", "blob"), ("le", "0.025")];
+        let le = [
+            ("route", "docker.example"),
+            ("kind", "blob"),
+            ("le", "0.025"),
+        ];
         assert_eq!(
             value_of(&s, "mirrorgate_request_duration_seconds_bucket", &le),
             Some(0.0)
         );
-        let le = [("route", "docker.example"), ("kind", "blob"), ("le", "0.05")];
+        let le = [
+            ("route", "docker.example"),
+            ("kind", "blob"),
+            ("le", "0.05"),
+        ];
         assert_eq!(
             value_of(&s, "mirrorgate_request_duration_seconds_bucket", &le),
             Some(1.0)
@@ -804,7 +818,10 @@ pub(crate) mod tests {
             value_of(&s, "mirrorgate_upstream_requests_total", &up),
             Some(1.0)
         );
-        let fb = [("route", "docker.example"), ("from_endpoint", "http://cache:5000")];
+        let fb = [
+            ("route", "docker.example"),
+            ("from_endpoint", "http://cache:5000"),
+        ];
         assert_eq!(
             value_of(&s, "mirrorgate_upstream_fallbacks_total", &fb),
             Some(1.0)
@@ -828,14 +845,26 @@ pub(crate) mod tests {
             Some(97.0)
         );
         let af = [("reason", "bad_password")];
-        assert_eq!(value_of(&s, "mirrorgate_auth_failures_total", &af), Some(1.0));
+        assert_eq!(
+            value_of(&s, "mirrorgate_auth_failures_total", &af),
+            Some(1.0)
+        );
         // Closed label sets start at zero.
         let af = [("reason", "expired_token")];
-        assert_eq!(value_of(&s, "mirrorgate_auth_failures_total", &af), Some(0.0));
+        assert_eq!(
+            value_of(&s, "mirrorgate_auth_failures_total", &af),
+            Some(0.0)
+        );
         let rl = [("limit", "request_rate"), ("scope", "user")];
-        assert_eq!(value_of(&s, "mirrorgate_rate_limited_total", &rl), Some(1.0));
+        assert_eq!(
+            value_of(&s, "mirrorgate_rate_limited_total", &rl),
+            Some(1.0)
+        );
         let rl = [("limit", "quota"), ("scope", "tenant")];
-        assert_eq!(value_of(&s, "mirrorgate_rate_limited_total", &rl), Some(0.0));
+        assert_eq!(
+            value_of(&s, "mirrorgate_rate_limited_total", &rl),
+            Some(0.0)
+        );
         let lk = [("limiter", "user_requests")];
         assert_eq!(value_of(&s, "mirrorgate_limiter_keys", &lk), Some(12.0));
         let https = [("listener", "https")];
@@ -854,16 +883,18 @@ pub(crate) mod tests {
         );
         let host = [("host", "docker.example")];
         assert_eq!(
-            value_of(
-                &s,
-                "mirrorgate_certificate_expiry_timestamp_seconds",
-                &host
-            ),
+            value_of(&s, "mirrorgate_certificate_expiry_timestamp_seconds", &host),
             Some(1_900_000_000.0)
         );
         let ok = [("result", "success")];
-        assert_eq!(value_of(&s, "mirrorgate_acme_renewals_total", &ok), Some(1.0));
-        assert_eq!(value_of(&s, "mirrorgate_config_reloads_total", &ok), Some(1.0));
+        assert_eq!(
+            value_of(&s, "mirrorgate_acme_renewals_total", &ok),
+            Some(1.0)
+        );
+        assert_eq!(
+            value_of(&s, "mirrorgate_config_reloads_total", &ok),
+            Some(1.0)
+        );
         let last = value_of(
             &s,
             "mirrorgate_config_last_reload_success_timestamp_seconds",
@@ -883,14 +914,14 @@ pub(crate) mod tests {
             ..MetricsOptions::default()
         })
         .unwrap();
-        exercise_all(&m);
+        let _conn = exercise_all(&m);
         let text = m.encode_text().unwrap();
         let typed: BTreeSet<&str> = text
             .lines()
             .filter_map(|l| l.strip_prefix("# TYPE "))
             .filter_map(|l| l.split(' ').next())
             .collect();
-        assert!(m.family_names().len() >= 25);
+        assert_eq!(m.family_names().len(), 23);
         for name in m.family_names() {
             assert!(name.starts_with("mirrorgate_"), "{name}");
             assert!(typed.contains(name), "{name} not exposed");
@@ -929,7 +960,11 @@ pub(crate) mod tests {
         let s = exposition(&on);
         assert_eq!(
             label_values(&s, "mirrorgate_user_requests_total", "user"),
-            BTreeSet::from(["alice".to_owned(), "bob".to_owned(), OVERFLOW_LABEL.to_owned()])
+            BTreeSet::from([
+                "alice".to_owned(),
+                "bob".to_owned(),
+                OVERFLOW_LABEL.to_owned()
+            ])
         );
         let alice = [("user", "alice")];
         assert_eq!(
@@ -956,10 +991,7 @@ pub(crate) mod tests {
         })
         .unwrap();
         for tenant in [Some("t1"), Some("t2"), None] {
-            let labels = RequestLabels {
-                tenant,
-                ..get("r")
-            };
+            let labels = RequestLabels { tenant, ..get("r") };
             m.request_done(&labels, 200, Duration::ZERO, 0, 0);
         }
         assert_eq!(
@@ -974,7 +1006,11 @@ pub(crate) mod tests {
         .unwrap();
         off.request_done(&get("r"), 200, Duration::ZERO, 0, 0);
         assert_eq!(
-            label_values(&exposition(&off), "mirrorgate_response_bytes_total", "tenant"),
+            label_values(
+                &exposition(&off),
+                "mirrorgate_response_bytes_total",
+                "tenant"
+            ),
             BTreeSet::from([DISABLED_LABEL.to_owned()])
         );
     }
@@ -986,7 +1022,10 @@ pub(crate) mod tests {
         m.request_done(&get("r"), 200, Duration::from_secs(400), 0, 0);
         let s = exposition(&m);
         let bounds = label_values(&s, "mirrorgate_request_duration_seconds_bucket", "le");
-        assert!(bounds.contains("0.001") && bounds.contains("600"), "{bounds:?}");
+        assert!(
+            bounds.contains("0.001") && bounds.contains("600"),
+            "{bounds:?}"
+        );
         let le300 = [("le", "300")];
         let le600 = [("le", "600")];
         let name = "mirrorgate_request_duration_seconds_bucket";
@@ -1002,12 +1041,21 @@ pub(crate) mod tests {
         let a = m.connection_opened("https");
         let b = m.connection_opened("https");
         let s = exposition(&m);
-        assert_eq!(value_of(&s, "mirrorgate_connections_active", &https), Some(2.0));
+        assert_eq!(
+            value_of(&s, "mirrorgate_connections_active", &https),
+            Some(2.0)
+        );
         drop(a);
         drop(b);
         let s = exposition(&m);
-        assert_eq!(value_of(&s, "mirrorgate_connections_active", &https), Some(0.0));
-        assert_eq!(value_of(&s, "mirrorgate_connections_total", &https), Some(2.0));
+        assert_eq!(
+            value_of(&s, "mirrorgate_connections_active", &https),
+            Some(0.0)
+        );
+        assert_eq!(
+            value_of(&s, "mirrorgate_connections_total", &https),
+            Some(2.0)
+        );
     }
 
     // Rule: a host that is no longer served loses its certificate expiry series.
@@ -1034,28 +1082,9 @@ pub(crate) mod tests {
             ..MetricsOptions::default()
         })
         .unwrap();
-        exercise_all(&m);
+        let _conn = exercise_all(&m);
         let text = m.encode_text().unwrap();
-        let mut child = match Command::new("promtool")
-            .args(["check", "metrics"])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-        {
-            Ok(child) => child,
-            Err(e) => panic!(
-                "promtool is required for this test and could not be run ({e}); \
-                 install it with `apt-get install -y prometheus`"
-            ),
-        };
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(text.as_bytes())
-            .unwrap();
-        let out = child.wait_with_output().unwrap();
+        let out = promtool(&["check", "metrics"], Some(&text));
         let stdout = String::from_utf8_lossy(&out.stdout);
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(
@@ -1117,17 +1146,73 @@ pub(crate) mod tests {
         );
     }
 
-    // Rule: every mirrorgate_* metric the Grafana dashboard queries exists in the registry.
-    #[test]
-    fn dashboard_references_only_known_metrics() {
+    /// Runs promtool, failing loudly (never skipping) when it is not installed.
+    fn promtool(args: &[&str], stdin: Option<&str>) -> std::process::Output {
+        let mut child = match Command::new("promtool")
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+        {
+            Ok(child) => child,
+            Err(e) => panic!(
+                "promtool is required for this test and could not be run ({e}); \
+                 install it with `apt-get install -y prometheus`"
+            ),
+        };
+        let mut input = child.stdin.take().unwrap();
+        if let Some(text) = stdin {
+            input.write_all(text.as_bytes()).unwrap();
+        }
+        drop(input);
+        child.wait_with_output().unwrap()
+    }
+
+    fn dashboard() -> serde_json::Value {
         let path = concat!(
             env!("CARGO_MANIFEST_DIR"),
             "/../../config/grafana/mirrorgate.json"
         );
-        let text = std::fs::read_to_string(path).unwrap();
-        let dashboard: serde_json::Value = serde_json::from_str(&text).unwrap();
+        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+    }
+
+    // Rule: every dashboard panel query is valid PromQL (checked by promtool as recording rules).
+    #[test]
+    fn dashboard_queries_parse_as_promql() {
         let mut exprs = Vec::new();
-        collect_exprs(&dashboard, &mut exprs);
+        collect_exprs(&dashboard()["panels"], &mut exprs);
+        let mut rules = String::from("groups:\n  - name: dashboard\n    rules:\n");
+        for (i, expr) in exprs.iter().enumerate() {
+            // Grafana variables become what Grafana would put there.
+            let promql = expr
+                .replace("$__rate_interval", "5m")
+                .replace("$job", ".*")
+                .replace("$route", ".*")
+                .replace("$tenant", ".*");
+            // A JSON string is a valid YAML double-quoted scalar.
+            let quoted = serde_json::to_string(&promql).unwrap();
+            rules.push_str(&format!(
+                "      - record: dashboard:expr_{i}\n        expr: {quoted}\n"
+            ));
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("dashboard.rules.yml");
+        std::fs::write(&file, &rules).unwrap();
+        let out = promtool(&["check", "rules", file.to_str().unwrap()], None);
+        assert!(
+            out.status.success(),
+            "promtool check rules failed:\n{}\n{}\nrules:\n{rules}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    // Rule: every mirrorgate_* metric the Grafana dashboard queries exists in the registry.
+    #[test]
+    fn dashboard_references_only_known_metrics() {
+        let mut exprs = Vec::new();
+        collect_exprs(&dashboard(), &mut exprs);
         assert!(exprs.len() >= 12, "only {} expressions", exprs.len());
 
         let m = Metrics::new(MetricsOptions::default()).unwrap();
@@ -1135,7 +1220,10 @@ pub(crate) mod tests {
         let mut referenced = BTreeSet::new();
         for expr in &exprs {
             for name in metric_names_in(expr) {
-                assert!(known.contains(name.as_str()), "unknown metric {name} in `{expr}`");
+                assert!(
+                    known.contains(name.as_str()),
+                    "unknown metric {name} in `{expr}`"
+                );
                 referenced.insert(name);
             }
         }

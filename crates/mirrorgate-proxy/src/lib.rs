@@ -1,1 +1,20 @@
-//! mirrorgate-proxy
+//! The HTTP side of mirrorgate: TLS and plain listeners, routing by host / path prefix / `?ns=`, and the forward
+//! path to upstream registries and backend caches with fallback, the upstream token dance, streaming bodies and
+//! response rewrites.
+//!
+//! Protocol knowledge (paths, names, challenges, tokens, header rewrites) lives in `mirrorgate-registry`; this
+//! crate decides *where* and *when* and moves bytes. Read `forward` first: it lists the request phases.
+
+mod body;
+mod error;
+mod forward;
+mod headers;
+mod router;
+mod runtime;
+mod server;
+mod upstream;
+
+pub use body::{BoxError, GatewayBody};
+pub use error::ProxyError;
+pub use runtime::{Gateway, Runtime};
+pub use server::{serve_http, serve_https, Http01Responder};

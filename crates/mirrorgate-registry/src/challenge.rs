@@ -60,12 +60,18 @@ impl BearerChallenge {
 
     /// The first usable `Bearer` challenge of a header (registries may offer Basic and Bearer together).
     pub fn from_header(header: &str) -> Result<Option<Self>, Error> {
-        Ok(parse_challenges(header)?.iter().find_map(Self::from_challenge))
+        Ok(parse_challenges(header)?
+            .iter()
+            .find_map(Self::from_challenge))
     }
 
     /// Scopes split on spaces, the separator the Docker token spec uses inside one `scope` param.
     pub fn scopes(&self) -> impl Iterator<Item = &str> {
-        self.scope.as_deref().unwrap_or("").split(' ').filter(|s| !s.is_empty())
+        self.scope
+            .as_deref()
+            .unwrap_or("")
+            .split(' ')
+            .filter(|s| !s.is_empty())
     }
 
     /// Renders the challenge back (see [`bearer_challenge`]).
@@ -76,7 +82,10 @@ impl BearerChallenge {
 
 /// Parses a `WWW-Authenticate` value holding one or more challenges.
 pub fn parse_challenges(header: &str) -> Result<Vec<Challenge>, Error> {
-    let mut parser = Parser { input: header.as_bytes(), pos: 0 };
+    let mut parser = Parser {
+        input: header.as_bytes(),
+        pos: 0,
+    };
     let mut challenges = Vec::new();
     loop {
         parser.skip_list_separators();
@@ -165,7 +174,10 @@ impl<'a> Parser<'a> {
     }
 
     fn error(&self, reason: &'static str) -> Error {
-        Error::Challenge { position: self.pos, reason }
+        Error::Challenge {
+            position: self.pos,
+            reason,
+        }
     }
 
     fn skip_ows(&mut self) {
@@ -187,12 +199,21 @@ impl<'a> Parser<'a> {
             self.pos += 1;
         }
         // tchars are ASCII, so the slice is valid UTF-8.
-        std::str::from_utf8(&self.input[start..self.pos]).ok().filter(|t| !t.is_empty())
+        std::str::from_utf8(&self.input[start..self.pos])
+            .ok()
+            .filter(|t| !t.is_empty())
     }
 
     fn challenge(&mut self) -> Result<Challenge, Error> {
-        let scheme = self.token().ok_or_else(|| self.error("expected an auth scheme"))?.to_owned();
-        let mut challenge = Challenge { scheme, params: Vec::new(), token68: None };
+        let scheme = self
+            .token()
+            .ok_or_else(|| self.error("expected an auth scheme"))?
+            .to_owned();
+        let mut challenge = Challenge {
+            scheme,
+            params: Vec::new(),
+            token68: None,
+        };
         let before_space = self.pos;
         self.skip_ows();
         if self.pos == before_space || self.at_end() || self.peek() == Some(b',') {
@@ -235,7 +256,8 @@ impl<'a> Parser<'a> {
         while self.peek() == Some(b'=') {
             self.pos += 1;
         }
-        let token68 = std::str::from_utf8(&self.input[start..self.pos]).map_err(|_| self.error("invalid token68"))?;
+        let token68 = std::str::from_utf8(&self.input[start..self.pos])
+            .map_err(|_| self.error("invalid token68"))?;
         challenge.token68 = Some(token68.to_owned());
         Ok(challenge)
     }
@@ -382,17 +404,31 @@ mod tests {
     // Rule: a Bearer challenge without a realm, or another scheme, yields no BearerChallenge.
     #[test]
     fn bearer_needs_realm() {
-        assert_eq!(BearerChallenge::from_header(r#"Bearer service="x""#).unwrap(), None);
-        assert_eq!(BearerChallenge::from_header(r#"Basic realm="x""#).unwrap(), None);
+        assert_eq!(
+            BearerChallenge::from_header(r#"Bearer service="x""#).unwrap(),
+            None
+        );
+        assert_eq!(
+            BearerChallenge::from_header(r#"Basic realm="x""#).unwrap(),
+            None
+        );
     }
 
     // Rule: the writer's output parses back to the same values, whatever the quoting needs are.
     #[test]
     fn writer_round_trips() {
-        let realms = ["https://docker.test:8443/token", r#"we"ird\realm, with=comma"#, "", "ünïcode"];
+        let realms = [
+            "https://docker.test:8443/token",
+            r#"we"ird\realm, with=comma"#,
+            "",
+            "ünïcode",
+        ];
         for realm in realms {
             for service in [None, Some("docker.test"), Some(r#"s"\"#)] {
-                for scope in [None, Some("repository:library/alpine:pull,push registry:catalog:*")] {
+                for scope in [
+                    None,
+                    Some("repository:library/alpine:pull,push registry:catalog:*"),
+                ] {
                     let value = bearer_challenge(realm, service, scope);
                     let text = std::str::from_utf8(value.as_bytes()).unwrap();
                     let parsed = BearerChallenge::from_header(text).unwrap().unwrap();
@@ -411,7 +447,11 @@ mod tests {
     // Rule: scopes in one `scope` param are split on spaces.
     #[test]
     fn scopes_split() {
-        let b = BearerChallenge { realm: "r".into(), service: None, scope: Some("a:b:pull  c:d:push".into()) };
+        let b = BearerChallenge {
+            realm: "r".into(),
+            service: None,
+            scope: Some("a:b:pull  c:d:push".into()),
+        };
         assert_eq!(b.scopes().collect::<Vec<_>>(), ["a:b:pull", "c:d:push"]);
     }
 
@@ -421,15 +461,35 @@ mod tests {
         let value = bearer_challenge("https://x.test/\r\nSet-Cookie: a=b", Some("s\0"), None);
         let text = value.to_str().unwrap();
         assert!(!text.contains('\r') && !text.contains('\n') && !text.contains('\0'));
-        assert_eq!(BearerChallenge::from_header(text).unwrap().unwrap().realm, "https://x.test/Set-Cookie: a=b");
+        assert_eq!(
+            BearerChallenge::from_header(text).unwrap().unwrap().realm,
+            "https://x.test/Set-Cookie: a=b"
+        );
     }
 
     // Rule: no input makes the parser panic (a loop over tricky strings in place of a fuzzer).
     #[test]
     fn hostile_inputs_do_not_panic() {
         let pieces = [
-            "Bearer", " ", ",", "=", "\"", "\\", "realm", "a=b", "\"x\\\"", "==", "\t", "é", "\u{0}", "token68+/=",
-            "\"\"", ",,", "\\\"", "Basic realm=\"", "ñ=\"ü\"",
+            "Bearer",
+            " ",
+            ",",
+            "=",
+            "\"",
+            "\\",
+            "realm",
+            "a=b",
+            "\"x\\\"",
+            "==",
+            "\t",
+            "é",
+            "\u{0}",
+            "token68+/=",
+            "\"\"",
+            ",,",
+            "\\\"",
+            "Basic realm=\"",
+            "ñ=\"ü\"",
         ];
         let mut count = 0;
         for a in pieces {

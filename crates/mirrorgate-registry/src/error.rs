@@ -4,7 +4,9 @@
 use std::fmt;
 
 use bytes::Bytes;
-use http::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTICATE};
+use http::header::{
+    HeaderMap, HeaderName, HeaderValue, CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTICATE,
+};
 use http::{Response, StatusCode};
 
 /// The `code` of an OCI error body, with the HTTP status it is sent with.
@@ -96,7 +98,9 @@ impl ErrorCode {
             ErrorCode::TooManyRequests => "TOOMANYREQUESTS",
             ErrorCode::NotFound => "NOT_FOUND",
             ErrorCode::Misdirected => "MISDIRECTED",
-            ErrorCode::BadGateway | ErrorCode::Unavailable | ErrorCode::GatewayTimeout => "UNAVAILABLE",
+            ErrorCode::BadGateway | ErrorCode::Unavailable | ErrorCode::GatewayTimeout => {
+                "UNAVAILABLE"
+            }
             ErrorCode::Internal => "UNKNOWN",
         }
     }
@@ -159,69 +163,102 @@ impl fmt::Display for ErrorCode {
 /// behave (a challenge to authenticate, a delay before retrying).
 ///
 /// Every refusal in the gateway becomes one of these and leaves through [`RegistryError::into_response`], so the
-/// JSON shape and the header rules live in one place.
+/// JSON shape and the header rules live in one place. The parts live behind one box: errors travel through
+/// every `Result` of the request path and should cost a pointer there, not 200 bytes.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
-#[error("{code}: {message}")]
+#[error("{}: {}", .inner.code, .inner.message)]
 pub struct RegistryError {
-    /// What went wrong, and with it the status.
-    pub code: ErrorCode,
-    /// Human-readable text. Clients print it: never put secrets in it.
-    pub message: String,
-    /// Optional structured detail (e.g. the offending name), sent as the OCI `detail` member.
-    pub detail: Option<serde_json::Value>,
-    /// Challenge for 401 answers; the proxy sets it on every 401 (clients that skip the ping learn the realm
-    /// from whatever 401 they hit first).
-    pub www_authenticate: Option<HeaderValue>,
-    /// Seconds to wait before retrying, sent as `Retry-After` (429, 503).
-    pub retry_after: Option<u64>,
-    /// Anything else to send along (e.g. pass-through `ratelimit-*` headers on an upstream 429).
-    pub extra_headers: HeaderMap,
+    inner: Box<Parts>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+struct Parts {
+    code: ErrorCode,
+    message: String,
+    detail: Option<serde_json::Value>,
+    www_authenticate: Option<HeaderValue>,
+    retry_after: Option<u64>,
+    extra_headers: HeaderMap,
 }
 
 impl RegistryError {
-    /// An error with `code` and a specific message.
+    /// An error with `code` and a specific message. Clients print the message: never put secrets in it.
     pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
         Self {
-            code,
-            message: message.into(),
-            detail: None,
-            www_authenticate: None,
-            retry_after: None,
-            extra_headers: HeaderMap::new(),
+            inner: Box::new(Parts {
+                code,
+                message: message.into(),
+                detail: None,
+                www_authenticate: None,
+                retry_after: None,
+                extra_headers: HeaderMap::new(),
+            }),
         }
     }
 
-    /// Attaches the OCI `detail` member.
+    /// Attaches the OCI `detail` member (structured, e.g. the offending name).
     #[must_use]
     pub fn with_detail(mut self, detail: serde_json::Value) -> Self {
-        self.detail = Some(detail);
+        self.inner.detail = Some(detail);
         self
     }
 
-    /// Attaches a `WWW-Authenticate` challenge (see [`crate::bearer_challenge`]).
+    /// Attaches a `WWW-Authenticate` challenge (see [`crate::bearer_challenge`]). The proxy sets one on every
+    /// 401: clients that skip the ping learn the realm from whatever 401 they hit first.
     #[must_use]
     pub fn with_challenge(mut self, challenge: HeaderValue) -> Self {
-        self.www_authenticate = Some(challenge);
+        self.inner.www_authenticate = Some(challenge);
         self
     }
 
-    /// Attaches `Retry-After: secs`.
+    /// Attaches `Retry-After: secs` (429, 503).
     #[must_use]
     pub fn with_retry_after(mut self, secs: u64) -> Self {
-        self.retry_after = Some(secs);
+        self.inner.retry_after = Some(secs);
         self
     }
 
-    /// Adds one more response header (appended: a name may repeat).
+    /// Adds one more response header (appended: a name may repeat), e.g. pass-through `ratelimit-*` headers
+    /// on an upstream 429.
     #[must_use]
     pub fn with_header(mut self, name: HeaderName, value: HeaderValue) -> Self {
-        self.extra_headers.append(name, value);
+        self.inner.extra_headers.append(name, value);
         self
+    }
+
+    /// What went wrong.
+    pub fn code(&self) -> ErrorCode {
+        self.inner.code
+    }
+
+    /// The human-readable message.
+    pub fn message(&self) -> &str {
+        &self.inner.message
+    }
+
+    /// The OCI `detail` member, if any.
+    pub fn detail(&self) -> Option<&serde_json::Value> {
+        self.inner.detail.as_ref()
+    }
+
+    /// The challenge sent as `WWW-Authenticate`, if any.
+    pub fn www_authenticate(&self) -> Option<&HeaderValue> {
+        self.inner.www_authenticate.as_ref()
+    }
+
+    /// The `Retry-After` seconds, if any.
+    pub fn retry_after(&self) -> Option<u64> {
+        self.inner.retry_after
+    }
+
+    /// Extra headers sent along.
+    pub fn extra_headers(&self) -> &HeaderMap {
+        &self.inner.extra_headers
     }
 
     /// The HTTP status this error is sent with.
     pub fn status(&self) -> StatusCode {
-        self.code.status()
+        self.inner.code.status()
     }
 
     /// Renders the answer: status from the code, `Content-Type: application/json`,
@@ -230,29 +267,37 @@ impl RegistryError {
     /// `{"errors":[{"code":…,"message":…,"detail":…}]}`; `detail` is left out when there is none, as
     /// distribution does. For `HEAD` requests the server drops the body itself.
     pub fn into_response(self) -> Response<Bytes> {
+        let Parts {
+            code,
+            message,
+            detail,
+            www_authenticate,
+            retry_after,
+            extra_headers,
+        } = *self.inner;
         let mut entry = serde_json::Map::new();
-        entry.insert("code".into(), self.code.as_str().into());
-        entry.insert("message".into(), self.message.into());
-        if let Some(detail) = self.detail {
+        entry.insert("code".into(), code.as_str().into());
+        entry.insert("message".into(), message.into());
+        if let Some(detail) = detail {
             entry.insert("detail".into(), detail);
         }
         let body = serde_json::json!({ "errors": [serde_json::Value::Object(entry)] });
         let mut response = Response::new(Bytes::from(body.to_string()));
-        *response.status_mut() = self.code.status();
+        *response.status_mut() = code.status();
         let headers = response.headers_mut();
         headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
         headers.insert(
             HeaderName::from_static("docker-distribution-api-version"),
             HeaderValue::from_static("registry/2.0"),
         );
-        if let Some(challenge) = self.www_authenticate {
+        if let Some(challenge) = www_authenticate {
             headers.insert(WWW_AUTHENTICATE, challenge);
         }
-        if let Some(secs) = self.retry_after {
+        if let Some(secs) = retry_after {
             headers.insert(RETRY_AFTER, HeaderValue::from(secs));
         }
         let mut last_name: Option<HeaderName> = None;
-        for (name, value) in self.extra_headers {
+        for (name, value) in extra_headers {
             // `HeaderMap::into_iter` yields the name only on the first value of each name.
             if let Some(name) = name {
                 last_name = Some(name);
@@ -280,7 +325,10 @@ impl From<ErrorCode> for RegistryError {
 pub enum Error {
     /// A `WWW-Authenticate` header does not follow RFC 7235.
     #[error("malformed authentication challenge at byte {position}: {reason}")]
-    Challenge { position: usize, reason: &'static str },
+    Challenge {
+        position: usize,
+        reason: &'static str,
+    },
     /// A token scope string does not follow `type:name:actions`.
     #[error("malformed scope: {reason}")]
     Scope { reason: &'static str },
@@ -349,7 +397,10 @@ mod tests {
             .with_detail(serde_json::json!({"name": "Foo"}))
             .into_response();
         assert_eq!(response.headers()[CONTENT_TYPE], "application/json");
-        assert_eq!(response.headers()["docker-distribution-api-version"], "registry/2.0");
+        assert_eq!(
+            response.headers()["docker-distribution-api-version"],
+            "registry/2.0"
+        );
         let body = body_json(&response);
         let errors = body["errors"].as_array().unwrap();
         assert_eq!(errors.len(), 1);
@@ -362,7 +413,10 @@ mod tests {
     fn detail_omitted_when_absent() {
         let body = body_json(&RegistryError::from(ErrorCode::Denied).into_response());
         assert!(body["errors"][0].get("detail").is_none());
-        assert_eq!(body["errors"][0]["message"], ErrorCode::Denied.default_message());
+        assert_eq!(
+            body["errors"][0]["message"],
+            ErrorCode::Denied.default_message()
+        );
     }
 
     // Rule: a 401 carries the challenge it was given as `WWW-Authenticate`.
@@ -385,9 +439,18 @@ mod tests {
     fn too_many_requests_carries_retry_after_and_extras() {
         let response = RegistryError::from(ErrorCode::TooManyRequests)
             .with_retry_after(17)
-            .with_header(HeaderName::from_static("ratelimit-limit"), HeaderValue::from_static("100;w=21600"))
-            .with_header(HeaderName::from_static("x-multi"), HeaderValue::from_static("a"))
-            .with_header(HeaderName::from_static("x-multi"), HeaderValue::from_static("b"))
+            .with_header(
+                HeaderName::from_static("ratelimit-limit"),
+                HeaderValue::from_static("100;w=21600"),
+            )
+            .with_header(
+                HeaderName::from_static("x-multi"),
+                HeaderValue::from_static("a"),
+            )
+            .with_header(
+                HeaderName::from_static("x-multi"),
+                HeaderValue::from_static("b"),
+            )
             .into_response();
         assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
         assert_eq!(response.headers()[RETRY_AFTER], "17");

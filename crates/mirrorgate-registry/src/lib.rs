@@ -1,1 +1,45 @@
-//! mirrorgate-registry
+//! The OCI distribution protocol as the gateway needs to know it, as a pure library: no sockets, no clocks
+//! beyond token expiry, no configuration. `mirrorgate-proxy` does the I/O and asks this crate what a request
+//! means, what to send upstream, and how to answer.
+//!
+//! Why a crate of its own: every rule here was learned from a client or a registry misbehaving (encoded
+//! slashes in names, relative `Location`s, tokens that are per repository, challenges with commas in quotes).
+//! Keeping them in one place, each pinned by a test, keeps the proxy about streaming and policy.
+//!
+//! Contents, in request order:
+//! - [`RegistryPath`] (`path`), over the name/tag/digest grammars (`reference`): what a `/v2/…` path asks for.
+//! - `names`: Docker Hub's `library/` rule and k3s-style regex [`Rewrites`].
+//! - [`Scope`] (`scope`): what a request needs from a token.
+//! - `challenge`: `WWW-Authenticate` parsing and writing.
+//! - `token`: upstream token requests, responses and the single-flight [`TokenCache`].
+//! - `manifest`: the manifest `Accept` list.
+//! - `rewrite`: `Location` / `Link` rewrites and headers that must not reach clients.
+//! - [`RegistryError`] (`error`): every refusal, rendered into an OCI error response in one place.
+
+mod challenge;
+mod error;
+mod manifest;
+mod names;
+mod path;
+mod reference;
+mod rewrite;
+mod scope;
+mod token;
+
+pub use challenge::{
+    basic_challenge, bearer_challenge, parse_challenges, BearerChallenge, Challenge,
+};
+pub use error::{Error, ErrorCode, RegistryError};
+pub use manifest::{manifest_accept, MANIFEST_ACCEPT};
+pub use names::{docker_hub_library, Rewrites};
+pub use path::{split_prefix, RegistryPath, RequestKind};
+pub use reference::{Digest, Reference, RepositoryName, Tag};
+pub use rewrite::{
+    rewrite_link, rewrite_location, strip_response_headers, LocationRewrite, RewriteContext,
+    STRIPPED_RESPONSE_HEADERS,
+};
+pub use scope::{Action, Scope};
+pub use token::{
+    token_request_url, CacheOutcome, TokenCache, TokenCacheStats, TokenKey, TokenResponse,
+    UpstreamToken,
+};

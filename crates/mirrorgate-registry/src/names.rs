@@ -47,14 +47,21 @@ impl Rewrites {
     ///
     /// Fails with `NAME_INVALID` when the result is not a valid repository name (the detail carries the
     /// rewritten text, so an operator can see which rule produced it).
-    pub fn apply<'a>(&self, name: &'a RepositoryName) -> Result<Cow<'a, RepositoryName>, RegistryError> {
-        let Some((regex, replacement)) = self.rules.iter().find(|(regex, _)| regex.is_match(name.as_str())) else {
+    pub fn apply<'a>(
+        &self,
+        name: &'a RepositoryName,
+    ) -> Result<Cow<'a, RepositoryName>, RegistryError> {
+        let Some((regex, replacement)) = self
+            .rules
+            .iter()
+            .find(|(regex, _)| regex.is_match(name.as_str()))
+        else {
             return Ok(Cow::Borrowed(name));
         };
         let rewritten = regex.replace_all(name.as_str(), replacement.as_str());
         RepositoryName::parse(&rewritten).map(Cow::Owned).map_err(|err| {
             RegistryError::new(ErrorCode::NameInvalid, "repository name rewrite produced an invalid name").with_detail(
-                serde_json::json!({ "name": name.as_str(), "rewritten": err.detail.map_or(serde_json::Value::Null, |d| d["name"].clone()) }),
+                serde_json::json!({ "name": name.as_str(), "rewritten": err.detail().map_or(serde_json::Value::Null, |d| d["name"].clone()) }),
             )
         })
     }
@@ -69,17 +76,30 @@ mod tests {
     }
 
     fn rules(list: &[(&str, &str)]) -> Rewrites {
-        Rewrites::new(list.iter().map(|(re, to)| (Regex::new(re).unwrap(), (*to).to_owned())).collect())
+        Rewrites::new(
+            list.iter()
+                .map(|(re, to)| (Regex::new(re).unwrap(), (*to).to_owned()))
+                .collect(),
+        )
     }
 
     // Rule: single-component names get `library/`, others are untouched (and borrowed).
     #[test]
     fn library_prefix() {
-        assert_eq!(docker_hub_library(&name("alpine")).unwrap().as_str(), "library/alpine");
+        assert_eq!(
+            docker_hub_library(&name("alpine")).unwrap().as_str(),
+            "library/alpine"
+        );
         let multi = name("bitnami/redis");
-        assert!(matches!(docker_hub_library(&multi).unwrap(), Cow::Borrowed(_)));
+        assert!(matches!(
+            docker_hub_library(&multi).unwrap(),
+            Cow::Borrowed(_)
+        ));
         let long = name(&"a".repeat(250));
-        assert_eq!(docker_hub_library(&long).unwrap_err().code, ErrorCode::NameInvalid);
+        assert_eq!(
+            docker_hub_library(&long).unwrap_err().code(),
+            ErrorCode::NameInvalid
+        );
     }
 
     // Rule: the k3s documentation example rewrites with `$1`.
@@ -87,7 +107,10 @@ mod tests {
     fn k3s_example() {
         let r = rules(&[("^rancher/(.*)", "mirrorproject/rancher-images/$1")]);
         let n = name("rancher/coredns-coredns");
-        assert_eq!(r.apply(&n).unwrap().as_str(), "mirrorproject/rancher-images/coredns-coredns");
+        assert_eq!(
+            r.apply(&n).unwrap().as_str(),
+            "mirrorproject/rancher-images/coredns-coredns"
+        );
         let other = name("library/alpine");
         assert!(matches!(r.apply(&other).unwrap(), Cow::Borrowed(_)));
     }
@@ -105,7 +128,10 @@ mod tests {
     #[test]
     fn partial_match_replaces_match_only() {
         let r = rules(&[("old", "new")]);
-        assert_eq!(r.apply(&name("team/old-app")).unwrap().as_str(), "team/new-app");
+        assert_eq!(
+            r.apply(&name("team/old-app")).unwrap().as_str(),
+            "team/new-app"
+        );
     }
 
     // Rule: a rewrite producing an invalid name is NAME_INVALID, with the result in the detail.
@@ -113,9 +139,12 @@ mod tests {
     fn invalid_result_rejected() {
         let r = rules(&[("^(.*)$", "UPPER/$1")]);
         let err = r.apply(&name("x")).unwrap_err();
-        assert_eq!(err.code, ErrorCode::NameInvalid);
-        assert_eq!(err.detail.unwrap()["rewritten"], "UPPER/x");
+        assert_eq!(err.code(), ErrorCode::NameInvalid);
+        assert_eq!(err.detail().unwrap()["rewritten"], "UPPER/x");
         let r = rules(&[("^(.*)$", "a/../$1")]);
-        assert_eq!(r.apply(&name("x")).unwrap_err().code, ErrorCode::NameInvalid);
+        assert_eq!(
+            r.apply(&name("x")).unwrap_err().code(),
+            ErrorCode::NameInvalid
+        );
     }
 }

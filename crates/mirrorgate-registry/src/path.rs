@@ -16,16 +16,25 @@ pub enum RegistryPath {
     /// `/v2/<name>/tags/list`.
     Tags { name: RepositoryName },
     /// `/v2/<name>/manifests/<reference>`.
-    Manifest { name: RepositoryName, reference: Reference },
+    Manifest {
+        name: RepositoryName,
+        reference: Reference,
+    },
     /// `/v2/<name>/blobs/<digest>`.
-    Blob { name: RepositoryName, digest: Digest },
+    Blob {
+        name: RepositoryName,
+        digest: Digest,
+    },
     /// `/v2/<name>/blobs/uploads/` (also accepted without the trailing `/`; rebuilt with it).
     UploadStart { name: RepositoryName },
     /// `/v2/<name>/blobs/uploads/<id>`: an upload session. The id is opaque; only `[A-Za-z0-9._~=+-]` up to
     /// 512 bytes is accepted (no `%`, not `.`/`..`), enough for the UUIDs and base64 ids registries hand out.
     Upload { name: RepositoryName, id: String },
     /// `/v2/<name>/referrers/<digest>`.
-    Referrers { name: RepositoryName, digest: Digest },
+    Referrers {
+        name: RepositoryName,
+        digest: Digest,
+    },
 }
 
 /// The endpoint family, for metric labels and per-kind policy (cache, limits).
@@ -80,12 +89,15 @@ impl RegistryPath {
         let n = segments.len();
         // Name from the first `count` segments: re-joined from `rest`, so no allocation of the pieces.
         let name_of = |count: usize| -> Result<RepositoryName, RegistryError> {
-            let len = segments[..count].iter().map(|s| s.len()).sum::<usize>() + count.saturating_sub(1);
+            let len =
+                segments[..count].iter().map(|s| s.len()).sum::<usize>() + count.saturating_sub(1);
             RepositoryName::parse(&rest[..len])
         };
 
         if n >= 3 && segments[n - 2] == "tags" && segments[n - 1] == "list" {
-            return Ok(RegistryPath::Tags { name: name_of(n - 2)? });
+            return Ok(RegistryPath::Tags {
+                name: name_of(n - 2)?,
+            });
         }
         if n >= 4 && segments[n - 3] == "blobs" && segments[n - 2] == "uploads" {
             let name = name_of(n - 3)?;
@@ -93,25 +105,39 @@ impl RegistryPath {
             if id.is_empty() {
                 return Ok(RegistryPath::UploadStart { name });
             }
-            return Ok(RegistryPath::Upload { name, id: upload_id(id)? });
+            return Ok(RegistryPath::Upload {
+                name,
+                id: upload_id(id)?,
+            });
         }
         if n >= 3 && segments[n - 2] == "blobs" && segments[n - 1] == "uploads" {
-            return Ok(RegistryPath::UploadStart { name: name_of(n - 2)? });
+            return Ok(RegistryPath::UploadStart {
+                name: name_of(n - 2)?,
+            });
         }
         if n >= 3 {
             let last = segments[n - 1];
             match segments[n - 2] {
                 "manifests" => {
                     let name = name_of(n - 2)?;
-                    return Ok(RegistryPath::Manifest { name, reference: Reference::parse(last)? });
+                    return Ok(RegistryPath::Manifest {
+                        name,
+                        reference: Reference::parse(last)?,
+                    });
                 }
                 "blobs" => {
                     let name = name_of(n - 2)?;
-                    return Ok(RegistryPath::Blob { name, digest: Digest::parse(last)? });
+                    return Ok(RegistryPath::Blob {
+                        name,
+                        digest: Digest::parse(last)?,
+                    });
                 }
                 "referrers" => {
                     let name = name_of(n - 2)?;
-                    return Ok(RegistryPath::Referrers { name, digest: Digest::parse(last)? });
+                    return Ok(RegistryPath::Referrers {
+                        name,
+                        digest: Digest::parse(last)?,
+                    });
                 }
                 _ => {}
             }
@@ -168,7 +194,9 @@ impl RegistryPath {
             RegistryPath::Ping => "/v2/".to_owned(),
             RegistryPath::Catalog => "/v2/_catalog".to_owned(),
             RegistryPath::Tags { name } => format!("/v2/{name}/tags/list"),
-            RegistryPath::Manifest { name, reference } => format!("/v2/{name}/manifests/{reference}"),
+            RegistryPath::Manifest { name, reference } => {
+                format!("/v2/{name}/manifests/{reference}")
+            }
             RegistryPath::Blob { name, digest } => format!("/v2/{name}/blobs/{digest}"),
             RegistryPath::UploadStart { name } => format!("/v2/{name}/blobs/uploads/"),
             RegistryPath::Upload { name, id } => format!("/v2/{name}/blobs/uploads/{id}"),
@@ -184,10 +212,10 @@ impl RegistryPath {
 /// - `Ok(Some((key, path)))`: `path` is `/v2/<rest>` parsed (`/v2/gcr.test/` and `/v2/gcr.test` are a ping).
 /// - `Err(_)`: the key is known but the rest is not a valid request. Returned rather than folded into `None`
 ///   so a malformed prefixed request is refused instead of being reinterpreted with the key as a name.
-pub fn split_prefix<'p>(
-    path: &'p str,
+pub fn split_prefix(
+    path: &str,
     is_known: impl Fn(&str) -> bool,
-) -> Result<Option<(&'p str, RegistryPath)>, RegistryError> {
+) -> Result<Option<(&str, RegistryPath)>, RegistryError> {
     let Some(rest) = path.strip_prefix("/v2/") else {
         return Ok(None);
     };
@@ -207,11 +235,16 @@ fn upload_id(id: &str) -> Result<String, RegistryError> {
         && id.len() <= MAX_UPLOAD_ID_LEN
         && id != "."
         && id != ".."
-        && id.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'~' | b'=' | b'+' | b'-'));
+        && id.bytes().all(|b| {
+            b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'~' | b'=' | b'+' | b'-')
+        });
     if ok {
         Ok(id.to_owned())
     } else {
-        Err(RegistryError::new(ErrorCode::BlobUploadUnknown, "invalid upload id"))
+        Err(RegistryError::new(
+            ErrorCode::BlobUploadUnknown,
+            "invalid upload id",
+        ))
     }
 }
 
@@ -234,16 +267,29 @@ mod tests {
     fn parses_every_endpoint() {
         assert_eq!(RegistryPath::parse("/v2/").unwrap(), RegistryPath::Ping);
         assert_eq!(RegistryPath::parse("/v2").unwrap(), RegistryPath::Ping);
-        assert_eq!(RegistryPath::parse("/v2/_catalog").unwrap(), RegistryPath::Catalog);
+        assert_eq!(
+            RegistryPath::parse("/v2/_catalog").unwrap(),
+            RegistryPath::Catalog
+        );
         assert_eq!(
             RegistryPath::parse("/v2/library/alpine/tags/list").unwrap(),
-            RegistryPath::Tags { name: name("library/alpine") }
+            RegistryPath::Tags {
+                name: name("library/alpine")
+            }
         );
         let manifest = RegistryPath::parse("/v2/library/alpine/manifests/3.19").unwrap();
         assert_eq!(manifest.name().unwrap().as_str(), "library/alpine");
-        assert!(matches!(&manifest, RegistryPath::Manifest { reference: Reference::Tag(t), .. } if t.as_str() == "3.19"));
+        assert!(
+            matches!(&manifest, RegistryPath::Manifest { reference: Reference::Tag(t), .. } if t.as_str() == "3.19")
+        );
         let by_digest = RegistryPath::parse(&format!("/v2/a/manifests/{SHA}")).unwrap();
-        assert!(matches!(by_digest, RegistryPath::Manifest { reference: Reference::Digest(_), .. }));
+        assert!(matches!(
+            by_digest,
+            RegistryPath::Manifest {
+                reference: Reference::Digest(_),
+                ..
+            }
+        ));
         assert!(matches!(
             RegistryPath::parse(&format!("/v2/a/b/blobs/{SHA}")).unwrap(),
             RegistryPath::Blob { .. }
@@ -258,7 +304,10 @@ mod tests {
         );
         assert_eq!(
             RegistryPath::parse("/v2/a/blobs/uploads/5f0a-11ee_b=").unwrap(),
-            RegistryPath::Upload { name: name("a"), id: "5f0a-11ee_b=".into() }
+            RegistryPath::Upload {
+                name: name("a"),
+                id: "5f0a-11ee_b=".into()
+            }
         );
         assert!(matches!(
             RegistryPath::parse(&format!("/v2/a/referrers/{SHA}")).unwrap(),
@@ -280,7 +329,11 @@ mod tests {
             (&format!("/v2/a/referrers/{SHA}"), "referrers"),
         ];
         for (path, label) in cases {
-            assert_eq!(RegistryPath::parse(path).unwrap().kind().as_str(), label, "{path}");
+            assert_eq!(
+                RegistryPath::parse(path).unwrap().kind().as_str(),
+                label,
+                "{path}"
+            );
         }
     }
 
@@ -290,7 +343,12 @@ mod tests {
         let p = RegistryPath::parse("/v2/manifests/blobs/tags/manifests/latest").unwrap();
         assert_eq!(p.name().unwrap().as_str(), "manifests/blobs/tags");
         let p = RegistryPath::parse("/v2/blobs/uploads/tags/list").unwrap();
-        assert_eq!(p, RegistryPath::Tags { name: name("blobs/uploads") });
+        assert_eq!(
+            p,
+            RegistryPath::Tags {
+                name: name("blobs/uploads")
+            }
+        );
     }
 
     // Rule: bad names, digests, tags and upload ids get their own codes; `%2f`, `..`, `//` never pass.
@@ -322,7 +380,11 @@ mod tests {
             ("/V2/", ErrorCode::NotFound),
         ];
         for (path, code) in cases {
-            assert_eq!(RegistryPath::parse(path).unwrap_err().code, code, "{path}");
+            assert_eq!(
+                RegistryPath::parse(path).unwrap_err().code(),
+                code,
+                "{path}"
+            );
         }
     }
 
@@ -351,20 +413,38 @@ mod tests {
     #[test]
     fn prefix_routing() {
         let known = |k: &str| k == "gcr.test" || k == "localhost:5000";
-        let (key, p) = split_prefix("/v2/gcr.test/foo/bar/manifests/latest", known).unwrap().unwrap();
+        let (key, p) = split_prefix("/v2/gcr.test/foo/bar/manifests/latest", known)
+            .unwrap()
+            .unwrap();
         assert_eq!(key, "gcr.test");
         assert_eq!(p.name().unwrap().as_str(), "foo/bar");
         assert_eq!(p.to_path(), "/v2/foo/bar/manifests/latest");
-        let (key, p) = split_prefix("/v2/localhost:5000/x/tags/list", known).unwrap().unwrap();
+        let (key, p) = split_prefix("/v2/localhost:5000/x/tags/list", known)
+            .unwrap()
+            .unwrap();
         assert_eq!((key, p.kind()), ("localhost:5000", RequestKind::Tags));
-        assert_eq!(split_prefix("/v2/gcr.test/", known).unwrap().unwrap().1, RegistryPath::Ping);
-        assert_eq!(split_prefix("/v2/gcr.test", known).unwrap().unwrap().1, RegistryPath::Ping);
-        assert_eq!(split_prefix("/v2/gcr.test/_catalog", known).unwrap().unwrap().1, RegistryPath::Catalog);
-        assert!(split_prefix("/v2/other.test/foo/manifests/latest", known).unwrap().is_none());
+        assert_eq!(
+            split_prefix("/v2/gcr.test/", known).unwrap().unwrap().1,
+            RegistryPath::Ping
+        );
+        assert_eq!(
+            split_prefix("/v2/gcr.test", known).unwrap().unwrap().1,
+            RegistryPath::Ping
+        );
+        assert_eq!(
+            split_prefix("/v2/gcr.test/_catalog", known)
+                .unwrap()
+                .unwrap()
+                .1,
+            RegistryPath::Catalog
+        );
+        assert!(split_prefix("/v2/other.test/foo/manifests/latest", known)
+            .unwrap()
+            .is_none());
         assert!(split_prefix("/v2/", known).unwrap().is_none());
         assert!(split_prefix("/healthz", known).unwrap().is_none());
         let err = split_prefix("/v2/gcr.test/Foo/manifests/latest", known).unwrap_err();
-        assert_eq!(err.code, ErrorCode::NameInvalid);
+        assert_eq!(err.code(), ErrorCode::NameInvalid);
     }
 
     // Rule: hostile paths never panic (multi-byte characters, many slashes, long inputs).
@@ -384,6 +464,9 @@ mod tests {
             let _ = RegistryPath::parse(input);
             let _ = split_prefix(input, |_| true);
         }
-        assert_eq!(RegistryPath::parse(&long).unwrap_err().code, ErrorCode::NameInvalid);
+        assert_eq!(
+            RegistryPath::parse(&long).unwrap_err().code(),
+            ErrorCode::NameInvalid
+        );
     }
 }

@@ -28,8 +28,11 @@ impl RepositoryName {
     pub fn parse(name: &str) -> Result<Self, RegistryError> {
         match name_problem(name) {
             None => Ok(Self(name.to_owned())),
-            Some(reason) => Err(RegistryError::new(ErrorCode::NameInvalid, format!("invalid repository name: {reason}"))
-                .with_detail(serde_json::json!({ "name": truncate(name, MAX_NAME_LEN + 1) }))),
+            Some(reason) => Err(RegistryError::new(
+                ErrorCode::NameInvalid,
+                format!("invalid repository name: {reason}"),
+            )
+            .with_detail(serde_json::json!({ "name": truncate(name, MAX_NAME_LEN + 1) }))),
         }
     }
 
@@ -133,12 +136,16 @@ impl Tag {
         let ok = !bytes.is_empty()
             && bytes.len() <= MAX_TAG_LEN
             && word(bytes[0])
-            && bytes[1..].iter().all(|&b| word(b) || b == b'.' || b == b'-');
+            && bytes[1..]
+                .iter()
+                .all(|&b| word(b) || b == b'.' || b == b'-');
         if ok {
             Ok(Self(tag.to_owned()))
         } else {
-            Err(RegistryError::new(ErrorCode::ManifestInvalid, "invalid tag")
-                .with_detail(serde_json::json!({ "tag": truncate(tag, MAX_TAG_LEN + 1) })))
+            Err(
+                RegistryError::new(ErrorCode::ManifestInvalid, "invalid tag")
+                    .with_detail(serde_json::json!({ "tag": truncate(tag, MAX_TAG_LEN + 1) })),
+            )
         }
     }
 
@@ -167,8 +174,11 @@ impl Digest {
     pub fn parse(digest: &str) -> Result<Self, RegistryError> {
         match digest_problem(digest) {
             None => Ok(Self(digest.to_owned())),
-            Some(reason) => Err(RegistryError::new(ErrorCode::DigestInvalid, format!("invalid digest: {reason}"))
-                .with_detail(serde_json::json!({ "digest": truncate(digest, MAX_DIGEST_LEN + 1) }))),
+            Some(reason) => Err(RegistryError::new(
+                ErrorCode::DigestInvalid,
+                format!("invalid digest: {reason}"),
+            )
+            .with_detail(serde_json::json!({ "digest": truncate(digest, MAX_DIGEST_LEN + 1) }))),
         }
     }
 
@@ -179,7 +189,9 @@ impl Digest {
 
     /// The part before the `:`.
     pub fn algorithm(&self) -> &str {
-        self.0.split_once(':').map_or("", |(algorithm, _)| algorithm)
+        self.0
+            .split_once(':')
+            .map_or("", |(algorithm, _)| algorithm)
     }
 
     /// The part after the `:`.
@@ -201,16 +213,27 @@ fn digest_problem(digest: &str) -> Option<&'static str> {
     let Some((algorithm, encoded)) = digest.split_once(':') else {
         return Some("missing ':'");
     };
-    let component_ok = |c: &str| !c.is_empty() && c.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
+    let component_ok = |c: &str| {
+        !c.is_empty()
+            && c.bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+    };
     if !algorithm.split(['+', '.', '_', '-']).all(component_ok) {
         return Some("bad algorithm");
     }
     if encoded.is_empty()
-        || !encoded.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'=' || b == b'_' || b == b'-')
+        || !encoded
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'=' || b == b'_' || b == b'-')
     {
         return Some("bad encoded part");
     }
-    let lower_hex = |len: usize| encoded.len() == len && encoded.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
+    let lower_hex = |len: usize| {
+        encoded.len() == len
+            && encoded
+                .bytes()
+                .all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+    };
     match algorithm {
         "sha256" if !lower_hex(64) => Some("sha256 needs 64 lower-case hex characters"),
         "sha512" if !lower_hex(128) => Some("sha512 needs 128 lower-case hex characters"),
@@ -316,10 +339,13 @@ mod tests {
             "foo\0",
         ] {
             let err = RepositoryName::parse(name).unwrap_err();
-            assert_eq!(err.code, ErrorCode::NameInvalid, "{name:?}");
+            assert_eq!(err.code(), ErrorCode::NameInvalid, "{name:?}");
         }
         let too_long = "a".repeat(MAX_NAME_LEN + 1);
-        assert_eq!(RepositoryName::parse(&too_long).unwrap_err().code, ErrorCode::NameInvalid);
+        assert_eq!(
+            RepositoryName::parse(&too_long).unwrap_err().code(),
+            ErrorCode::NameInvalid
+        );
     }
 
     // Rule: tags follow `[\w][\w.-]{0,127}`; bad tags are MANIFEST_INVALID.
@@ -330,7 +356,11 @@ mod tests {
         }
         assert!(Tag::parse(&"a".repeat(MAX_TAG_LEN)).is_ok());
         for tag in ["", ".x", "-x", "a/b", "a%20", "a b", "ä"] {
-            assert_eq!(Tag::parse(tag).unwrap_err().code, ErrorCode::ManifestInvalid, "{tag:?}");
+            assert_eq!(
+                Tag::parse(tag).unwrap_err().code(),
+                ErrorCode::ManifestInvalid,
+                "{tag:?}"
+            );
         }
         assert!(Tag::parse(&"a".repeat(MAX_TAG_LEN + 1)).is_err());
     }
@@ -342,7 +372,10 @@ mod tests {
         assert_eq!(d.algorithm(), "sha256");
         assert_eq!(d.encoded().len(), 64);
         assert!(Digest::parse(&format!("sha512:{}", "ab".repeat(64))).is_ok());
-        assert!(Digest::parse("multihash+base58:QmRZxt2b1FVZPNqd8hsiykDL3TdBDeTSPX9Kv46HmX4Gx8").is_ok());
+        assert!(
+            Digest::parse("multihash+base58:QmRZxt2b1FVZPNqd8hsiykDL3TdBDeTSPX9Kv46HmX4Gx8")
+                .is_ok()
+        );
         assert!(Digest::parse("blake3:abc=").is_ok());
         for bad in [
             "sha256",
@@ -357,7 +390,11 @@ mod tests {
             "sha256:ab%2f",
             "sha256:../x",
         ] {
-            assert_eq!(Digest::parse(bad).unwrap_err().code, ErrorCode::DigestInvalid, "{bad:?}");
+            assert_eq!(
+                Digest::parse(bad).unwrap_err().code(),
+                ErrorCode::DigestInvalid,
+                "{bad:?}"
+            );
         }
         assert!(Digest::parse(&format!("x:{}", "a".repeat(MAX_DIGEST_LEN))).is_err());
     }
@@ -365,10 +402,22 @@ mod tests {
     // Rule: a reference with ':' is a digest, otherwise a tag.
     #[test]
     fn references() {
-        assert!(matches!(Reference::parse(SHA256).unwrap(), Reference::Digest(_)));
-        assert!(matches!(Reference::parse("latest").unwrap(), Reference::Tag(_)));
-        assert_eq!(Reference::parse("sha256:xyz").unwrap_err().code, ErrorCode::DigestInvalid);
-        assert_eq!(Reference::parse("la test").unwrap_err().code, ErrorCode::ManifestInvalid);
+        assert!(matches!(
+            Reference::parse(SHA256).unwrap(),
+            Reference::Digest(_)
+        ));
+        assert!(matches!(
+            Reference::parse("latest").unwrap(),
+            Reference::Tag(_)
+        ));
+        assert_eq!(
+            Reference::parse("sha256:xyz").unwrap_err().code(),
+            ErrorCode::DigestInvalid
+        );
+        assert_eq!(
+            Reference::parse("la test").unwrap_err().code(),
+            ErrorCode::ManifestInvalid
+        );
     }
 
     // Rule: error details echo the input but bounded, and never split a UTF-8 character.
@@ -376,7 +425,7 @@ mod tests {
     fn details_are_truncated() {
         let long = "é".repeat(400);
         let err = RepositoryName::parse(&long).unwrap_err();
-        let echoed = err.detail.unwrap()["name"].as_str().unwrap().to_owned();
+        let echoed = err.detail().unwrap()["name"].as_str().unwrap().to_owned();
         assert!(echoed.len() <= MAX_NAME_LEN + 1);
         assert!(long.starts_with(&echoed));
     }

@@ -67,28 +67,54 @@ impl Scope {
     /// hold a `host:port`); actions are comma-separated, empty words skipped.
     pub fn parse(scope: &str) -> Result<Scope, Error> {
         if scope.bytes().any(|b| b.is_ascii_control() || b == b' ') {
-            return Err(Error::Scope { reason: "whitespace or control character" });
+            return Err(Error::Scope {
+                reason: "whitespace or control character",
+            });
         }
-        let (resource_type, rest) = scope.split_once(':').ok_or(Error::Scope { reason: "missing ':'" })?;
-        let (name, actions) = rest.rsplit_once(':').ok_or(Error::Scope { reason: "missing actions" })?;
+        let (resource_type, rest) = scope.split_once(':').ok_or(Error::Scope {
+            reason: "missing ':'",
+        })?;
+        let (name, actions) = rest.rsplit_once(':').ok_or(Error::Scope {
+            reason: "missing actions",
+        })?;
         if resource_type.is_empty() {
-            return Err(Error::Scope { reason: "empty resource type" });
+            return Err(Error::Scope {
+                reason: "empty resource type",
+            });
         }
         if name.is_empty() {
-            return Err(Error::Scope { reason: "empty resource name" });
+            return Err(Error::Scope {
+                reason: "empty resource name",
+            });
         }
-        let actions = actions.split(',').filter(|a| !a.is_empty()).map(Action::parse).collect();
-        Ok(Scope { resource_type: resource_type.to_owned(), name: name.to_owned(), actions })
+        let actions = actions
+            .split(',')
+            .filter(|a| !a.is_empty())
+            .map(Action::parse)
+            .collect();
+        Ok(Scope {
+            resource_type: resource_type.to_owned(),
+            name: name.to_owned(),
+            actions,
+        })
     }
 
     /// `repository:<name>:<actions>`.
     pub fn repository(name: impl Into<String>, actions: Vec<Action>) -> Scope {
-        Scope { resource_type: "repository".into(), name: name.into(), actions }
+        Scope {
+            resource_type: "repository".into(),
+            name: name.into(),
+            actions,
+        }
     }
 
     /// `registry:catalog:*`, the scope for `/v2/_catalog`.
     pub fn catalog() -> Scope {
-        Scope { resource_type: "registry".into(), name: "catalog".into(), actions: vec![Action::All] }
+        Scope {
+            resource_type: "registry".into(),
+            name: "catalog".into(),
+            actions: vec![Action::All],
+        }
     }
 
     /// What a request on repository `name` needs: `GET`/`HEAD` pull; every other method (`POST`, `PUT`,
@@ -111,13 +137,17 @@ impl Scope {
         match path {
             RegistryPath::Ping => None,
             RegistryPath::Catalog => Some(Scope::catalog()),
-            other => other.name().map(|name| Scope::for_request(name.as_str(), method)),
+            other => other
+                .name()
+                .map(|name| Scope::for_request(name.as_str(), method)),
         }
     }
 
     /// True if the scope lists `action` (or `*`).
     pub fn allows(&self, action: &Action) -> bool {
-        self.actions.iter().any(|a| a == action || *a == Action::All)
+        self.actions
+            .iter()
+            .any(|a| a == action || *a == Action::All)
     }
 }
 
@@ -185,13 +215,28 @@ mod tests {
         ] {
             assert_eq!(Scope::parse(text).unwrap().to_string(), text);
         }
-        assert_eq!("repository:a:pull,,push".parse::<Scope>().unwrap().actions.len(), 2);
+        assert_eq!(
+            "repository:a:pull,,push"
+                .parse::<Scope>()
+                .unwrap()
+                .actions
+                .len(),
+            2
+        );
     }
 
     // Rule: malformed scopes are errors.
     #[test]
     fn malformed_scopes() {
-        for bad in ["", "repository", "repository:alpine", ":a:pull", "repository::pull", "a:b c:pull", "a:b:\npull"] {
+        for bad in [
+            "",
+            "repository",
+            "repository:alpine",
+            ":a:pull",
+            "repository::pull",
+            "a:b c:pull",
+            "a:b:\npull",
+        ] {
             assert!(Scope::parse(bad).is_err(), "{bad:?}");
         }
     }
@@ -200,9 +245,18 @@ mod tests {
     #[test]
     fn scope_for_request() {
         for m in [Method::GET, Method::HEAD] {
-            assert_eq!(Scope::for_request("a/b", &m).to_string(), "repository:a/b:pull");
+            assert_eq!(
+                Scope::for_request("a/b", &m).to_string(),
+                "repository:a/b:pull"
+            );
         }
-        for m in [Method::POST, Method::PUT, Method::PATCH, Method::DELETE, Method::OPTIONS] {
+        for m in [
+            Method::POST,
+            Method::PUT,
+            Method::PATCH,
+            Method::DELETE,
+            Method::OPTIONS,
+        ] {
             let s = Scope::for_request("a/b", &m);
             assert!(s.allows(&Action::Push) && s.allows(&Action::Pull), "{m}");
             assert_eq!(s.to_string(), "repository:a/b:pull,push");
@@ -213,8 +267,14 @@ mod tests {
     #[test]
     fn scope_for_path() {
         let p = RegistryPath::parse("/v2/library/alpine/manifests/latest").unwrap();
-        assert_eq!(Scope::for_path(&p, &Method::GET).unwrap().to_string(), "repository:library/alpine:pull");
-        assert_eq!(Scope::for_path(&RegistryPath::Catalog, &Method::GET), Some(Scope::catalog()));
+        assert_eq!(
+            Scope::for_path(&p, &Method::GET).unwrap().to_string(),
+            "repository:library/alpine:pull"
+        );
+        assert_eq!(
+            Scope::for_path(&RegistryPath::Catalog, &Method::GET),
+            Some(Scope::catalog())
+        );
         assert_eq!(Scope::for_path(&RegistryPath::Ping, &Method::GET), None);
     }
 }

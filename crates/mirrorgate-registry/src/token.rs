@@ -57,7 +57,11 @@ impl UpstreamToken {
     /// A token received now, valid for `lifetime`.
     pub fn new(value: impl Into<String>, lifetime: Duration) -> Self {
         let now = Instant::now();
-        Self { value: value.into(), received_at: now, expires_at: now + lifetime }
+        Self {
+            value: value.into(),
+            received_at: now,
+            expires_at: now + lifetime,
+        }
     }
 
     /// The instant from which the cache stops handing the token out: `expires_at` minus a margin of
@@ -66,7 +70,9 @@ impl UpstreamToken {
     pub fn fresh_until(&self) -> Instant {
         let lifetime = self.expires_at.saturating_duration_since(self.received_at);
         let margin = (lifetime / 10).min(MAX_REFRESH_MARGIN);
-        self.expires_at.checked_sub(margin).unwrap_or(self.received_at)
+        self.expires_at
+            .checked_sub(margin)
+            .unwrap_or(self.received_at)
     }
 
     /// True while the cache may hand the token out.
@@ -79,7 +85,10 @@ impl fmt::Debug for UpstreamToken {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("UpstreamToken")
             .field("value", &"<redacted>")
-            .field("expires_in", &self.expires_at.saturating_duration_since(Instant::now()))
+            .field(
+                "expires_in",
+                &self.expires_at.saturating_duration_since(Instant::now()),
+            )
             .finish()
     }
 }
@@ -100,14 +109,30 @@ impl TokenResponse {
         Self::parse_at(body, Instant::now(), OffsetDateTime::now_utc())
     }
 
-    fn parse_at(body: &[u8], now: Instant, wall_now: OffsetDateTime) -> Result<UpstreamToken, Error> {
+    fn parse_at(
+        body: &[u8],
+        now: Instant,
+        wall_now: OffsetDateTime,
+    ) -> Result<UpstreamToken, Error> {
         // Parsed as a `Value` and read by hand: serde's typed errors would quote field values.
         let json: serde_json::Value = serde_json::from_slice(body).map_err(Error::TokenJson)?;
-        let text = |key: &str| json.get(key).and_then(|v| v.as_str()).filter(|s| !s.is_empty());
-        let value = text("token").or_else(|| text("access_token")).ok_or(Error::TokenMissing)?;
+        let text = |key: &str| {
+            json.get(key)
+                .and_then(|v| v.as_str())
+                .filter(|s| !s.is_empty())
+        };
+        let value = text("token")
+            .or_else(|| text("access_token"))
+            .ok_or(Error::TokenMissing)?;
         let expires_in = json
             .get("expires_in")
-            .and_then(|v| v.as_u64().or_else(|| v.as_f64().filter(|f| f.is_finite() && *f >= 1.0).map(|f| f as u64)))
+            .and_then(|v| {
+                v.as_u64().or_else(|| {
+                    v.as_f64()
+                        .filter(|f| f.is_finite() && *f >= 1.0)
+                        .map(|f| f as u64)
+                })
+            })
             .filter(|secs| *secs > 0)
             .map_or(DEFAULT_TOKEN_LIFETIME, Duration::from_secs);
         let mut lifetime = expires_in;
@@ -118,7 +143,11 @@ impl TokenResponse {
                 lifetime = expires_in.saturating_sub(age.unsigned_abs());
             }
         }
-        Ok(UpstreamToken { value: value.to_owned(), received_at: now, expires_at: now + lifetime })
+        Ok(UpstreamToken {
+            value: value.to_owned(),
+            received_at: now,
+            expires_at: now + lifetime,
+        })
     }
 }
 
@@ -236,7 +265,11 @@ impl TokenCache {
         }
         if slot.finished.load(Ordering::Acquire) != seen {
             // A fetch finished while we waited and left no fresh token: share its failure.
-            if let Some(err) = state.last_error.as_ref().and_then(|e| e.downcast_ref::<E>()) {
+            if let Some(err) = state
+                .last_error
+                .as_ref()
+                .and_then(|e| e.downcast_ref::<E>())
+            {
                 return Err(err.clone());
             }
         }
@@ -300,7 +333,10 @@ impl TokenCache {
         }
         // No map guard is held across the `make_room` call above or across any await.
         let slot = self.slots.entry(key.clone()).or_insert_with(|| {
-            Arc::new(Slot { state: tokio::sync::Mutex::new(SlotState::default()), finished: AtomicU64::new(0) })
+            Arc::new(Slot {
+                state: tokio::sync::Mutex::new(SlotState::default()),
+                finished: AtomicU64::new(0),
+            })
         });
         Arc::clone(slot.value())
     }
@@ -317,7 +353,10 @@ impl TokenCache {
                 .iter()
                 .filter_map(|entry| {
                     let state = entry.value().state.try_lock().ok()?;
-                    let expiry = state.token.as_ref().map_or(Instant::now(), |t| t.expires_at);
+                    let expiry = state
+                        .token
+                        .as_ref()
+                        .map_or(Instant::now(), |t| t.expires_at);
                     Some((expiry, entry.key().clone()))
                 })
                 .collect();
@@ -358,7 +397,10 @@ mod tests {
     #[test]
     fn request_url() {
         let realm = Url::parse("https://auth.test/token?account=x").unwrap();
-        let scopes = vec!["repository:library/alpine:pull".to_owned(), "registry:catalog:*".to_owned()];
+        let scopes = vec![
+            "repository:library/alpine:pull".to_owned(),
+            "registry:catalog:*".to_owned(),
+        ];
         let url = token_request_url(&realm, Some("registry.docker.io"), &scopes);
         let pairs: Vec<(String, String)> = url.query_pairs().into_owned().collect();
         assert_eq!(
@@ -379,16 +421,27 @@ mod tests {
     fn response_fields() {
         let now = Instant::now();
         let wall = OffsetDateTime::now_utc();
-        let t = TokenResponse::parse_at(br#"{"token":"a","access_token":"b","expires_in":300}"#, now, wall).unwrap();
+        let t = TokenResponse::parse_at(
+            br#"{"token":"a","access_token":"b","expires_in":300}"#,
+            now,
+            wall,
+        )
+        .unwrap();
         assert_eq!(t.value, "a");
         assert_eq!(t.expires_at - now, Duration::from_secs(300));
         let t = TokenResponse::parse_at(br#"{"access_token":"b"}"#, now, wall).unwrap();
         assert_eq!(t.value, "b");
         assert_eq!(t.expires_at - now, DEFAULT_TOKEN_LIFETIME);
-        let t = TokenResponse::parse_at(br#"{"token":"","access_token":"c","expires_in":0}"#, now, wall).unwrap();
+        let t = TokenResponse::parse_at(
+            br#"{"token":"","access_token":"c","expires_in":0}"#,
+            now,
+            wall,
+        )
+        .unwrap();
         assert_eq!(t.value, "c");
         assert_eq!(t.expires_at - now, DEFAULT_TOKEN_LIFETIME);
-        let t = TokenResponse::parse_at(br#"{"token":"d","expires_in":"junk"}"#, now, wall).unwrap();
+        let t =
+            TokenResponse::parse_at(br#"{"token":"d","expires_in":"junk"}"#, now, wall).unwrap();
         assert_eq!(t.expires_at - now, DEFAULT_TOKEN_LIFETIME);
     }
 
@@ -398,21 +451,39 @@ mod tests {
         let now = Instant::now();
         let wall = OffsetDateTime::parse("2024-01-01T00:01:40Z", &Rfc3339).unwrap();
         let body = br#"{"token":"x","expires_in":300,"issued_at":"2024-01-01T00:00:00Z"}"#;
-        assert_eq!(TokenResponse::parse_at(body, now, wall).unwrap().expires_at - now, Duration::from_secs(200));
+        assert_eq!(
+            TokenResponse::parse_at(body, now, wall).unwrap().expires_at - now,
+            Duration::from_secs(200)
+        );
         let future = br#"{"token":"x","expires_in":300,"issued_at":"2024-01-01T01:00:00Z"}"#;
-        assert_eq!(TokenResponse::parse_at(future, now, wall).unwrap().expires_at - now, Duration::from_secs(300));
+        assert_eq!(
+            TokenResponse::parse_at(future, now, wall)
+                .unwrap()
+                .expires_at
+                - now,
+            Duration::from_secs(300)
+        );
         let old = br#"{"token":"x","expires_in":60,"issued_at":"2023-01-01T00:00:00Z"}"#;
         let t = TokenResponse::parse_at(old, now, wall).unwrap();
         assert!(!t.is_fresh_at(now));
         let bad = br#"{"token":"x","issued_at":"yesterday"}"#;
-        assert!(matches!(TokenResponse::parse_at(bad, now, wall), Err(Error::IssuedAt(_))));
+        assert!(matches!(
+            TokenResponse::parse_at(bad, now, wall),
+            Err(Error::IssuedAt(_))
+        ));
     }
 
     // Rule: bodies without a token or not JSON are errors, and the error text never carries the body.
     #[test]
     fn response_errors() {
-        assert!(matches!(TokenResponse::parse(br#"{"expires_in":60}"#), Err(Error::TokenMissing)));
-        assert!(matches!(TokenResponse::parse(br#"{"token":42}"#), Err(Error::TokenMissing)));
+        assert!(matches!(
+            TokenResponse::parse(br#"{"expires_in":60}"#),
+            Err(Error::TokenMissing)
+        ));
+        assert!(matches!(
+            TokenResponse::parse(br#"{"token":42}"#),
+            Err(Error::TokenMissing)
+        ));
         let err = TokenResponse::parse(b"{\"token\":\"s3cret\"").unwrap_err();
         assert!(matches!(err, Error::TokenJson(_)));
         assert!(!format!("{err} {err:?}").contains("s3cret"));
@@ -444,7 +515,8 @@ mod tests {
         let barrier = Arc::new(tokio::sync::Barrier::new(100));
         let mut tasks = Vec::new();
         for _ in 0..100 {
-            let (cache, calls, barrier) = (Arc::clone(&cache), Arc::clone(&calls), Arc::clone(&barrier));
+            let (cache, calls, barrier) =
+                (Arc::clone(&cache), Arc::clone(&calls), Arc::clone(&barrier));
             tasks.push(tokio::spawn(async move {
                 barrier.wait().await;
                 cache
@@ -475,15 +547,24 @@ mod tests {
         let calls = AtomicUsize::new(0);
         let fetch = || async {
             let n = calls.fetch_add(1, Ordering::SeqCst);
-            Ok::<_, String>(UpstreamToken::new(format!("tok{n}"), Duration::from_millis(40)))
+            Ok::<_, String>(UpstreamToken::new(
+                format!("tok{n}"),
+                Duration::from_millis(40),
+            ))
         };
         let (first, outcome) = cache.get_or_fetch(&key("s"), fetch).await.unwrap();
-        assert_eq!((first.value.as_str(), outcome), ("tok0", CacheOutcome::Fetched));
+        assert_eq!(
+            (first.value.as_str(), outcome),
+            ("tok0", CacheOutcome::Fetched)
+        );
         let (again, outcome) = cache.get_or_fetch(&key("s"), fetch).await.unwrap();
         assert_eq!((again.value.as_str(), outcome), ("tok0", CacheOutcome::Hit));
         tokio::time::sleep(Duration::from_millis(60)).await;
         let (renewed, outcome) = cache.get_or_fetch(&key("s"), fetch).await.unwrap();
-        assert_eq!((renewed.value.as_str(), outcome), ("tok1", CacheOutcome::Fetched));
+        assert_eq!(
+            (renewed.value.as_str(), outcome),
+            ("tok1", CacheOutcome::Fetched)
+        );
         let (other, _) = cache.get_or_fetch(&key("other"), fetch).await.unwrap();
         assert_eq!(other.value, "tok2");
     }
@@ -507,7 +588,10 @@ mod tests {
             })
             .await
             .unwrap();
-        assert_eq!((token.value.as_str(), outcome), ("ok", CacheOutcome::Fetched));
+        assert_eq!(
+            (token.value.as_str(), outcome),
+            ("ok", CacheOutcome::Fetched)
+        );
         assert_eq!(calls.load(Ordering::SeqCst), 2);
         assert_eq!(cache.stats().failures, 1);
     }
@@ -520,7 +604,8 @@ mod tests {
         let barrier = Arc::new(tokio::sync::Barrier::new(20));
         let mut tasks = Vec::new();
         for _ in 0..20 {
-            let (cache, calls, barrier) = (Arc::clone(&cache), Arc::clone(&calls), Arc::clone(&barrier));
+            let (cache, calls, barrier) =
+                (Arc::clone(&cache), Arc::clone(&calls), Arc::clone(&barrier));
             tasks.push(tokio::spawn(async move {
                 barrier.wait().await;
                 cache
@@ -536,26 +621,47 @@ mod tests {
             assert_eq!(task.await.unwrap().unwrap_err(), "down");
         }
         // All 20 queued within the 100 ms of the first fetch; a scheduling hiccup may add a second attempt.
-        assert!(calls.load(Ordering::SeqCst) <= 2, "{}", calls.load(Ordering::SeqCst));
+        assert!(
+            calls.load(Ordering::SeqCst) <= 2,
+            "{}",
+            calls.load(Ordering::SeqCst)
+        );
     }
 
     // Rule: the cache stays within capacity, evicting expired keys before fresh ones.
     #[tokio::test]
     async fn bounded_with_expired_first() {
         let cache = TokenCache::new(10);
-        let ok = |lifetime: Duration| move || async move { Ok::<_, String>(UpstreamToken::new("t", lifetime)) };
-        cache.get_or_fetch(&key("keep"), ok(Duration::from_secs(600))).await.unwrap();
+        let ok = |lifetime: Duration| {
+            move || async move { Ok::<_, String>(UpstreamToken::new("t", lifetime)) }
+        };
+        cache
+            .get_or_fetch(&key("keep"), ok(Duration::from_secs(600)))
+            .await
+            .unwrap();
         for i in 0..9 {
-            cache.get_or_fetch(&key(&format!("dead{i}")), ok(Duration::ZERO)).await.unwrap();
+            cache
+                .get_or_fetch(&key(&format!("dead{i}")), ok(Duration::ZERO))
+                .await
+                .unwrap();
         }
         assert_eq!(cache.len(), 10);
-        cache.get_or_fetch(&key("new"), ok(Duration::from_secs(600))).await.unwrap();
+        cache
+            .get_or_fetch(&key("new"), ok(Duration::from_secs(600)))
+            .await
+            .unwrap();
         assert_eq!(cache.len(), 2);
         assert_eq!(cache.stats().evictions, 9);
-        let (_, outcome) = cache.get_or_fetch(&key("keep"), ok(Duration::from_secs(600))).await.unwrap();
+        let (_, outcome) = cache
+            .get_or_fetch(&key("keep"), ok(Duration::from_secs(600)))
+            .await
+            .unwrap();
         assert_eq!(outcome, CacheOutcome::Hit);
         for i in 0..50 {
-            cache.get_or_fetch(&key(&format!("fresh{i}")), ok(Duration::from_secs(600 + i))).await.unwrap();
+            cache
+                .get_or_fetch(&key(&format!("fresh{i}")), ok(Duration::from_secs(600 + i)))
+                .await
+                .unwrap();
             assert!(cache.len() <= 10);
         }
     }

@@ -27,7 +27,7 @@ pub struct LoadedCert {
 pub struct LeafInfo {
     /// DNS names from the subjectAltName extension, lower-cased (wildcards kept as `*.x`).
     pub hosts: Vec<String>,
-    /// The end of the validity period.
+    /// The start of the validity period.
     pub not_before: SystemTime,
     /// The end of the validity period; exported as an expiry metric and used for renewal.
     pub not_after: SystemTime,

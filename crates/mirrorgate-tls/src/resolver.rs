@@ -62,6 +62,11 @@ impl CertTable {
         self.default = Some(key);
     }
 
+    /// Whether handshakes matching no entry get a certificate.
+    pub fn has_default(&self) -> bool {
+        self.default.is_some()
+    }
+
     /// Removes every entry (default included) pointing at `key`, so a replaced certificate
     /// that covered more hosts than its successor leaves nothing stale behind.
     pub fn remove_key(&mut self, key: &Arc<CertifiedKey>) {
@@ -187,6 +192,11 @@ impl CertResolver {
             next.remove(&host);
             next
         });
+    }
+
+    #[cfg(test)]
+    pub(crate) fn challenges_is_empty(&self) -> bool {
+        self.challenges.load().is_empty()
     }
 
     fn resolve_for(

@@ -1,1 +1,43 @@
-fn main() {}
+//! The `mirrorgate` binary: reads the command line and hands over to one command module. Start-up, signals
+//! and reload live in `run`; everything that serves requests lives in the library crates.
+
+mod check;
+mod run;
+mod telemetry;
+mod tls_setup;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// An edge gateway for container registries.
+#[derive(Parser)]
+#[command(name = "mirrorgate", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve with the given config until SIGTERM/SIGINT (SIGHUP reloads the config).
+    Run {
+        /// The config file (TOML).
+        #[arg(short = 'c', long = "config", env = "MIRRORGATE_CONFIG")]
+        config: PathBuf,
+    },
+    /// Validate a config file as `run` would, print every problem with file, line and key, exit 1 on any.
+    Check {
+        #[arg(short = 'c', long = "config", env = "MIRRORGATE_CONFIG")]
+        config: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Run { config } => run::main(&config),
+        Command::Check { config } => check::main(&config),
+    }
+}

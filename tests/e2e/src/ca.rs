@@ -4,7 +4,9 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
-use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair, KeyUsagePurpose};
+use rcgen::{
+    BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair, KeyUsagePurpose,
+};
 
 /// A CA whose `ca.crt` clients trust, and that issues leaf certificates for the test host names.
 pub struct TestCa {
@@ -24,12 +26,21 @@ impl TestCa {
     pub fn new(dir: &Path) -> anyhow::Result<Self> {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         let mut params = CertificateParams::new(Vec::<String>::new()).context("CA params")?;
-        params.distinguished_name.push(DnType::CommonName, "mirrorgate e2e test CA");
+        params
+            .distinguished_name
+            .push(DnType::CommonName, "mirrorgate e2e test CA");
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+        params.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::CrlSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
         let key = KeyPair::generate().context("CA key")?;
         let issuer = CertifiedIssuer::self_signed(params, key).context("self-signing the CA")?;
-        let ca = Self { dir: dir.to_path_buf(), issuer };
+        let ca = Self {
+            dir: dir.to_path_buf(),
+            issuer,
+        };
         std::fs::write(ca.ca_path(), ca.ca_pem()).context("writing ca.crt")?;
         Ok(ca)
     }
@@ -48,13 +59,24 @@ impl TestCa {
     pub fn issue(&self, name: &str, hosts: &[&str]) -> anyhow::Result<Leaf> {
         let sans: Vec<String> = hosts.iter().map(|h| h.to_string()).collect();
         let mut params = CertificateParams::new(sans).context("leaf params")?;
-        params.distinguished_name.push(DnType::CommonName, hosts.first().copied().unwrap_or(name));
-        params.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
+        params
+            .distinguished_name
+            .push(DnType::CommonName, hosts.first().copied().unwrap_or(name));
+        params.key_usages = vec![
+            KeyUsagePurpose::DigitalSignature,
+            KeyUsagePurpose::KeyEncipherment,
+        ];
         params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
         let key = KeyPair::generate().context("leaf key")?;
-        let cert = params.signed_by(&key, &self.issuer).context("signing the leaf")?;
-        let leaf = Leaf { cert: self.dir.join(format!("{name}.pem")), key: self.dir.join(format!("{name}.key")) };
-        std::fs::write(&leaf.cert, format!("{}{}", cert.pem(), self.ca_pem())).context("writing leaf cert")?;
+        let cert = params
+            .signed_by(&key, &self.issuer)
+            .context("signing the leaf")?;
+        let leaf = Leaf {
+            cert: self.dir.join(format!("{name}.pem")),
+            key: self.dir.join(format!("{name}.key")),
+        };
+        std::fs::write(&leaf.cert, format!("{}{}", cert.pem(), self.ca_pem()))
+            .context("writing leaf cert")?;
         std::fs::write(&leaf.key, key.serialize_pem()).context("writing leaf key")?;
         Ok(leaf)
     }
@@ -95,7 +117,9 @@ impl TestCa {
     /// A rustls client config trusting only this CA (plus the ALPN list the caller sets).
     pub fn client_config(&self) -> anyhow::Result<rustls::ClientConfig> {
         let mut roots = rustls::RootCertStore::empty();
-        roots.add(self.issuer.der().clone()).context("adding the CA to the root store")?;
+        roots
+            .add(self.issuer.der().clone())
+            .context("adding the CA to the root store")?;
         let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
         Ok(rustls::ClientConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
@@ -128,9 +152,15 @@ mod tests {
             .arg(&leaf.cert)
             .output();
         if let Ok(out) = ok {
-            assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
         }
-        assert!(std::fs::read_to_string(&leaf.key).unwrap().contains("PRIVATE KEY"));
+        assert!(std::fs::read_to_string(&leaf.key)
+            .unwrap()
+            .contains("PRIVATE KEY"));
     }
 
     // hosts.toml names the server and trusts the CA for the mirror.
@@ -138,9 +168,19 @@ mod tests {
     fn hosts_toml_points_at_the_ca() {
         let dir = tempfile::tempdir().unwrap();
         let ca = TestCa::new(dir.path()).unwrap();
-        let p = ca.containerd_hosts_toml(&dir.path().join("certs.d"), "docker.io", "https://docker.test", &["https://mirror.test:8443"]).unwrap();
+        let p = ca
+            .containerd_hosts_toml(
+                &dir.path().join("certs.d"),
+                "docker.io",
+                "https://docker.test",
+                &["https://mirror.test:8443"],
+            )
+            .unwrap();
         let v: toml::Value = toml::from_str(&std::fs::read_to_string(p).unwrap()).unwrap();
         assert_eq!(v["server"].as_str(), Some("https://docker.test"));
-        assert_eq!(v["host"]["https://mirror.test:8443"]["ca"].as_str(), Some(ca.ca_path().to_str().unwrap()));
+        assert_eq!(
+            v["host"]["https://mirror.test:8443"]["ca"].as_str(),
+            Some(ca.ca_path().to_str().unwrap())
+        );
     }
 }

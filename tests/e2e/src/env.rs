@@ -32,7 +32,10 @@ pub fn require_hosts() {
         .to_socket_addrs()
         .map(|addrs| addrs.collect())
         .unwrap_or_default();
-    if !resolved.iter().any(|a| a.ip() == std::net::Ipv4Addr::LOCALHOST) {
+    if !resolved
+        .iter()
+        .any(|a| a.ip() == std::net::Ipv4Addr::LOCALHOST)
+    {
         panic!(
             "docker.test does not resolve to 127.0.0.1 (got {resolved:?}): run through tests/run, which mounts \
              tests/hosts over /etc/hosts in a private mount namespace"
@@ -46,8 +49,7 @@ pub fn bin_path() -> PathBuf {
     let path = std::env::var_os("MIRRORGATE_BIN")
         .map(PathBuf::from)
         .unwrap_or_else(|| {
-            Path::new(env!("CARGO_MANIFEST_DIR"))
-                .join("../../target/debug/mirrorgate")
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/debug/mirrorgate")
         });
     if !is_executable(&path) {
         panic!(
@@ -90,7 +92,10 @@ impl TestDir {
             .tempdir()
             .context("creating the test's temp dir")?;
         let path = dir.path().to_path_buf();
-        Ok(Self { dir: Some(dir), path })
+        Ok(Self {
+            dir: Some(dir),
+            path,
+        })
     }
 
     pub fn path(&self) -> &Path {
@@ -122,7 +127,8 @@ mod tests {
     // A missing program is a loud failure that names the package, never a skip.
     #[test]
     fn require_panics_with_the_package_name() {
-        let err = std::panic::catch_unwind(|| require("surely-not-a-real-binary-xyz", "pkg-xyz")).unwrap_err();
+        let err = std::panic::catch_unwind(|| require("surely-not-a-real-binary-xyz", "pkg-xyz"))
+            .unwrap_err();
         let msg = err.downcast_ref::<String>().unwrap();
         assert!(msg.contains("apt-get install pkg-xyz"), "{msg}");
     }

@@ -26,7 +26,11 @@ pub struct Ports {
 
 impl Ports {
     pub fn free() -> Self {
-        Self { https: free_port(), http: free_port(), admin: free_port() }
+        Self {
+            https: free_port(),
+            http: free_port(),
+            admin: free_port(),
+        }
     }
 
     /// `[server]` with https, http and admin on 127.0.0.1.
@@ -59,10 +63,19 @@ impl Gateway {
     pub fn start_with_env(dir: &Path, toml: &str, env: &[(&str, &str)]) -> anyhow::Result<Self> {
         let config = dir.join("mirrorgate.toml");
         std::fs::write(&config, toml).context("writing mirrorgate.toml")?;
-        let parsed: toml::Table = toml::from_str(toml).context("the test's own config is not TOML")?;
+        let parsed: toml::Table =
+            toml::from_str(toml).context("the test's own config is not TOML")?;
         let port_of = |key: &str| -> anyhow::Result<Option<u16>> {
-            match parsed.get("server").and_then(|s| s.get(key)).and_then(|v| v.as_str()) {
-                Some(addr) => Ok(Some(addr.parse::<SocketAddr>().with_context(|| format!("server.{key}"))?.port())),
+            match parsed
+                .get("server")
+                .and_then(|s| s.get(key))
+                .and_then(|v| v.as_str())
+            {
+                Some(addr) => Ok(Some(
+                    addr.parse::<SocketAddr>()
+                        .with_context(|| format!("server.{key}"))?
+                        .port(),
+                )),
                 None => Ok(None),
             }
         };
@@ -71,7 +84,11 @@ impl Gateway {
         let admin_port = port_of("admin")?;
 
         let mut cmd = Command::new(bin_path());
-        cmd.arg("run").arg("-c").arg(&config).current_dir(dir).env("RUST_LOG", "info");
+        cmd.arg("run")
+            .arg("-c")
+            .arg(&config)
+            .current_dir(dir)
+            .env("RUST_LOG", "info");
         for (k, v) in env {
             cmd.env(k, v);
         }
@@ -83,20 +100,41 @@ impl Gateway {
                 break;
             }
             if start.elapsed() > START_DEADLINE {
-                bail!("mirrorgate did not listen on https port {https_port} within {START_DEADLINE:?}");
+                bail!(
+                    "mirrorgate did not listen on https port {https_port} within {START_DEADLINE:?}; log tail:\n{}",
+                    proc.tail(40)
+                );
             }
             std::thread::sleep(Duration::from_millis(50));
         }
         if let Some(admin) = admin_port {
-            let left = START_DEADLINE.saturating_sub(start.elapsed()).max(Duration::from_secs(5));
-            wait_for_http(admin, "/readyz", &[200], left).context("waiting for admin /readyz")?;
+            let left = START_DEADLINE
+                .saturating_sub(start.elapsed())
+                .max(Duration::from_secs(5));
+            if let Err(e) = wait_for_http(admin, "/readyz", &[200], left) {
+                bail!(
+                    "waiting for admin /readyz: {e:#}; log tail:\n{}",
+                    proc.tail(40)
+                );
+            }
         }
-        Ok(Self { proc, config, https_port, http_port, admin_port })
+        Ok(Self {
+            proc,
+            config,
+            https_port,
+            http_port,
+            admin_port,
+        })
     }
 
     /// Runs `mirrorgate check -c <file>` and returns what it said.
     pub fn check(config: &Path) -> anyhow::Result<Outcome> {
-        let out = Command::new(bin_path()).arg("check").arg("-c").arg(config).output().context("running mirrorgate check")?;
+        let out = Command::new(bin_path())
+            .arg("check")
+            .arg("-c")
+            .arg(config)
+            .output()
+            .context("running mirrorgate check")?;
         Ok(Outcome {
             status: out.status,
             stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -110,12 +148,14 @@ impl Gateway {
 
     /// The plain-HTTP listener's port; panics if the config has none (a scenario bug).
     pub fn http_port(&self) -> u16 {
-        self.http_port.unwrap_or_else(|| panic!("this gateway has no server.http"))
+        self.http_port
+            .unwrap_or_else(|| panic!("this gateway has no server.http"))
     }
 
     /// The admin listener's port; panics if the config has none (a scenario bug).
     pub fn admin_port(&self) -> u16 {
-        self.admin_port.unwrap_or_else(|| panic!("this gateway has no server.admin"))
+        self.admin_port
+            .unwrap_or_else(|| panic!("this gateway has no server.admin"))
     }
 
     pub fn pid(&self) -> u32 {
@@ -136,7 +176,8 @@ impl Gateway {
 
     /// Resident memory in KiB (`VmRSS` in /proc/<pid>/status).
     pub fn rss_kib(&self) -> anyhow::Result<u64> {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).context("reading /proc status")?;
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()))
+            .context("reading /proc status")?;
         status
             .lines()
             .find_map(|l| l.strip_prefix("VmRSS:"))
@@ -159,7 +200,10 @@ impl Gateway {
     pub fn wait_exit(&mut self, deadline: Duration) -> anyhow::Result<()> {
         let status = self.proc.wait_exit(deadline)?;
         if !status.success() {
-            bail!("mirrorgate exited with {status}; log tail:\n{}", self.proc.tail(40));
+            bail!(
+                "mirrorgate exited with {status}; log tail:\n{}",
+                self.proc.tail(40)
+            );
         }
         Ok(())
     }

@@ -54,12 +54,18 @@ impl RawRequest {
 
     /// A GET over TLS with ALPN `h2`.
     pub fn h2(port: u16, host: &str, path: &str) -> Self {
-        Self { h2: true, ..Self::h1(port, host, path) }
+        Self {
+            h2: true,
+            ..Self::h1(port, host, path)
+        }
     }
 
     /// A GET over plain HTTP/1.1 with the given Host header.
     pub fn plain(port: u16, host: &str, path: &str) -> Self {
-        Self { sni: None, ..Self::h1(port, host, path) }
+        Self {
+            sni: None,
+            ..Self::h1(port, host, path)
+        }
     }
 
     pub fn with_sni(mut self, sni: &str) -> Self {
@@ -102,14 +108,20 @@ impl RawResponse {
     }
 
     pub fn json(&self) -> anyhow::Result<serde_json::Value> {
-        serde_json::from_slice(&self.body).with_context(|| format!("body is not JSON: {}", self.text()))
+        serde_json::from_slice(&self.body)
+            .with_context(|| format!("body is not JSON: {}", self.text()))
     }
 
     /// The `code`s of an OCI error body (`{"errors":[{"code":…}]}`); fails if the body is not one.
     pub fn oci_error_codes(&self) -> anyhow::Result<Vec<String>> {
         let v = self.json()?;
-        let errors = v["errors"].as_array().with_context(|| format!("no errors array in {v}"))?;
-        Ok(errors.iter().filter_map(|e| e["code"].as_str().map(str::to_string)).collect())
+        let errors = v["errors"]
+            .as_array()
+            .with_context(|| format!("no errors array in {v}"))?;
+        Ok(errors
+            .iter()
+            .filter_map(|e| e["code"].as_str().map(str::to_string))
+            .collect())
     }
 }
 
@@ -121,7 +133,9 @@ pub struct HttpCheck {
 
 impl HttpCheck {
     pub fn new(ca: &TestCa) -> anyhow::Result<Self> {
-        Ok(Self { tls: ca.client_config()? })
+        Ok(Self {
+            tls: ca.client_config()?,
+        })
     }
 
     /// Sends one request on a fresh connection and reads the whole body.
@@ -129,8 +143,18 @@ impl HttpCheck {
         runtime().block_on(async {
             tokio::time::timeout(CHECK_TIMEOUT, async {
                 let (mut resp, version) = self.open(req).await?;
-                let body = resp.body_mut().collect().await.context("reading the body")?.to_bytes();
-                Ok(RawResponse { status: resp.status().as_u16(), version, headers: resp.headers().clone(), body })
+                let body = resp
+                    .body_mut()
+                    .collect()
+                    .await
+                    .context("reading the body")?
+                    .to_bytes();
+                Ok(RawResponse {
+                    status: resp.status().as_u16(),
+                    version,
+                    headers: resp.headers().clone(),
+                    body,
+                })
             })
             .await
             .with_context(|| format!("{} {} timed out", req.method, req.path))?
@@ -169,22 +193,34 @@ impl HttpCheck {
         })
     }
 
-    async fn open(&self, req: &RawRequest) -> anyhow::Result<(http::Response<hyper::body::Incoming>, http::Version)> {
+    async fn open(
+        &self,
+        req: &RawRequest,
+    ) -> anyhow::Result<(http::Response<hyper::body::Incoming>, http::Version)> {
         let tcp = tokio::net::TcpStream::connect(("127.0.0.1", req.port))
             .await
             .with_context(|| format!("connecting to 127.0.0.1:{}", req.port))?;
         let Some(sni) = &req.sni else {
-            let (mut sender, conn) =
-                hyper::client::conn::http1::handshake(TokioIo::new(tcp)).await.context("http/1.1 handshake")?;
+            let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+                .await
+                .context("http/1.1 handshake")?;
             tokio::spawn(conn);
-            let resp = sender.send_request(build(req, false)?).await.context("sending the request")?;
+            let resp = sender
+                .send_request(build(req, false)?)
+                .await
+                .context("sending the request")?;
             return Ok((resp, http::Version::HTTP_11));
         };
         let mut cfg = self.tls.clone();
         if req.insecure {
-            cfg.dangerous().set_certificate_verifier(Arc::new(AcceptAnyCert));
+            cfg.dangerous()
+                .set_certificate_verifier(Arc::new(AcceptAnyCert));
         }
-        cfg.alpn_protocols = vec![if req.h2 { b"h2".to_vec() } else { b"http/1.1".to_vec() }];
+        cfg.alpn_protocols = vec![if req.h2 {
+            b"h2".to_vec()
+        } else {
+            b"http/1.1".to_vec()
+        }];
         let name = ServerName::try_from(sni.clone()).context("bad SNI")?;
         let tls = tokio_rustls::TlsConnector::from(Arc::new(cfg))
             .connect(name, tcp)
@@ -193,19 +229,30 @@ impl HttpCheck {
         let alpn = tls.get_ref().1.alpn_protocol().map(<[u8]>::to_vec);
         if req.h2 {
             if alpn.as_deref() != Some(b"h2") {
-                bail!("server did not choose h2 by ALPN (got {:?})", alpn.map(|a| String::from_utf8_lossy(&a).into_owned()));
+                bail!(
+                    "server did not choose h2 by ALPN (got {:?})",
+                    alpn.map(|a| String::from_utf8_lossy(&a).into_owned())
+                );
             }
-            let (mut sender, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls))
-                .await
-                .context("h2 handshake")?;
+            let (mut sender, conn) =
+                hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls))
+                    .await
+                    .context("h2 handshake")?;
             tokio::spawn(conn);
-            let resp = sender.send_request(build(req, true)?).await.context("sending the request")?;
+            let resp = sender
+                .send_request(build(req, true)?)
+                .await
+                .context("sending the request")?;
             Ok((resp, http::Version::HTTP_2))
         } else {
-            let (mut sender, conn) =
-                hyper::client::conn::http1::handshake(TokioIo::new(tls)).await.context("http/1.1 handshake")?;
+            let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+                .await
+                .context("http/1.1 handshake")?;
             tokio::spawn(conn);
-            let resp = sender.send_request(build(req, false)?).await.context("sending the request")?;
+            let resp = sender
+                .send_request(build(req, false)?)
+                .await
+                .context("sending the request")?;
             Ok((resp, http::Version::HTTP_11))
         }
     }
@@ -215,9 +262,13 @@ fn build(req: &RawRequest, h2: bool) -> anyhow::Result<http::Request<Empty<Bytes
     let mut b = http::Request::builder().method(req.method.clone());
     if h2 {
         // h2 carries the host in :authority, taken from an absolute URI.
-        b = b.uri(format!("https://{}{}", req.host, req.path)).version(http::Version::HTTP_2);
+        b = b
+            .uri(format!("https://{}{}", req.host, req.path))
+            .version(http::Version::HTTP_2);
     } else {
-        b = b.uri(req.path.as_str()).header(http::header::HOST, req.host.as_str());
+        b = b
+            .uri(req.path.as_str())
+            .header(http::header::HOST, req.host.as_str());
     }
     for (k, v) in &req.headers {
         b = b.header(k.as_str(), v.as_str());
@@ -231,7 +282,8 @@ pub(crate) fn plain_get_status(port: u16, path: &str) -> anyhow::Result<u16> {
     runtime().block_on(async {
         tokio::time::timeout(Duration::from_secs(5), async {
             let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
-            let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp)).await?;
+            let (mut sender, conn) =
+                hyper::client::conn::http1::handshake(TokioIo::new(tcp)).await?;
             tokio::spawn(conn);
             let resp = sender.send_request(build(&req, false)?).await?;
             Ok(resp.status().as_u16())
@@ -276,6 +328,8 @@ impl rustls::client::danger::ServerCertVerifier for AcceptAnyCert {
     }
 
     fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        rustls::crypto::ring::default_provider().signature_verification_algorithms.supported_schemes()
+        rustls::crypto::ring::default_provider()
+            .signature_verification_algorithms
+            .supported_schemes()
     }
 }

@@ -26,7 +26,8 @@ pub struct Descriptor {
 
 impl Descriptor {
     fn to_json(&self) -> serde_json::Value {
-        let mut v = json!({ "mediaType": self.media_type, "digest": self.digest, "size": self.size });
+        let mut v =
+            json!({ "mediaType": self.media_type, "digest": self.digest, "size": self.size });
         if let Some((os, arch)) = &self.platform {
             v["platform"] = json!({ "os": os, "architecture": arch });
         }
@@ -52,16 +53,32 @@ impl OciImage {
     /// Writes a linux/amd64 image with one uncompressed tar layer holding `layer_bytes` deterministic
     /// pseudo-random bytes (seeded by `name` and `tag`, so different images share no blobs). The layer is
     /// streamed to disk and hashed while written: a 1 GiB layer costs 1 MiB of memory.
-    pub fn write_layout(dir: &Path, name: &str, tag: &str, layer_bytes: usize) -> anyhow::Result<Self> {
+    pub fn write_layout(
+        dir: &Path,
+        name: &str,
+        tag: &str,
+        layer_bytes: usize,
+    ) -> anyhow::Result<Self> {
         init_layout(dir)?;
         let (manifest, layer) = write_image(dir, name, tag, "amd64", layer_bytes)?;
         add_ref(dir, &manifest, tag)?;
-        Ok(Self { layout: dir.to_path_buf(), tag: tag.into(), top: manifest.clone(), manifests: vec![manifest], layers: vec![layer] })
+        Ok(Self {
+            layout: dir.to_path_buf(),
+            tag: tag.into(),
+            top: manifest.clone(),
+            manifests: vec![manifest],
+            layers: vec![layer],
+        })
     }
 
     /// Writes a multi-arch image: an OCI index over linux/amd64 and linux/arm64 manifests, each with its own
     /// layer of `layer_bytes`.
-    pub fn write_multi_arch(dir: &Path, name: &str, tag: &str, layer_bytes: usize) -> anyhow::Result<Self> {
+    pub fn write_multi_arch(
+        dir: &Path,
+        name: &str,
+        tag: &str,
+        layer_bytes: usize,
+    ) -> anyhow::Result<Self> {
         init_layout(dir)?;
         let mut manifests = Vec::new();
         let mut layers = Vec::new();
@@ -78,7 +95,13 @@ impl OciImage {
         });
         let top = write_blob(dir, MT_INDEX, &serde_json::to_vec(&index)?)?;
         add_ref(dir, &top, tag)?;
-        Ok(Self { layout: dir.to_path_buf(), tag: tag.into(), top, manifests, layers })
+        Ok(Self {
+            layout: dir.to_path_buf(),
+            tag: tag.into(),
+            top,
+            manifests,
+            layers,
+        })
     }
 
     /// `oci:<layout>:<tag>`, the skopeo source reference.
@@ -98,11 +121,14 @@ impl OciImage {
 }
 
 fn init_layout(dir: &Path) -> anyhow::Result<()> {
-    std::fs::create_dir_all(dir.join("blobs/sha256")).with_context(|| format!("creating {}", dir.display()))?;
-    std::fs::write(dir.join("oci-layout"), br#"{"imageLayoutVersion":"1.0.0"}"#).context("writing oci-layout")?;
+    std::fs::create_dir_all(dir.join("blobs/sha256"))
+        .with_context(|| format!("creating {}", dir.display()))?;
+    std::fs::write(dir.join("oci-layout"), br#"{"imageLayoutVersion":"1.0.0"}"#)
+        .context("writing oci-layout")?;
     if !dir.join("index.json").exists() {
         let index = json!({ "schemaVersion": 2, "manifests": [] });
-        std::fs::write(dir.join("index.json"), serde_json::to_vec(&index)?).context("writing index.json")?;
+        std::fs::write(dir.join("index.json"), serde_json::to_vec(&index)?)
+            .context("writing index.json")?;
     }
     Ok(())
 }
@@ -110,10 +136,13 @@ fn init_layout(dir: &Path) -> anyhow::Result<()> {
 /// Points `tag` at `desc` in the layout's index.json (replacing an older entry of the same tag).
 fn add_ref(dir: &Path, desc: &Descriptor, tag: &str) -> anyhow::Result<()> {
     let path = dir.join("index.json");
-    let mut index: serde_json::Value = serde_json::from_slice(&std::fs::read(&path)?).context("parsing index.json")?;
+    let mut index: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&path)?).context("parsing index.json")?;
     let mut entry = desc.to_json();
     entry["annotations"] = json!({ "org.opencontainers.image.ref.name": tag });
-    let list = index["manifests"].as_array_mut().context("index.json has no manifests array")?;
+    let list = index["manifests"]
+        .as_array_mut()
+        .context("index.json has no manifests array")?;
     list.retain(|m| m["annotations"]["org.opencontainers.image.ref.name"] != tag);
     list.push(entry);
     std::fs::write(&path, serde_json::to_vec(&index)?).context("writing index.json")?;
@@ -121,7 +150,13 @@ fn add_ref(dir: &Path, desc: &Descriptor, tag: &str) -> anyhow::Result<()> {
 }
 
 /// Layer, config and manifest for one platform; returns (manifest, layer) descriptors.
-fn write_image(dir: &Path, name: &str, tag: &str, arch: &str, layer_bytes: usize) -> anyhow::Result<(Descriptor, Descriptor)> {
+fn write_image(
+    dir: &Path,
+    name: &str,
+    tag: &str,
+    arch: &str,
+    layer_bytes: usize,
+) -> anyhow::Result<(Descriptor, Descriptor)> {
     let layer = write_layer(dir, &format!("{name}:{tag}:{arch}"), layer_bytes)?;
     let config = json!({
         "architecture": arch,
@@ -146,11 +181,17 @@ fn write_blob(dir: &Path, media_type: &str, bytes: &[u8]) -> anyhow::Result<Desc
     let digest = format!("sha256:{:x}", Sha256::digest(bytes));
     let path = blob_path(dir, &digest);
     std::fs::write(&path, bytes).with_context(|| format!("writing {}", path.display()))?;
-    Ok(Descriptor { media_type: media_type.into(), digest, size: bytes.len() as u64, platform: None })
+    Ok(Descriptor {
+        media_type: media_type.into(),
+        digest,
+        size: bytes.len() as u64,
+        platform: None,
+    })
 }
 
 fn blob_path(dir: &Path, digest: &str) -> PathBuf {
-    dir.join("blobs/sha256").join(digest.trim_start_matches("sha256:"))
+    dir.join("blobs/sha256")
+        .join(digest.trim_start_matches("sha256:"))
 }
 
 /// A writer that hashes and counts what passes through it.
@@ -174,9 +215,16 @@ impl<W: Write> Write for Hashing<W> {
 
 /// A one-file ustar archive, written 1 MiB at a time to a temp file, then renamed to its digest.
 fn write_layer(dir: &Path, seed: &str, size: usize) -> anyhow::Result<Descriptor> {
-    let tmp = dir.join("blobs/sha256").join(format!(".tmp-{:x}", Sha256::digest(seed.as_bytes())));
-    let file = std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
-    let mut out = Hashing { inner: std::io::BufWriter::with_capacity(1 << 20, file), hash: Sha256::new(), len: 0 };
+    let tmp = dir
+        .join("blobs/sha256")
+        .join(format!(".tmp-{:x}", Sha256::digest(seed.as_bytes())));
+    let file =
+        std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+    let mut out = Hashing {
+        inner: std::io::BufWriter::with_capacity(1 << 20, file),
+        hash: Sha256::new(),
+        len: 0,
+    };
     out.write_all(&tar_header("payload.bin", size as u64))?;
     let mut rng = XorShift::new(seed);
     let mut chunk = vec![0u8; 1 << 20];
@@ -194,7 +242,12 @@ fn write_layer(dir: &Path, seed: &str, size: usize) -> anyhow::Result<Descriptor
     let len = out.len;
     drop(out);
     std::fs::rename(&tmp, blob_path(dir, &digest)).context("renaming the layer blob")?;
-    Ok(Descriptor { media_type: MT_LAYER.into(), digest, size: len, platform: None })
+    Ok(Descriptor {
+        media_type: MT_LAYER.into(),
+        digest,
+        size: len,
+        platform: None,
+    })
 }
 
 /// A POSIX ustar header for one regular file.
@@ -253,16 +306,25 @@ mod tests {
         for entry in std::fs::read_dir(dir.path().join("blobs/sha256")).unwrap() {
             let p = entry.unwrap().path();
             let name = p.file_name().unwrap().to_str().unwrap().to_string();
-            assert_eq!(format!("{:x}", Sha256::digest(std::fs::read(&p).unwrap())), name);
+            assert_eq!(
+                format!("{:x}", Sha256::digest(std::fs::read(&p).unwrap())),
+                name
+            );
         }
         let m = read_json(&blob_path(dir.path(), &img.top.digest));
         assert_eq!(m["layers"][0]["digest"], img.layer_digest());
-        let cfg = read_json(&blob_path(dir.path(), m["config"]["digest"].as_str().unwrap()));
+        let cfg = read_json(&blob_path(
+            dir.path(),
+            m["config"]["digest"].as_str().unwrap(),
+        ));
         assert_eq!(cfg["rootfs"]["diff_ids"][0], img.layer_digest());
         // tar: header + 3000 bytes padded to 3072 + 1024 end blocks
         assert_eq!(img.layers[0].size, 512 + 3072 + 1024);
         let index = read_json(&dir.path().join("index.json"));
-        assert_eq!(index["manifests"][0]["annotations"]["org.opencontainers.image.ref.name"], "latest");
+        assert_eq!(
+            index["manifests"][0]["annotations"]["org.opencontainers.image.ref.name"],
+            "latest"
+        );
     }
 
     // The same name and tag give the same bytes; another name gives other bytes.
@@ -284,10 +346,23 @@ mod tests {
         let img = OciImage::write_multi_arch(dir.path(), "multi", "v1", 1000).unwrap();
         assert!(img.is_multi_arch());
         let idx = read_json(&blob_path(dir.path(), &img.top.digest));
-        let archs: Vec<_> = idx["manifests"].as_array().unwrap().iter().map(|m| m["platform"]["architecture"].clone()).collect();
+        let archs: Vec<_> = idx["manifests"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["platform"]["architecture"].clone())
+            .collect();
         assert_eq!(archs, vec!["amd64", "arm64"]);
-        let out = std::process::Command::new("tar").arg("-tvf").arg(blob_path(dir.path(), img.layer_digest())).output().unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let out = std::process::Command::new("tar")
+            .arg("-tvf")
+            .arg(blob_path(dir.path(), img.layer_digest()))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         assert!(String::from_utf8_lossy(&out.stdout).contains("1000"));
     }
 }

@@ -31,7 +31,12 @@ pub fn wait_for_port(port: u16, deadline: Duration) -> anyhow::Result<()> {
 
 /// Waits until a plain-HTTP `GET http://127.0.0.1:<port><path>` answers with one of `statuses`.
 /// Returns the status seen.
-pub fn wait_for_http(port: u16, path: &str, statuses: &[u16], deadline: Duration) -> anyhow::Result<u16> {
+pub fn wait_for_http(
+    port: u16,
+    path: &str,
+    statuses: &[u16],
+    deadline: Duration,
+) -> anyhow::Result<u16> {
     let start = Instant::now();
     let mut last = String::from("no answer");
     while start.elapsed() < deadline {
@@ -64,8 +69,14 @@ impl Proc {
             .with_context(|| format!("opening {}", log.display()))?;
         let err = out.try_clone().context("cloning the log handle")?;
         cmd.stdin(Stdio::null()).stdout(out).stderr(err);
-        let child = cmd.spawn().with_context(|| format!("spawning {name}: {cmd:?}"))?;
-        Ok(Self { name: name.to_string(), child: Some(child), log })
+        let child = cmd
+            .spawn()
+            .with_context(|| format!("spawning {name}: {cmd:?}"))?;
+        Ok(Self {
+            name: name.to_string(),
+            child: Some(child),
+            log,
+        })
     }
 
     pub fn pid(&self) -> u32 {
@@ -87,7 +98,11 @@ impl Proc {
     pub fn ensure_running(&mut self) -> anyhow::Result<()> {
         if let Some(child) = self.child.as_mut() {
             if let Some(status) = child.try_wait().context("polling the child")? {
-                bail!("{} exited early with {status}; log:\n{}", self.name, self.tail(60));
+                bail!(
+                    "{} exited early with {status}; log:\n{}",
+                    self.name,
+                    self.tail(60)
+                );
             }
         }
         Ok(())
@@ -108,7 +123,9 @@ impl Proc {
 
     /// Waits for the process to exit, up to `deadline`; kills it after that and fails.
     pub fn wait_exit(&mut self, deadline: Duration) -> anyhow::Result<ExitStatus> {
-        let Some(child) = self.child.as_mut() else { bail!("{} was already reaped", self.name) };
+        let Some(child) = self.child.as_mut() else {
+            bail!("{} was already reaped", self.name)
+        };
         let start = Instant::now();
         loop {
             if let Some(status) = child.try_wait().context("polling the child")? {
@@ -135,7 +152,9 @@ impl Proc {
 
     /// The last `lines` lines of the log.
     pub fn tail(&self, lines: usize) -> String {
-        let Ok(mut f) = std::fs::File::open(&self.log) else { return String::new() };
+        let Ok(mut f) = std::fs::File::open(&self.log) else {
+            return String::new();
+        };
         // Read at most the last 256 KiB: logs of big pulls can be long.
         let len = f.metadata().map(|m| m.len()).unwrap_or(0);
         let _ = f.seek(SeekFrom::Start(len.saturating_sub(256 * 1024)));
@@ -181,7 +200,10 @@ mod tests {
         p.ensure_running().unwrap();
         let pid = p.pid();
         drop(p);
-        assert!(!Path::new(&format!("/proc/{pid}")).exists(), "child {pid} survived its Proc");
+        assert!(
+            !Path::new(&format!("/proc/{pid}")).exists(),
+            "child {pid} survived its Proc"
+        );
     }
 
     // SIGTERM is delivered and the exit is observed.

@@ -19,9 +19,18 @@ pub enum RegistryMode {
     /// Anyone may pull and push.
     Open,
     /// Docker token auth: 401 with a Bearer challenge pointing at `realm`; tokens verified against `bundle`.
-    Token { bundle: PathBuf, realm: String, service: String, issuer: String },
+    Token {
+        bundle: PathBuf,
+        realm: String,
+        service: String,
+        issuer: String,
+    },
     /// Pull-through cache of `remoteurl` (distribution's `proxy` section); pushes answer 405.
-    Proxy { remoteurl: String, username: Option<String>, password: Option<String> },
+    Proxy {
+        remoteurl: String,
+        username: Option<String>,
+        password: Option<String>,
+    },
 }
 
 /// A running registry on `127.0.0.1:<port>` with filesystem storage in its own folder, deletes enabled.
@@ -45,10 +54,16 @@ pub struct Pushed {
 
 impl Registry {
     /// Starts `docker-registry serve` in `<dir>/<name>/` and waits until `/v2/` answers.
-    pub fn start(dir: &Path, name: &str, mode: RegistryMode, tls: Option<&Leaf>) -> anyhow::Result<Self> {
+    pub fn start(
+        dir: &Path,
+        name: &str,
+        mode: RegistryMode,
+        tls: Option<&Leaf>,
+    ) -> anyhow::Result<Self> {
         require("docker-registry", "docker-registry");
         let dir = dir.join(name);
-        std::fs::create_dir_all(dir.join("storage")).with_context(|| format!("creating {}", dir.display()))?;
+        std::fs::create_dir_all(dir.join("storage"))
+            .with_context(|| format!("creating {}", dir.display()))?;
         let port = free_port();
         let mut yml = format!(
             "version: 0.1\nlog:\n  level: info\n  formatter: text\nstorage:\n  filesystem:\n    rootdirectory: {}\n  \
@@ -92,7 +107,13 @@ impl Registry {
             return Err(e);
         }
         proc.ensure_running()?;
-        Ok(Self { name: name.to_string(), proc, port, tls: tls.is_some(), dir })
+        Ok(Self {
+            name: name.to_string(),
+            proc,
+            port,
+            tls: tls.is_some(),
+            dir,
+        })
     }
 
     /// An open registry (no auth).
@@ -112,7 +133,12 @@ impl Registry {
     }
 
     /// A pull-through cache of `remoteurl` (which must already be up: distribution panics otherwise).
-    pub fn proxy(dir: &Path, name: &str, remoteurl: &str, creds: Option<(&str, &str)>) -> anyhow::Result<Self> {
+    pub fn proxy(
+        dir: &Path,
+        name: &str,
+        remoteurl: &str,
+        creds: Option<(&str, &str)>,
+    ) -> anyhow::Result<Self> {
         let mode = RegistryMode::Proxy {
             remoteurl: remoteurl.to_string(),
             username: creds.map(|c| c.0.to_string()),
@@ -132,7 +158,11 @@ impl Registry {
 
     /// `http://127.0.0.1:<port>` (or https), what a route's `upstream`/`endpoints` names.
     pub fn url(&self) -> String {
-        format!("{}://127.0.0.1:{}", if self.tls { "https" } else { "http" }, self.port)
+        format!(
+            "{}://127.0.0.1:{}",
+            if self.tls { "https" } else { "http" },
+            self.port
+        )
     }
 
     pub fn dir(&self) -> &Path {
@@ -148,7 +178,11 @@ impl Registry {
     pub fn requests(&self, path_part: &str) -> usize {
         self.log()
             .lines()
-            .filter(|l| l.contains("response completed") && l.contains("http.request.uri=") && l.contains(path_part))
+            .filter(|l| {
+                l.contains("response completed")
+                    && l.contains("http.request.uri=")
+                    && l.contains(path_part)
+            })
             .count()
     }
 
@@ -170,10 +204,20 @@ fn yaml_str(s: &str) -> String {
 /// Pushes `image` to `registry` as `reference` (`repo:tag`) with skopeo, keeping every digest
 /// (`--preserve-digests`: skopeo would otherwise gzip the uncompressed layers). `creds` are sent as Basic to
 /// the registry or its token realm.
-pub fn push(image: &OciImage, registry: &Registry, reference: &str, creds: Option<(&str, &str)>) -> anyhow::Result<Pushed> {
+pub fn push(
+    image: &OciImage,
+    registry: &Registry,
+    reference: &str,
+    creds: Option<(&str, &str)>,
+) -> anyhow::Result<Pushed> {
     require("skopeo", "skopeo");
     let mut cmd = Command::new("skopeo");
-    cmd.args(["--insecure-policy", "copy", "--preserve-digests", "--dest-tls-verify=false"]);
+    cmd.args([
+        "--insecure-policy",
+        "copy",
+        "--preserve-digests",
+        "--dest-tls-verify=false",
+    ]);
     if image.is_multi_arch() {
         cmd.arg("--all");
     }
@@ -182,7 +226,8 @@ pub fn push(image: &OciImage, registry: &Registry, reference: &str, creds: Optio
     } else {
         cmd.arg("--dest-no-creds");
     }
-    cmd.arg(image.oci_ref()).arg(format!("docker://{}/{reference}", registry.host()));
+    cmd.arg(image.oci_ref())
+        .arg(format!("docker://{}/{reference}", registry.host()));
     let out = cmd.output().context("running skopeo copy")?;
     if !out.status.success() {
         bail!(

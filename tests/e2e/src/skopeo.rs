@@ -64,7 +64,15 @@ impl Skopeo {
 
     fn base(&self) -> Command {
         let mut cmd = Command::new("skopeo");
-        cmd.args(["--insecure-policy", "--command-timeout", "600s", "--override-os", "linux", "--override-arch", "amd64"]);
+        cmd.args([
+            "--insecure-policy",
+            "--command-timeout",
+            "600s",
+            "--override-os",
+            "linux",
+            "--override-arch",
+            "amd64",
+        ]);
         cmd
     }
 
@@ -102,7 +110,11 @@ impl Skopeo {
     /// `skopeo copy SRC DEST` (`--all` copies every platform of an index), digests preserved.
     pub fn copy(&self, src: &str, dest: &str, all: bool) -> anyhow::Result<Outcome> {
         let mut cmd = self.base();
-        cmd.args(["copy", "--preserve-digests", "--dest-oci-accept-uncompressed-layers"]);
+        cmd.args([
+            "copy",
+            "--preserve-digests",
+            "--dest-oci-accept-uncompressed-layers",
+        ]);
         if all {
             cmd.arg("--all");
         }
@@ -114,7 +126,8 @@ impl Skopeo {
     /// Pulls `image` (`docker://host:port/repo:tag`) into an OCI layout at `dir` (tag `pulled`) and returns
     /// the layer digests it holds; fails with skopeo's stderr if the pull failed.
     pub fn pull(&self, image: &str, dir: &Path) -> anyhow::Result<Vec<String>> {
-        self.copy(image, &format!("oci:{}:pulled", dir.display()), false)?.check(&format!("pulling {image}"))?;
+        self.copy(image, &format!("oci:{}:pulled", dir.display()), false)?
+            .check(&format!("pulling {image}"))?;
         layer_digests_in_layout(dir, "pulled")
     }
 }
@@ -122,24 +135,39 @@ impl Skopeo {
 /// Layer digests of the image tagged `tag` in an OCI layout (every platform for an index).
 pub fn layer_digests_in_layout(dir: &Path, tag: &str) -> anyhow::Result<Vec<String>> {
     let read = |digest: &str| -> anyhow::Result<serde_json::Value> {
-        let p = dir.join("blobs/sha256").join(digest.trim_start_matches("sha256:"));
-        serde_json::from_slice(&std::fs::read(&p).with_context(|| format!("reading {}", p.display()))?)
-            .with_context(|| format!("parsing {}", p.display()))
+        let p = dir
+            .join("blobs/sha256")
+            .join(digest.trim_start_matches("sha256:"));
+        serde_json::from_slice(
+            &std::fs::read(&p).with_context(|| format!("reading {}", p.display()))?,
+        )
+        .with_context(|| format!("parsing {}", p.display()))
     };
     let index: serde_json::Value = serde_json::from_slice(&std::fs::read(dir.join("index.json"))?)?;
     let top = index["manifests"]
         .as_array()
-        .and_then(|m| m.iter().find(|m| m["annotations"]["org.opencontainers.image.ref.name"] == tag))
+        .and_then(|m| {
+            m.iter()
+                .find(|m| m["annotations"]["org.opencontainers.image.ref.name"] == tag)
+        })
         .with_context(|| format!("tag {tag} not in {}", dir.display()))?;
     let mut todo = vec![top["digest"].as_str().unwrap_or_default().to_string()];
     let mut layers = Vec::new();
     while let Some(d) = todo.pop() {
         let m = read(&d)?;
         if let Some(children) = m["manifests"].as_array() {
-            todo.extend(children.iter().rev().filter_map(|c| c["digest"].as_str().map(str::to_string)));
+            todo.extend(
+                children
+                    .iter()
+                    .rev()
+                    .filter_map(|c| c["digest"].as_str().map(str::to_string)),
+            );
         }
         if let Some(ls) = m["layers"].as_array() {
-            layers.extend(ls.iter().filter_map(|l| l["digest"].as_str().map(str::to_string)));
+            layers.extend(
+                ls.iter()
+                    .filter_map(|l| l["digest"].as_str().map(str::to_string)),
+            );
         }
     }
     Ok(layers)

@@ -72,7 +72,9 @@ impl TokenIssuer {
         std::fs::create_dir_all(dir)?;
         let key = KeyPair::generate().context("token key")?;
         let mut params = CertificateParams::new(Vec::<String>::new())?;
-        params.distinguished_name.push(DnType::CommonName, opts.issuer.clone());
+        params
+            .distinguished_name
+            .push(DnType::CommonName, opts.issuer.clone());
         let cert = params.self_signed(&key).context("token cert")?;
         let bundle = dir.join("token-issuer.crt");
         std::fs::write(&bundle, cert.pem()).context("writing token-issuer.crt")?;
@@ -84,7 +86,9 @@ impl TokenIssuer {
             delay_ms: AtomicU64::new(0),
             serial: AtomicU64::new(0),
         });
-        let listener = runtime().block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).context("binding")?;
+        let listener = runtime()
+            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+            .context("binding")?;
         let port = listener.local_addr()?.port();
         let s = shared.clone();
         let task = runtime().spawn(async move {
@@ -92,11 +96,18 @@ impl TokenIssuer {
                 let s = s.clone();
                 tokio::spawn(async move {
                     let svc = hyper::service::service_fn(move |req| handle(s.clone(), req));
-                    let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), svc).await;
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), svc)
+                        .await;
                 });
             }
         });
-        Ok(Self { port, bundle, shared, task })
+        Ok(Self {
+            port,
+            bundle,
+            shared,
+            task,
+        })
     }
 
     /// `http://127.0.0.1:<port>/token`.
@@ -129,24 +140,36 @@ impl TokenIssuer {
     /// How many token requests asked for `scope` with credential `user` (`None`: anonymous).
     pub fn count(&self, scope: &str, user: Option<&str>) -> u64 {
         let counts = self.shared.counts.lock().unwrap_or_else(|e| e.into_inner());
-        counts.get(&(scope.to_string(), user.map(str::to_string))).copied().unwrap_or(0)
+        counts
+            .get(&(scope.to_string(), user.map(str::to_string)))
+            .copied()
+            .unwrap_or(0)
     }
 
     /// All token requests so far (a request with several scopes counts once per scope).
     pub fn total(&self) -> u64 {
-        self.shared.counts.lock().unwrap_or_else(|e| e.into_inner()).values().sum()
+        self.shared
+            .counts
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .sum()
     }
 
     /// Delays every answer, to make concurrent fetches overlap (single-flight checks).
     pub fn set_delay(&self, delay: Duration) {
-        self.shared.delay_ms.store(delay.as_millis() as u64, Ordering::Relaxed);
+        self.shared
+            .delay_ms
+            .store(delay.as_millis() as u64, Ordering::Relaxed);
     }
 
     /// Mints a token directly, e.g. to call the registry without the challenge dance.
     /// `access` is `(repository, actions)`.
     pub fn sign(&self, sub: &str, access: &[(&str, &[&str])]) -> anyhow::Result<String> {
-        let access: Vec<_> =
-            access.iter().map(|(name, acts)| json!({"type": "repository", "name": name, "actions": acts})).collect();
+        let access: Vec<_> = access
+            .iter()
+            .map(|(name, acts)| json!({"type": "repository", "name": name, "actions": acts}))
+            .collect();
         sign(&self.shared, sub, access)
     }
 }
@@ -162,11 +185,18 @@ impl Drop for TokenIssuer {
 pub(crate) fn libtrust_key_id(spki_der: &[u8]) -> String {
     let hash = Sha256::digest(spki_der);
     let b32 = data_encoding::BASE32_NOPAD.encode(&hash[..30]);
-    b32.as_bytes().chunks(4).map(|c| String::from_utf8_lossy(c).into_owned()).collect::<Vec<_>>().join(":")
+    b32.as_bytes()
+        .chunks(4)
+        .map(|c| String::from_utf8_lossy(c).into_owned())
+        .collect::<Vec<_>>()
+        .join(":")
 }
 
 fn now() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 fn sign(s: &Shared, sub: &str, access: Vec<serde_json::Value>) -> anyhow::Result<String> {
@@ -183,33 +213,50 @@ fn sign(s: &Shared, sub: &str, access: Vec<serde_json::Value>) -> anyhow::Result
     });
     let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES256);
     header.kid = Some(s.kid.clone());
-    let key = jsonwebtoken::EncodingKey::from_ec_pem(s.key_pem.as_bytes()).context("loading the EC key")?;
+    let key = jsonwebtoken::EncodingKey::from_ec_pem(s.key_pem.as_bytes())
+        .context("loading the EC key")?;
     jsonwebtoken::encode(&header, &claims, &key).context("signing the JWT")
 }
 
 fn respond(status: u16, body: serde_json::Value) -> http::Response<Full<Bytes>> {
     let mut resp = http::Response::new(Full::new(Bytes::from(body.to_string())));
-    *resp.status_mut() = http::StatusCode::from_u16(status).unwrap_or(http::StatusCode::INTERNAL_SERVER_ERROR);
-    resp.headers_mut().insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/json"));
+    *resp.status_mut() =
+        http::StatusCode::from_u16(status).unwrap_or(http::StatusCode::INTERNAL_SERVER_ERROR);
+    resp.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
     resp
 }
 
 /// GET `/token?service=&scope=…` with optional Basic credentials, or POST form with
 /// `grant_type=password&username=&password=` (containerd's first try).
-async fn handle(s: Arc<Shared>, req: http::Request<Incoming>) -> Result<http::Response<Full<Bytes>>, Infallible> {
+async fn handle(
+    s: Arc<Shared>,
+    req: http::Request<Incoming>,
+) -> Result<http::Response<Full<Bytes>>, Infallible> {
     let delay = s.delay_ms.load(Ordering::Relaxed);
     if delay > 0 {
         tokio::time::sleep(Duration::from_millis(delay)).await;
     }
     if req.uri().path() != "/token" {
-        return Ok(respond(404, json!({"errors": [{"code": "NOT_FOUND", "message": "only /token here"}]})));
+        return Ok(respond(
+            404,
+            json!({"errors": [{"code": "NOT_FOUND", "message": "only /token here"}]}),
+        ));
     }
-    let mut params: Vec<(String, String)> = url::form_urlencoded::parse(req.uri().query().unwrap_or("").as_bytes())
-        .into_owned()
-        .collect();
+    let mut params: Vec<(String, String)> =
+        url::form_urlencoded::parse(req.uri().query().unwrap_or("").as_bytes())
+            .into_owned()
+            .collect();
     let mut creds = basic_credentials(req.headers());
     if req.method() == http::Method::POST {
-        let body = req.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+        let body = req
+            .into_body()
+            .collect()
+            .await
+            .map(|b| b.to_bytes())
+            .unwrap_or_default();
         let form: Vec<(String, String)> = url::form_urlencoded::parse(&body).into_owned().collect();
         let get = |k: &str| form.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
         if let (Some(u), Some(p)) = (get("username"), get("password")) {
@@ -217,7 +264,11 @@ async fn handle(s: Arc<Shared>, req: http::Request<Incoming>) -> Result<http::Re
         }
         params.extend(form);
     }
-    let scopes: Vec<String> = params.iter().filter(|(k, _)| k == "scope").map(|(_, v)| v.clone()).collect();
+    let scopes: Vec<String> = params
+        .iter()
+        .filter(|(k, _)| k == "scope")
+        .map(|(_, v)| v.clone())
+        .collect();
     {
         let mut counts = s.counts.lock().unwrap_or_else(|e| e.into_inner());
         let user = creds.as_ref().map(|(u, _)| u.clone());
@@ -231,14 +282,25 @@ async fn handle(s: Arc<Shared>, req: http::Request<Incoming>) -> Result<http::Re
     let user = match &creds {
         Some((u, p)) => {
             if !s.opts.users.iter().any(|(uu, pp)| uu == u && pp == p) {
-                return Ok(respond(401, json!({"errors": [{"code": "UNAUTHORIZED", "message": "bad credentials"}]})));
+                return Ok(respond(
+                    401,
+                    json!({"errors": [{"code": "UNAUTHORIZED", "message": "bad credentials"}]}),
+                ));
             }
             Some(u.clone())
         }
         None if s.opts.anonymous_pull => None,
-        None => return Ok(respond(401, json!({"errors": [{"code": "UNAUTHORIZED", "message": "credentials needed"}]}))),
+        None => {
+            return Ok(respond(
+                401,
+                json!({"errors": [{"code": "UNAUTHORIZED", "message": "credentials needed"}]}),
+            ))
+        }
     };
-    let access: Vec<_> = scopes.iter().filter_map(|sc| grant(sc, user.is_some())).collect();
+    let access: Vec<_> = scopes
+        .iter()
+        .filter_map(|sc| grant(sc, user.is_some()))
+        .collect();
     match sign(&s, user.as_deref().unwrap_or(""), access) {
         Ok(token) => Ok(respond(
             200,
@@ -251,7 +313,10 @@ async fn handle(s: Arc<Shared>, req: http::Request<Incoming>) -> Result<http::Re
                     .unwrap_or_default(),
             }),
         )),
-        Err(e) => Ok(respond(500, json!({"errors": [{"code": "UNKNOWN", "message": format!("{e:#}")}]}))),
+        Err(e) => Ok(respond(
+            500,
+            json!({"errors": [{"code": "UNKNOWN", "message": format!("{e:#}")}]}),
+        )),
     }
 }
 
@@ -260,14 +325,21 @@ async fn handle(s: Arc<Shared>, req: http::Request<Incoming>) -> Result<http::Re
 fn grant(scope: &str, known_user: bool) -> Option<serde_json::Value> {
     let (kind, rest) = scope.split_once(':')?;
     let (name, actions) = rest.rsplit_once(':')?;
-    let actions: Vec<&str> = actions.split(',').filter(|a| known_user || *a == "pull").collect();
+    let actions: Vec<&str> = actions
+        .split(',')
+        .filter(|a| known_user || *a == "pull")
+        .collect();
     Some(json!({"type": kind, "name": name, "actions": actions}))
 }
 
 fn basic_credentials(headers: &http::HeaderMap) -> Option<(String, String)> {
     let value = headers.get(http::header::AUTHORIZATION)?.to_str().ok()?;
-    let b64 = value.strip_prefix("Basic ").or_else(|| value.strip_prefix("basic "))?;
-    let raw = base64::engine::general_purpose::STANDARD.decode(b64.trim()).ok()?;
+    let b64 = value
+        .strip_prefix("Basic ")
+        .or_else(|| value.strip_prefix("basic "))?;
+    let raw = base64::engine::general_purpose::STANDARD
+        .decode(b64.trim())
+        .ok()?;
     let (u, p) = std::str::from_utf8(&raw).ok()?.split_once(':')?;
     Some((u.to_string(), p.to_string()))
 }
@@ -282,7 +354,9 @@ mod tests {
         let kid = libtrust_key_id(b"any spki bytes");
         let groups: Vec<_> = kid.split(':').collect();
         assert_eq!(groups.len(), 12);
-        assert!(groups.iter().all(|g| g.len() == 4 && g.chars().all(|c| c.is_ascii_uppercase() || ('2'..='7').contains(&c))));
+        assert!(groups.iter().all(|g| g.len() == 4
+            && g.chars()
+                .all(|c| c.is_ascii_uppercase() || ('2'..='7').contains(&c))));
     }
 
     // Names with a port keep it; anonymous callers lose push.

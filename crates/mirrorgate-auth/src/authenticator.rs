@@ -1,0 +1,808 @@
+//! The facade the proxy calls: identify the client, authorize the request, serve the token endpoint,
+//! and build challenges.
+//!
+//! Phases (as the proxy runs them):
+//! 1. [`Authenticator::identify`]: Basic → htpasswd (cached bcrypt); Bearer → our token, which must cover
+//!    the repository and action; no credentials → the tenant of the source network, else anonymous when
+//!    the route allows it, else 401.
+//! 2. [`Authenticator::authorize`]: the identity's rules (see [`crate::Tenants`]) for this route host,
+//!    repository and action, else 403 DENIED (or 401 for an anonymous client on a private route).
+//!
+//! A bearer token names the user (or nobody) and the repositories it covers, but not the route host:
+//! the tenant's rules are checked again on every request, so a token fetched on one route cannot
+//! widen access on another.
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use http::HeaderValue;
+
+use crate::error::AuthError;
+use crate::header::{parse_authorization, Credentials};
+use crate::htpasswd::UserStore;
+use crate::identity::{AuthMethod, Identity};
+use crate::key::TokenKey;
+use crate::password::{PasswordChecker, PasswordPolicy};
+use crate::tenants::{Action, TenantSpec, Tenants};
+use crate::token::{
+    grant_access, password_fingerprint, Grant, TokenIssuer, TokenRequest, TokenResponse, TokenSpec,
+};
+use crate::verify::TokenVerifier;
+
+/// Everything the authenticator is built from; the integrator maps `[auth]`, `[auth.token]` and
+/// `[[tenant]]` onto it.
+#[derive(Debug, Clone, Default)]
+pub struct AuthSpec {
+    /// htpasswd file (bcrypt lines); `None`: no Basic users.
+    pub htpasswd: Option<PathBuf>,
+    /// Token server settings; `None`: no token endpoint, Basic challenges.
+    pub token: Option<TokenSpec>,
+    /// Tenants and their rules.
+    pub tenants: Vec<TenantSpec>,
+    /// Password check tuning.
+    pub password: PasswordPolicy,
+}
+
+/// The request facts identification and authorization look at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AccessRequest<'a> {
+    /// The route's host as configured (what `allow` patterns name).
+    pub route_host: &'a str,
+    /// The route's `anonymous` flag.
+    pub route_anonymous: bool,
+    /// The repository, or `None` for requests about no repository (the `/v2/` ping).
+    pub repository: Option<&'a str>,
+    /// What the request does.
+    pub action: Action,
+}
+
+/// Identifies and authorizes clients; one per process, shared by all connections.
+#[derive(Debug)]
+pub struct Authenticator {
+    passwords: Option<PasswordChecker>,
+    tenants: ArcSwap<Tenants>,
+    issuer: Option<TokenIssuer>,
+    verifier: Option<TokenVerifier>,
+}
+
+impl Authenticator {
+    /// Loads the htpasswd file and the token key (generating it if missing) and builds the tenants.
+    /// Blocking file I/O: call at start-up.
+    pub fn new(spec: AuthSpec) -> Result<Self, AuthError> {
+        let users = spec
+            .htpasswd
+            .map(UserStore::load)
+            .transpose()?
+            .map(Arc::new);
+        let token = match spec.token {
+            Some(t) => Some((Arc::new(TokenKey::load_or_generate(&t.key_path)?), t)),
+            None => None,
+        };
+        Self::from_parts(users, Tenants::new(spec.tenants)?, token, &spec.password)
+    }
+
+    /// Builds from already-loaded parts (tests, or an integrator that loads them itself).
+    pub fn from_parts(
+        users: Option<Arc<UserStore>>,
+        tenants: Tenants,
+        token: Option<(Arc<TokenKey>, TokenSpec)>,
+        policy: &PasswordPolicy,
+    ) -> Result<Self, AuthError> {
+        let passwords = users.map(|u| PasswordChecker::new(u, policy)).transpose()?;
+        let (issuer, verifier) = match token {
+            Some((key, spec)) => {
+                let verifier = TokenVerifier::new(key.clone(), &spec);
+                (Some(TokenIssuer::new(key, spec)), Some(verifier))
+            }
+            None => (None, None),
+        };
+        Ok(Authenticator {
+            passwords,
+            tenants: ArcSwap::from_pointee(tenants),
+            issuer,
+            verifier,
+        })
+    }
+
+    /// The user store, for `reload()` on SIGHUP and for spawning [`UserStore::watch`].
+    pub fn users(&self) -> Option<&Arc<UserStore>> {
+        self.passwords.as_ref().map(PasswordChecker::store)
+    }
+
+    /// The current tenants.
+    pub fn tenants(&self) -> Arc<Tenants> {
+        self.tenants.load_full()
+    }
+
+    /// Swaps in new tenants (config reload).
+    pub fn set_tenants(&self, tenants: Tenants) {
+        self.tenants.store(Arc::new(tenants));
+    }
+
+    /// The token issuer, when the token server is configured.
+    pub fn token_issuer(&self) -> Option<&TokenIssuer> {
+        self.issuer.as_ref()
+    }
+
+    /// Who is asking. See the module docs for the order of checks.
+    pub async fn identify(
+        &self,
+        authorization: Option<&HeaderValue>,
+        peer_ip: IpAddr,
+        req: &AccessRequest<'_>,
+    ) -> Result<Identity, AuthError> {
+        let tenants = self.tenants.load();
+        match authorization.map(parse_authorization).transpose()? {
+            Some(Credentials::Basic { user, password }) => {
+                self.check_password(&tenants, &user, &password, peer_ip)
+                    .await
+            }
+            Some(Credentials::Bearer(token)) => {
+                let verifier = self
+                    .verifier
+                    .as_ref()
+                    .ok_or(AuthError::TokenRejected("no token server configured"))?;
+                let service = verifier.service();
+                let claims = match req.repository {
+                    Some(repo) => verifier.verify(&token, service, repo, req.action)?,
+                    None => verifier.verify_any(&token, service)?,
+                };
+                if claims.sub.is_empty() {
+                    let tenant = tenants.tenant_of_ip(peer_ip).cloned();
+                    return Ok(Identity {
+                        tenant,
+                        user: None,
+                        method: AuthMethod::Bearer,
+                    });
+                }
+                if !self.users().is_some_and(|u| u.contains(&claims.sub)) {
+                    return Err(AuthError::TokenRejected(
+                        "the token's user no longer exists",
+                    ));
+                }
+                let tenant = tenants.tenant_of_user(&claims.sub).cloned();
+                Ok(Identity {
+                    tenant,
+                    user: Some(Arc::from(claims.sub.as_str())),
+                    method: AuthMethod::Bearer,
+                })
+            }
+            None => self.without_credentials(&tenants, peer_ip, req.route_anonymous),
+        }
+    }
+
+    async fn check_password(
+        &self,
+        tenants: &Tenants,
+        user: &str,
+        password: &str,
+        peer_ip: IpAddr,
+    ) -> Result<Identity, AuthError> {
+        let checker = self.passwords.as_ref().ok_or(AuthError::BadCredentials)?;
+        checker.check(user, password, peer_ip).await?;
+        let tenant = tenants.tenant_of_user(user).cloned();
+        Ok(Identity {
+            tenant,
+            user: Some(Arc::from(user)),
+            method: AuthMethod::Basic,
+        })
+    }
+
+    fn without_credentials(
+        &self,
+        tenants: &Tenants,
+        peer_ip: IpAddr,
+        anonymous: bool,
+    ) -> Result<Identity, AuthError> {
+        if let Some(tenant) = tenants.tenant_of_ip(peer_ip) {
+            Ok(Identity {
+                tenant: Some(tenant.clone()),
+                user: None,
+                method: AuthMethod::Network,
+            })
+        } else if anonymous {
+            Ok(Identity::anonymous())
+        } else {
+            Err(AuthError::MissingCredentials)
+        }
+    }
+
+    /// May `identity` do `req.action` on `req.repository` at `req.route_host`? A request about no
+    /// repository only needs an identity (and, for clients without user or tenant, an anonymous route).
+    pub fn authorize(&self, identity: &Identity, req: &AccessRequest<'_>) -> Result<(), AuthError> {
+        if identity.is_anonymous() && !req.route_anonymous {
+            return Err(AuthError::MissingCredentials);
+        }
+        let Some(repo) = req.repository else {
+            return Ok(());
+        };
+        if self.allowed(
+            &self.tenants.load(),
+            identity,
+            req.route_host,
+            req.route_anonymous,
+            repo,
+            req.action,
+        ) {
+            Ok(())
+        } else {
+            Err(AuthError::Denied {
+                who: identity.to_string(),
+                route_host: req.route_host.to_owned(),
+                repository: repo.to_owned(),
+                action: req.action,
+            })
+        }
+    }
+
+    fn allowed(
+        &self,
+        tenants: &Tenants,
+        identity: &Identity,
+        route_host: &str,
+        route_anonymous: bool,
+        repo: &str,
+        action: Action,
+    ) -> bool {
+        match (&identity.tenant, &identity.user) {
+            (Some(t), _) => tenants.allows(t, route_host, repo, action),
+            (None, Some(_)) => tenants.allows_untenanted_user(action),
+            (None, None) => route_anonymous && tenants.allows_anonymous(route_host, repo, action),
+        }
+    }
+
+    /// The token endpoint (`GET|POST https://<route host>/token`): authenticates the client, grants the
+    /// intersection of the requested scopes and its rules on this route, and signs the token(s).
+    /// `authorization` is the request's header (used by GET); POST grants carry their own credentials.
+    pub async fn token(
+        &self,
+        request: &TokenRequest,
+        authorization: Option<&HeaderValue>,
+        peer_ip: IpAddr,
+        route_host: &str,
+        route_anonymous: bool,
+    ) -> Result<TokenResponse, AuthError> {
+        let issuer = self
+            .issuer
+            .as_ref()
+            .ok_or_else(|| AuthError::InvalidRequest("no token server configured".into()))?;
+        if request
+            .service
+            .as_deref()
+            .is_some_and(|s| s != issuer.spec().service)
+        {
+            return Err(AuthError::InvalidRequest("unknown service".into()));
+        }
+        let tenants = self.tenants.load();
+        let (identity, may_refresh) = match &request.grant {
+            Grant::Password { username, password } => (
+                self.check_password(&tenants, username, password, peer_ip)
+                    .await?,
+                true,
+            ),
+            Grant::RefreshToken(token) => (self.identity_from_refresh(&tenants, token)?, false),
+            Grant::Header => match authorization.map(parse_authorization).transpose()? {
+                Some(Credentials::Basic { user, password }) => (
+                    self.check_password(&tenants, &user, &password, peer_ip)
+                        .await?,
+                    true,
+                ),
+                Some(Credentials::Bearer(_)) => {
+                    return Err(AuthError::InvalidRequest(
+                        "the token endpoint takes Basic credentials".into(),
+                    ))
+                }
+                None => (
+                    self.without_credentials(&tenants, peer_ip, route_anonymous)?,
+                    false,
+                ),
+            },
+        };
+        let access = grant_access(&request.scopes, |repo, action| {
+            self.allowed(
+                &tenants,
+                &identity,
+                route_host,
+                route_anonymous,
+                repo,
+                action,
+            )
+        });
+        let subject = identity.user.as_deref().unwrap_or("");
+        tracing::debug!(
+            who = %identity, method = identity.method.as_str(), route = route_host,
+            requested = request.scopes.len(), granted = access.len(), "token issued"
+        );
+        let access_token = issuer.issue(subject, access)?;
+        let refresh = match (&identity.user, request.offline && may_refresh) {
+            (Some(user), true) => {
+                let hash = self
+                    .users()
+                    .and_then(|u| u.snapshot().users.get(user).map(|h| h.hash.clone()));
+                hash.map(|h| issuer.issue_refresh(user, &h)).transpose()?
+            }
+            _ => None,
+        };
+        Ok(issuer.response(&access_token, refresh))
+    }
+
+    fn identity_from_refresh(&self, tenants: &Tenants, token: &str) -> Result<Identity, AuthError> {
+        let verifier = self
+            .verifier
+            .as_ref()
+            .ok_or(AuthError::TokenRejected("no token server configured"))?;
+        let claims = verifier.verify_refresh(token)?;
+        let current = self.users().and_then(|u| {
+            u.snapshot()
+                .users
+                .get(&claims.sub)
+                .map(|h| password_fingerprint(&h.hash))
+        });
+        if current.is_none() || current != claims.pwh {
+            return Err(AuthError::TokenRejected(
+                "refresh token revoked (user removed or password changed)",
+            ));
+        }
+        let tenant = tenants.tenant_of_user(&claims.sub).cloned();
+        Ok(Identity {
+            tenant,
+            user: Some(Arc::from(claims.sub.as_str())),
+            method: AuthMethod::Bearer,
+        })
+    }
+
+    /// The `WWW-Authenticate` value for a 401 on this route. `authority` is the host[:port] the client
+    /// used (the realm must reach us as the client sees us). With the token server: a Bearer challenge
+    /// with realm `https://<authority>/token`, our service, the scope when a repository is known, and
+    /// `error=` from `error` when it has one. Without: Basic.
+    pub fn challenge(
+        &self,
+        authority: &str,
+        repository: Option<&str>,
+        action: Action,
+        error: Option<&AuthError>,
+    ) -> String {
+        let Some(issuer) = &self.issuer else {
+            return format!("Basic realm=\"{}\"", quote(authority));
+        };
+        let mut out = format!(
+            "Bearer realm=\"https://{}/token\",service=\"{}\"",
+            quote(authority),
+            quote(&issuer.spec().service)
+        );
+        if let Some(repo) = repository {
+            let actions = match action {
+                Action::Pull => "pull",
+                Action::Push => "pull,push",
+            };
+            out.push_str(&format!(",scope=\"repository:{}:{actions}\"", quote(repo)));
+        }
+        if let Some(code) = error.and_then(AuthError::bearer_error) {
+            out.push_str(&format!(",error=\"{code}\""));
+        }
+        out
+    }
+}
+
+/// Escapes a value for an RFC 7235 quoted-string.
+fn quote(s: &str) -> String {
+    s.replace('\\', "\\\\").replace('"', "\\\"")
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::Ipv4Addr;
+    use std::time::Duration;
+
+    use base64::Engine;
+
+    use super::*;
+    use crate::htpasswd::Htpasswd;
+    use crate::token::DEFAULT_REFRESH_TTL;
+    use crate::ErrorKind;
+
+    const LOOPBACK: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
+    const OFFICE: IpAddr = IpAddr::V4(Ipv4Addr::new(127, 10, 0, 5));
+
+    struct Fixture {
+        _dir: tempfile::TempDir,
+        htpasswd: PathBuf,
+        auth: Authenticator,
+    }
+
+    fn line(user: &str, pw: &str) -> String {
+        format!("{user}:{}\n", bcrypt::hash(pw, 4).unwrap())
+    }
+
+    fn fixture(tenants: Vec<TenantSpec>) -> Fixture {
+        let dir = tempfile::tempdir().unwrap();
+        let htpasswd = dir.path().join("htpasswd");
+        std::fs::write(
+            &htpasswd,
+            line("alice", "wonder") + &line("bob", "builder") + &line("loner", "x"),
+        )
+        .unwrap();
+        let spec = AuthSpec {
+            htpasswd: Some(htpasswd.clone()),
+            token: Some(TokenSpec {
+                key_path: dir.path().join("token-key.pem"),
+                issuer: "mirrorgate".into(),
+                service: "mirrorgate".into(),
+                ttl: Duration::from_secs(300),
+                refresh_ttl: DEFAULT_REFRESH_TTL,
+            }),
+            tenants,
+            password: PasswordPolicy::default(),
+        };
+        Fixture {
+            auth: Authenticator::new(spec).unwrap(),
+            _dir: dir,
+            htpasswd,
+        }
+    }
+
+    fn acme() -> Vec<TenantSpec> {
+        vec![
+            TenantSpec {
+                name: "acme".into(),
+                users: vec!["alice".into()],
+                cidrs: vec![],
+                allow: vec![
+                    "docker.example/library/*".into(),
+                    "push:docker.example/acme/*".into(),
+                ],
+            },
+            TenantSpec {
+                name: "office".into(),
+                users: vec!["bob".into()],
+                cidrs: vec!["127.10.0.0/16".parse().unwrap()],
+                allow: vec!["docker.example/*".into()],
+            },
+        ]
+    }
+
+    fn basic(user: &str, pw: &str) -> HeaderValue {
+        let enc = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{pw}"));
+        HeaderValue::from_str(&format!("Basic {enc}")).unwrap()
+    }
+
+    fn bearer(token: &str) -> HeaderValue {
+        HeaderValue::from_str(&format!("Bearer {token}")).unwrap()
+    }
+
+    fn req<'a>(repo: Option<&'a str>, action: Action, anonymous: bool) -> AccessRequest<'a> {
+        AccessRequest {
+            route_host: "docker.example",
+            route_anonymous: anonymous,
+            repository: repo,
+            action,
+        }
+    }
+
+    // Rule: Basic → htpasswd user with their tenant; rules then allow or deny (403).
+    #[tokio::test]
+    async fn basic_identify_then_authorize() {
+        let f = fixture(acme());
+        let r = req(Some("library/alpine"), Action::Pull, false);
+        let id = f
+            .auth
+            .identify(Some(&basic("alice", "wonder")), LOOPBACK, &r)
+            .await
+            .unwrap();
+        assert_eq!(id.to_string(), "acme/alice");
+        assert_eq!(id.method, AuthMethod::Basic);
+        f.auth.authorize(&id, &r).unwrap();
+        let push = req(Some("library/alpine"), Action::Push, false);
+        assert_eq!(
+            f.auth.authorize(&id, &push).unwrap_err().kind(),
+            ErrorKind::Denied
+        );
+        f.auth
+            .authorize(&id, &req(Some("acme/app"), Action::Push, false))
+            .unwrap();
+        let e = f
+            .auth
+            .identify(Some(&basic("alice", "nope")), LOOPBACK, &r)
+            .await
+            .unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Unauthorized);
+        assert!(!format!("{e} {e:?}").contains("nope"));
+    }
+
+    // Rule: a user in no tenant is denied once tenants exist.
+    #[tokio::test]
+    async fn untenanted_user_denied_when_tenants_exist() {
+        let f = fixture(acme());
+        let r = req(Some("library/alpine"), Action::Pull, false);
+        let id = f
+            .auth
+            .identify(Some(&basic("loner", "x")), LOOPBACK, &r)
+            .await
+            .unwrap();
+        assert_eq!(
+            f.auth.authorize(&id, &r).unwrap_err().kind(),
+            ErrorKind::Denied
+        );
+        let open = fixture(vec![]);
+        let id = open
+            .auth
+            .identify(Some(&basic("loner", "x")), LOOPBACK, &r)
+            .await
+            .unwrap();
+        open.auth.authorize(&id, &r).unwrap();
+    }
+
+    // Rule: no credentials → CIDR tenant, else anonymous on anonymous routes, else 401.
+    #[tokio::test]
+    async fn no_credentials_paths() {
+        let f = fixture(acme());
+        let r = req(Some("x/y"), Action::Pull, false);
+        let id = f.auth.identify(None, OFFICE, &r).await.unwrap();
+        assert_eq!(
+            (id.method, id.tenant.as_deref()),
+            (AuthMethod::Network, Some("office"))
+        );
+        f.auth.authorize(&id, &r).unwrap();
+        assert!(matches!(
+            f.auth.identify(None, LOOPBACK, &r).await,
+            Err(AuthError::MissingCredentials)
+        ));
+        let anon = req(Some("x/y"), Action::Pull, true);
+        let id = f.auth.identify(None, LOOPBACK, &anon).await.unwrap();
+        assert_eq!(id.method, AuthMethod::Anonymous);
+        f.auth.authorize(&id, &anon).unwrap();
+        assert!(matches!(
+            f.auth.authorize(&id, &r),
+            Err(AuthError::MissingCredentials)
+        ));
+    }
+
+    // Rule: the token endpoint grants the intersection, and the token then works as Bearer for exactly that.
+    #[tokio::test]
+    async fn token_endpoint_then_bearer() {
+        let f = fixture(acme());
+        let q = TokenRequest::from_query(
+            "service=mirrorgate&scope=repository:library/alpine:pull,push&scope=repository:other/x:pull",
+        )
+        .unwrap();
+        let resp = f
+            .auth
+            .token(
+                &q,
+                Some(&basic("alice", "wonder")),
+                LOOPBACK,
+                "docker.example",
+                false,
+            )
+            .await
+            .unwrap();
+        assert_eq!(resp.token, resp.access_token);
+        assert!(resp.refresh_token.is_none());
+        let h = bearer(&resp.token);
+        let pull = req(Some("library/alpine"), Action::Pull, false);
+        let id = f.auth.identify(Some(&h), LOOPBACK, &pull).await.unwrap();
+        assert_eq!(
+            (id.method, id.to_string().as_str()),
+            (AuthMethod::Bearer, "acme/alice")
+        );
+        f.auth.authorize(&id, &pull).unwrap();
+        let e = f
+            .auth
+            .identify(
+                Some(&h),
+                LOOPBACK,
+                &req(Some("library/alpine"), Action::Push, false),
+            )
+            .await
+            .unwrap_err();
+        assert!(matches!(e, AuthError::InsufficientScope { .. }));
+        let e = f
+            .auth
+            .identify(
+                Some(&h),
+                LOOPBACK,
+                &req(Some("other/x"), Action::Pull, false),
+            )
+            .await
+            .unwrap_err();
+        assert!(matches!(e, AuthError::InsufficientScope { .. }));
+        // The ping accepts any valid token.
+        f.auth
+            .identify(Some(&h), LOOPBACK, &req(None, Action::Pull, false))
+            .await
+            .unwrap();
+    }
+
+    // Rule: a token's user removed from htpasswd stops working at the next reload.
+    #[tokio::test]
+    async fn bearer_for_removed_user_rejected() {
+        let f = fixture(acme());
+        let q = TokenRequest::from_query("scope=repository:library/alpine:pull").unwrap();
+        let resp = f
+            .auth
+            .token(
+                &q,
+                Some(&basic("alice", "wonder")),
+                LOOPBACK,
+                "docker.example",
+                false,
+            )
+            .await
+            .unwrap();
+        std::fs::write(&f.htpasswd, line("bob", "builder")).unwrap();
+        f.auth.users().unwrap().reload().unwrap();
+        let (h, r) = (
+            bearer(&resp.token),
+            req(Some("library/alpine"), Action::Pull, false),
+        );
+        assert!(matches!(
+            f.auth.identify(Some(&h), LOOPBACK, &r).await,
+            Err(AuthError::TokenRejected(_))
+        ));
+    }
+
+    // Rule: POST password grant with access_type=offline returns a refresh token; the refresh grant
+    // works until the password changes.
+    #[tokio::test]
+    async fn refresh_flow_and_revocation() {
+        let f = fixture(acme());
+        let form = TokenRequest::from_form(
+            b"grant_type=password&username=alice&password=wonder&service=mirrorgate&access_type=offline&scope=repository:library/alpine:pull",
+        )
+        .unwrap();
+        let resp = f
+            .auth
+            .token(&form, None, LOOPBACK, "docker.example", false)
+            .await
+            .unwrap();
+        let refresh = resp.refresh_token.clone().unwrap();
+        let body = format!("grant_type=refresh_token&refresh_token={refresh}&service=mirrorgate&scope=repository:library/alpine:pull");
+        let rr = TokenRequest::from_form(body.as_bytes()).unwrap();
+        let again = f
+            .auth
+            .token(&rr, None, LOOPBACK, "docker.example", false)
+            .await
+            .unwrap();
+        assert!(again.refresh_token.is_none());
+        let pull = req(Some("library/alpine"), Action::Pull, false);
+        f.auth
+            .identify(Some(&bearer(&again.token)), LOOPBACK, &pull)
+            .await
+            .unwrap();
+        // A refresh token is not a bearer token.
+        assert!(f
+            .auth
+            .identify(Some(&bearer(&refresh)), LOOPBACK, &pull)
+            .await
+            .is_err());
+        // Password change revokes it.
+        std::fs::write(
+            &f.htpasswd,
+            line("alice", "changed") + &line("bob", "builder"),
+        )
+        .unwrap();
+        f.auth.users().unwrap().reload().unwrap();
+        assert!(matches!(
+            f.auth
+                .token(&rr, None, LOOPBACK, "docker.example", false)
+                .await,
+            Err(AuthError::TokenRejected(_))
+        ));
+        // GET with offline_token=true and Basic credentials also returns one.
+        let q = TokenRequest::from_query("offline_token=true&scope=repository:library/alpine:pull")
+            .unwrap();
+        let r = f
+            .auth
+            .token(
+                &q,
+                Some(&basic("alice", "changed")),
+                LOOPBACK,
+                "docker.example",
+                false,
+            )
+            .await
+            .unwrap();
+        assert!(r.refresh_token.is_some());
+    }
+
+    // Rule: anonymous token requests: 401 on private routes, an empty-or-allowed grant on anonymous ones;
+    // a wrong service is a 400.
+    #[tokio::test]
+    async fn anonymous_tokens_and_service_check() {
+        let f = fixture(acme());
+        let q = TokenRequest::from_query(
+            "service=mirrorgate&scope=repository:library/alpine:pull,push",
+        )
+        .unwrap();
+        let e = f
+            .auth
+            .token(&q, None, LOOPBACK, "docker.example", false)
+            .await
+            .unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Unauthorized);
+        let r = f
+            .auth
+            .token(&q, None, LOOPBACK, "docker.example", true)
+            .await
+            .unwrap();
+        let pull = req(Some("library/alpine"), Action::Pull, true);
+        let id = f
+            .auth
+            .identify(Some(&bearer(&r.token)), LOOPBACK, &pull)
+            .await
+            .unwrap();
+        assert!(id.user.is_none());
+        f.auth.authorize(&id, &pull).unwrap();
+        // The same anonymous token is no good on a private route.
+        assert!(f
+            .auth
+            .authorize(&id, &req(Some("library/alpine"), Action::Pull, false))
+            .is_err());
+        let bad = TokenRequest::from_query("service=elsewhere").unwrap();
+        let e = f
+            .auth
+            .token(&bad, None, LOOPBACK, "docker.example", true)
+            .await
+            .unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::BadRequest);
+    }
+
+    // Rule: an "anonymous" tenant narrows what anonymous tokens get.
+    #[tokio::test]
+    async fn anonymous_tenant_narrows_grant() {
+        let mut t = acme();
+        t.push(TenantSpec {
+            name: "anonymous".into(),
+            allow: vec!["docker.example/library/*".into()],
+            ..Default::default()
+        });
+        let f = fixture(t);
+        let q = TokenRequest::from_query(
+            "scope=repository:library/alpine:pull,push&scope=repository:private/x:pull",
+        )
+        .unwrap();
+        let r = f
+            .auth
+            .token(&q, None, LOOPBACK, "docker.example", true)
+            .await
+            .unwrap();
+        let verifier = f.auth.verifier.as_ref().unwrap();
+        let c = verifier.verify_any(&r.token, "mirrorgate").unwrap();
+        assert_eq!(c.access.len(), 1);
+        assert_eq!(
+            (c.access[0].name.as_str(), c.access[0].actions.clone()),
+            ("library/alpine", vec!["pull".to_string()])
+        );
+    }
+
+    // Rule: challenges carry realm, service, scope and error; values are quoted safely.
+    #[test]
+    fn challenges() {
+        let f = fixture(vec![]);
+        let e = AuthError::InsufficientScope {
+            repository: "a".into(),
+            action: Action::Push,
+        };
+        assert_eq!(
+            f.auth.challenge("docker.example:8443", Some("library/alpine"), Action::Push, Some(&e)),
+            "Bearer realm=\"https://docker.example:8443/token\",service=\"mirrorgate\",scope=\"repository:library/alpine:pull,push\",error=\"insufficient_scope\""
+        );
+        assert_eq!(
+            f.auth.challenge("h", None, Action::Pull, None),
+            "Bearer realm=\"https://h/token\",service=\"mirrorgate\""
+        );
+        let plain = Authenticator::from_parts(
+            Some(Arc::new(UserStore::from_htpasswd(Htpasswd::default()))),
+            Tenants::default(),
+            None,
+            &PasswordPolicy::default(),
+        )
+        .unwrap();
+        assert_eq!(
+            plain.challenge("a\"b", None, Action::Pull, None),
+            "Basic realm=\"a\\\"b\""
+        );
+    }
+}

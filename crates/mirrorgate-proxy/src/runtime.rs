@@ -1,0 +1,82 @@
+//! The state requests are served from: an immutable [`Runtime`] built from one validated config, swapped whole
+//! on reload (arc-swap) so a request finishes on the config it started with, and the [`Gateway`] that holds the
+//! current runtime plus what must survive reloads (upstream token cache, learned challenges, metrics).
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use dashmap::DashMap;
+use mirrorgate_config::Config;
+use mirrorgate_metrics::Metrics;
+use mirrorgate_registry::TokenCache;
+
+use crate::error::ProxyError;
+use crate::router::{CompiledRoute, Router};
+use crate::upstream::UpstreamClient;
+
+/// Everything derived from one config.
+pub struct Runtime {
+    pub config: Arc<Config>,
+    pub router: Router,
+}
+
+impl Runtime {
+    /// Compiles `config`: one upstream client per distinct `upstream_ca` (clients pool connections, so routes
+    /// with the same trust share one pool).
+    pub fn build(config: Arc<Config>) -> Result<Runtime, ProxyError> {
+        let mut clients: HashMap<Option<PathBuf>, UpstreamClient> = HashMap::new();
+        let mut routes = Vec::with_capacity(config.routes.len());
+        for route in &config.routes {
+            let client = match clients.get(&route.upstream_ca) {
+                Some(c) => c.clone(),
+                None => {
+                    let c = UpstreamClient::new(route.upstream_ca.as_deref(), config.server.connect_timeout)?;
+                    clients.insert(route.upstream_ca.clone(), c.clone());
+                    c
+                }
+            };
+            routes.push(CompiledRoute::new(route.clone(), client));
+        }
+        Ok(Runtime { router: Router::new(routes), config })
+    }
+}
+
+/// How an upstream origin wants to be authenticated, learned from its first 401.
+#[derive(Debug, Clone)]
+pub enum UpstreamAuthScheme {
+    Bearer { realm: url::Url, service: Option<String> },
+    Basic,
+}
+
+/// The serving state shared by every listener.
+pub struct Gateway {
+    runtime: ArcSwap<Runtime>,
+    /// Upstream tokens outlive reloads: a reload must not cause a token storm against Docker Hub.
+    pub tokens: TokenCache,
+    /// Challenges learned per upstream origin, so later requests attach a token before the first try.
+    pub schemes: DashMap<String, UpstreamAuthScheme>,
+    pub metrics: Arc<Metrics>,
+}
+
+impl Gateway {
+    pub fn new(runtime: Runtime, metrics: Arc<Metrics>) -> Arc<Self> {
+        Arc::new(Gateway {
+            runtime: ArcSwap::from_pointee(runtime),
+            tokens: TokenCache::default(),
+            schemes: DashMap::new(),
+            metrics,
+        })
+    }
+
+    /// The runtime a new request is served with.
+    pub fn runtime(&self) -> Arc<Runtime> {
+        self.runtime.load_full()
+    }
+
+    /// Swaps in a new runtime; requests already running keep theirs.
+    pub fn replace(&self, runtime: Runtime) {
+        self.runtime.store(Arc::new(runtime));
+    }
+}

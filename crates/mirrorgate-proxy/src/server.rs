@@ -1,0 +1,310 @@
+//! The listeners: TLS (h2 + HTTP/1.1 by ALPN) in front of the request path, the plain-HTTP redirector that also
+//! answers ACME HTTP-01, and graceful shutdown (stop accepting, let in-flight requests finish up to a grace).
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use http::header::{self, HeaderValue};
+use http::{Request, Response, StatusCode};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use mirrorgate_metrics::{RequestLabels, UNROUTED_LABEL};
+use mirrorgate_registry::RequestKind;
+use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+
+use crate::body::{empty, full, Completion, GatewayBody, Metered};
+use crate::forward::{serve, ConnInfo, RequestFacts};
+use crate::runtime::Gateway;
+
+/// A TLS handshake that takes longer than this is dropped (slow-handshake attacks hold sockets otherwise).
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Streams per h2 connection: enough for parallel layer pulls, bounded against stream floods.
+const MAX_H2_STREAMS: u32 = 128;
+/// The ALPN protocol of ACME TLS-ALPN-01 validation; such connections carry no HTTP.
+const ACME_TLS_ALPN: &[u8] = b"acme-tls/1";
+
+/// Answers ACME HTTP-01 challenges: token → key authorization.
+pub type Http01Responder = Arc<dyn Fn(&str) -> Option<String> + Send + Sync>;
+
+/// Serves the TLS listener until `shutdown`, then waits up to `grace` for open requests.
+pub async fn serve_https(
+    listener: TcpListener,
+    tls: Arc<rustls::ServerConfig>,
+    gateway: Arc<Gateway>,
+    shutdown: CancellationToken,
+    grace: Duration,
+) {
+    let acceptor = TlsAcceptor::from(tls);
+    let graceful = GracefulShutdown::new();
+    let mut http = auto::Builder::new(TokioExecutor::new());
+    let header_timeout = gateway.runtime().config.server.client_header_timeout;
+    http.http1().timer(TokioTimer::new()).header_read_timeout(header_timeout).keep_alive(true);
+    http.http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(MAX_H2_STREAMS)
+        .keep_alive_interval(Some(Duration::from_secs(30)))
+        .max_pending_accept_reset_streams(Some(64));
+    let http = Arc::new(http);
+    loop {
+        let (tcp, peer) = tokio::select! {
+            () = shutdown.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // EMFILE and friends: back off instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = tcp.set_nodelay(true);
+        let acceptor = acceptor.clone();
+        let gateway = gateway.clone();
+        let http = http.clone();
+        let conn_guard = gateway.metrics.connection_opened("https");
+        let watcher = graceful.watcher();
+        tokio::spawn(async move {
+            let _conn_guard = conn_guard;
+            let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                Ok(Ok(tls)) => tls,
+                Ok(Err(e)) => {
+                    gateway.metrics.tls_handshake_error("https", handshake_reason(&e));
+                    tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                    return;
+                }
+                Err(_) => {
+                    gateway.metrics.tls_handshake_error("https", "timeout");
+                    return;
+                }
+            };
+            let (_, session) = tls.get_ref();
+            if session.alpn_protocol() == Some(ACME_TLS_ALPN) {
+                // The validator only looks at the certificate.
+                return;
+            }
+            let conn = Arc::new(ConnInfo { peer, sni: session.server_name().map(str::to_ascii_lowercase) });
+            let service = service_fn(move |req: Request<Incoming>| {
+                let gateway = gateway.clone();
+                let conn = conn.clone();
+                async move { Ok::<_, Infallible>(handle(&gateway, &conn, req).await) }
+            });
+            let served = http.serve_connection(TokioIo::new(tls), service);
+            if let Err(e) = watcher.watch(served.into_owned()).await {
+                tracing::debug!(%peer, error = %e, "connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
+    drain(graceful, grace).await;
+}
+
+async fn drain(graceful: GracefulShutdown, grace: Duration) {
+    tokio::select! {
+        () = graceful.shutdown() => tracing::info!("all connections drained"),
+        () = tokio::time::sleep(grace) => tracing::warn!(?grace, "grace period over; closing remaining connections"),
+    }
+}
+
+fn handshake_reason(e: &std::io::Error) -> &'static str {
+    match e.get_ref().and_then(|inner| inner.downcast_ref::<rustls::Error>()) {
+        Some(rustls::Error::NoApplicationProtocol) => "no_alpn",
+        Some(rustls::Error::AlertReceived(_)) => "alert_received",
+        Some(rustls::Error::InvalidMessage(_)) | Some(rustls::Error::InappropriateHandshakeMessage { .. }) => "bad_message",
+        Some(rustls::Error::PeerIncompatible(_)) => "incompatible",
+        Some(_) => "tls_error",
+        None if e.kind() == std::io::ErrorKind::UnexpectedEof => "eof",
+        None => "io",
+    }
+}
+
+/// One request, start to end: serve it, render failures, add the headers every answer carries, and log it
+/// once its body is done.
+async fn handle(gateway: &Arc<Gateway>, conn: &ConnInfo, req: Request<Incoming>) -> Response<GatewayBody> {
+    let started = Instant::now();
+    let runtime = gateway.runtime();
+    let method = req.method().clone();
+    let path = req.uri().path().to_string();
+    let host = req
+        .uri()
+        .host()
+        .map(str::to_string)
+        .or_else(|| req.headers().get(header::HOST).and_then(|h| h.to_str().ok()).map(str::to_string))
+        .unwrap_or_default();
+    let bytes_in = req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+    let mut facts = RequestFacts::default();
+    let response = match serve(gateway, &runtime, conn, req, &mut facts).await {
+        Ok(r) => r,
+        Err(e) => {
+            if e.is_internal() {
+                tracing::warn!(error = %e, %host, %path, "request failed");
+            } else {
+                tracing::debug!(error = %e, %host, %path, "request refused");
+            }
+            let (parts, body) = e.to_registry().into_response().into_parts();
+            Response::from_parts(parts, if method == http::Method::HEAD { empty() } else { full(body) })
+        }
+    };
+    let (mut parts, body) = response.into_parts();
+    if let Some(hsts) = runtime.config.server.hsts.as_deref().and_then(|h| HeaderValue::from_str(h).ok()) {
+        parts.headers.insert(header::STRICT_TRANSPORT_SECURITY, hsts);
+    }
+    parts
+        .headers
+        .insert("docker-distribution-api-version", HeaderValue::from_static("registry/2.0"));
+    let status = parts.status;
+    let gw = gateway.clone();
+    let peer = conn.peer;
+    let idle = Some(runtime.config.server.upstream_timeout);
+    let on_done = Box::new(move |bytes: u64, completion: Completion| {
+        let elapsed = started.elapsed();
+        let route = facts.route.as_deref().unwrap_or(UNROUTED_LABEL);
+        let kind = metric_kind(facts.kind);
+        gw.metrics.request_done(
+            &RequestLabels { route, tenant: facts.tenant.as_deref(), user: facts.user.as_deref(), method: &method, kind },
+            status.as_u16(),
+            elapsed,
+            bytes_in,
+            bytes,
+        );
+        tracing::info!(
+            target: "mirrorgate::access",
+            client = %peer.ip(),
+            host = %host,
+            method = %method,
+            path = %path,
+            status = status.as_u16(),
+            bytes,
+            duration_ms = u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX),
+            route,
+            endpoint = facts.endpoint.as_deref().unwrap_or("-"),
+            tenant = facts.tenant.as_deref().unwrap_or("-"),
+            user = facts.user.as_deref().unwrap_or("-"),
+            completion = ?completion,
+        );
+    });
+    let body = GatewayBody::new(Metered::new(body, idle, on_done));
+    Response::from_parts(parts, body)
+}
+
+fn metric_kind(kind: Option<RequestKind>) -> mirrorgate_metrics::RequestKind {
+    match kind {
+        Some(RequestKind::Manifest) => mirrorgate_metrics::RequestKind::Manifest,
+        Some(RequestKind::Blob) | Some(RequestKind::Upload) => mirrorgate_metrics::RequestKind::Blob,
+        Some(RequestKind::Ping) => mirrorgate_metrics::RequestKind::Ping,
+        _ => mirrorgate_metrics::RequestKind::Other,
+    }
+}
+
+/// Serves the plain-HTTP listener: ACME HTTP-01 answers, and a 308 to https (path and query kept) for
+/// everything else.
+pub fn serve_http(
+    listener: TcpListener,
+    https_port: u16,
+    acme: Option<Http01Responder>,
+    gateway: Arc<Gateway>,
+    shutdown: CancellationToken,
+) -> impl Future<Output = ()> + Send + 'static {
+    async move {
+        let graceful = GracefulShutdown::new();
+        let mut http = hyper::server::conn::http1::Builder::new();
+        http.timer(TokioTimer::new()).header_read_timeout(Duration::from_secs(10));
+        loop {
+            let (tcp, _) = tokio::select! {
+                () = shutdown.cancelled() => break,
+                accepted = listener.accept() => match accepted {
+                    Ok(a) => a,
+                    Err(_) => {
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+            };
+            let acme = acme.clone();
+            let guard = gateway.metrics.connection_opened("http");
+            let service = service_fn(move |req: Request<Incoming>| {
+                let acme = acme.clone();
+                async move { Ok::<_, Infallible>(redirect_or_challenge(&req, https_port, acme.as_ref())) }
+            });
+            let conn = http.serve_connection(TokioIo::new(tcp), service);
+            let watched = graceful.watch(conn);
+            tokio::spawn(async move {
+                let _guard = guard;
+                let _ = watched.await;
+            });
+        }
+        drain(graceful, Duration::from_secs(5)).await;
+    }
+}
+
+fn redirect_or_challenge<B>(req: &Request<B>, https_port: u16, acme: Option<&Http01Responder>) -> Response<GatewayBody> {
+    let path = req.uri().path();
+    if let Some(token) = path.strip_prefix("/.well-known/acme-challenge/") {
+        return match acme.and_then(|a| a(token)) {
+            Some(key_auth) => {
+                let mut r = Response::new(full(key_auth));
+                r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
+                r
+            }
+            None => status_only(StatusCode::NOT_FOUND),
+        };
+    }
+    let host = req
+        .headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .and_then(crate::router::host_of);
+    let Some(host) = host else { return status_only(StatusCode::BAD_REQUEST) };
+    let authority = if https_port == 443 { host } else if host.contains(':') { format!("[{host}]:{https_port}") } else { format!("{host}:{https_port}") };
+    let pq = req.uri().path_and_query().map_or("/", |pq| pq.as_str());
+    match HeaderValue::from_str(&format!("https://{authority}{pq}")) {
+        Ok(location) => {
+            let mut r = status_only(StatusCode::PERMANENT_REDIRECT);
+            r.headers_mut().insert(header::LOCATION, location);
+            r
+        }
+        Err(_) => status_only(StatusCode::BAD_REQUEST),
+    }
+}
+
+fn status_only(status: StatusCode) -> Response<GatewayBody> {
+    let mut r = Response::new(empty());
+    *r.status_mut() = status;
+    r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn get(uri: &str, host: &str) -> Request<()> {
+        Request::builder().uri(uri).header(header::HOST, host).body(()).unwrap()
+    }
+
+    // Pins the :80 → https redirect: 308, path and query kept, port only when not 443.
+    #[test]
+    fn redirect_keeps_path_and_query() {
+        let r = redirect_or_challenge(&get("/v2/?x=1", "docker.test:8080"), 8443, None);
+        assert_eq!(r.status(), StatusCode::PERMANENT_REDIRECT);
+        assert_eq!(r.headers()[header::LOCATION], "https://docker.test:8443/v2/?x=1");
+        let r = redirect_or_challenge(&get("/v2/", "docker.test"), 443, None);
+        assert_eq!(r.headers()[header::LOCATION], "https://docker.test/v2/");
+    }
+
+    // Pins that HTTP-01 answers come from the responder and unknown tokens are 404, never a redirect.
+    #[test]
+    fn acme_challenges_are_answered() {
+        let responder: Http01Responder = Arc::new(|t: &str| (t == "tok").then(|| "tok.thumb".to_string()));
+        let r = redirect_or_challenge(&get("/.well-known/acme-challenge/tok", "a.test"), 8443, Some(&responder));
+        assert_eq!(r.status(), StatusCode::OK);
+        let r = redirect_or_challenge(&get("/.well-known/acme-challenge/nope", "a.test"), 8443, Some(&responder));
+        assert_eq!(r.status(), StatusCode::NOT_FOUND);
+    }
+}

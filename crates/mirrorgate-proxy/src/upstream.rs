@@ -1,0 +1,146 @@
+//! Connections to upstream registries and backend caches: one pooled client per trust set (webpki roots plus a
+//! route's `upstream_ca`), HTTP/1.1 and h2 by ALPN, and a health state per endpoint so a dead backend cache is
+//! skipped for a while instead of costing a connect timeout on every request.
+
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use http::Request;
+use hyper::body::Incoming;
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::CertificateDer;
+use url::Url;
+
+use crate::body::GatewayBody;
+use crate::error::ProxyError;
+
+/// How long an endpoint that failed is skipped (unless every endpoint is down, then it is tried anyway).
+const DOWN_FOR: Duration = Duration::from_secs(10);
+
+/// A pooled HTTP client for upstream requests.
+#[derive(Clone)]
+pub struct UpstreamClient {
+    client: Client<HttpsConnector<HttpConnector>, GatewayBody>,
+}
+
+impl UpstreamClient {
+    /// A client trusting the webpki roots plus the PEM certificates in `extra_ca`.
+    pub fn new(extra_ca: Option<&Path>, connect_timeout: Duration) -> Result<Self, ProxyError> {
+        let mut roots = rustls::RootCertStore::empty();
+        roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+        if let Some(path) = extra_ca {
+            let certs = CertificateDer::pem_file_iter(path)
+                .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+                .map_err(|e| ProxyError::UpstreamCa { path: path.to_path_buf(), reason: e.to_string() })?;
+            if certs.is_empty() {
+                return Err(ProxyError::UpstreamCa { path: path.to_path_buf(), reason: "no certificate in the file".into() });
+            }
+            for cert in certs {
+                roots
+                    .add(cert)
+                    .map_err(|e| ProxyError::UpstreamCa { path: path.to_path_buf(), reason: e.to_string() })?;
+            }
+        }
+        let tls = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .map_err(|e| ProxyError::UpstreamCa { path: Default::default(), reason: e.to_string() })?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let mut http = HttpConnector::new();
+        http.enforce_http(false);
+        http.set_connect_timeout(Some(connect_timeout));
+        http.set_nodelay(true);
+        http.set_keepalive(Some(Duration::from_secs(60)));
+        let https = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_or_http()
+            .enable_all_versions()
+            .wrap_connector(http);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(90))
+            .pool_max_idle_per_host(64)
+            .build(https);
+        Ok(UpstreamClient { client })
+    }
+
+    /// Sends one request; the caller owns timeouts (they differ between headers and body).
+    pub async fn send(&self, req: Request<GatewayBody>) -> Result<http::Response<Incoming>, hyper_util::client::legacy::Error> {
+        self.client.request(req).await
+    }
+}
+
+/// One place requests can be sent: a backend cache or the upstream registry itself.
+#[derive(Debug)]
+pub struct Endpoint {
+    pub url: Url,
+    /// `scheme://host:port`, the label used in logs and metrics.
+    pub origin: String,
+    /// Whether this is the route's `upstream` (the registry that issues tokens) rather than a backend cache.
+    pub is_upstream: bool,
+    down_until_ms: AtomicU64,
+    epoch: Instant,
+}
+
+impl Endpoint {
+    pub fn new(url: Url, is_upstream: bool) -> Self {
+        let origin = url.origin().ascii_serialization();
+        Endpoint { url, origin, is_upstream, down_until_ms: AtomicU64::new(0), epoch: Instant::now() }
+    }
+
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// Healthy unless it failed within the last [`DOWN_FOR`].
+    pub fn is_up(&self) -> bool {
+        self.down_until_ms.load(Ordering::Relaxed) <= self.now_ms()
+    }
+
+    pub fn mark_down(&self) {
+        let until = self.now_ms().saturating_add(u64::try_from(DOWN_FOR.as_millis()).unwrap_or(u64::MAX));
+        self.down_until_ms.store(until, Ordering::Relaxed);
+    }
+
+    pub fn mark_up(&self) {
+        self.down_until_ms.store(0, Ordering::Relaxed);
+    }
+
+    /// The absolute URL of `path_and_query` on this endpoint.
+    pub fn uri(&self, path_and_query: &str) -> Result<http::Uri, http::Error> {
+        let uri = format!("{}{}", self.origin, path_and_query);
+        Ok(http::Uri::try_from(uri)?)
+    }
+}
+
+/// The order to try endpoints in: healthy ones first in configured order, then the ones marked down (a request
+/// must not fail just because every endpoint failed once recently).
+pub fn attempt_order(endpoints: &[Arc<Endpoint>]) -> Vec<Arc<Endpoint>> {
+    let (up, down): (Vec<_>, Vec<_>) = endpoints.iter().cloned().partition(|e| e.is_up());
+    up.into_iter().chain(down).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // Pins the fallback order: a failed endpoint moves behind healthy ones but is never dropped.
+    #[test]
+    fn down_endpoints_go_last() {
+        let a = Arc::new(Endpoint::new(Url::parse("http://127.0.0.1:1").unwrap(), false));
+        let b = Arc::new(Endpoint::new(Url::parse("http://127.0.0.1:2").unwrap(), true));
+        let order = attempt_order(&[a.clone(), b.clone()]);
+        assert_eq!(order[0].origin, a.origin);
+        a.mark_down();
+        let order = attempt_order(&[a.clone(), b.clone()]);
+        assert_eq!(order[0].origin, b.origin);
+        assert_eq!(order.len(), 2);
+        a.mark_up();
+        assert!(a.is_up());
+    }
+}
