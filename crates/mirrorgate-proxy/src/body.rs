@@ -18,12 +18,16 @@ pub type GatewayBody = http_body_util::combinators::BoxBody<Bytes, BoxError>;
 
 /// An empty body.
 pub fn empty() -> GatewayBody {
-    Empty::<Bytes>::new().map_err(|never| match never {}).boxed()
+    Empty::<Bytes>::new()
+        .map_err(|never| match never {})
+        .boxed()
 }
 
 /// A body from bytes already in memory (errors, local answers).
 pub fn full(bytes: impl Into<Bytes>) -> GatewayBody {
-    Full::new(bytes.into()).map_err(|never| match never {}).boxed()
+    Full::new(bytes.into())
+        .map_err(|never| match never {})
+        .boxed()
 }
 
 /// A body that stopped without an error but before its end (dropped by the client) or with one.
@@ -88,7 +92,10 @@ where
     type Data = Bytes;
     type Error = BoxError;
 
-    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let mut this = self.project();
         match this.inner.as_mut().poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
@@ -97,6 +104,12 @@ where
                 }
                 if let (Some(sleep), Some(idle)) = (this.sleep.as_mut().as_pin_mut(), *this.idle) {
                     sleep.reset(Instant::now() + idle);
+                }
+                // hyper stops polling once `is_end_stream` says so: report completion now, not as a drop.
+                if this.inner.is_end_stream() {
+                    if let Some(done) = this.on_done.take() {
+                        done(*this.bytes, Completion::Complete);
+                    }
                 }
                 Poll::Ready(Some(Ok(frame)))
             }
@@ -162,7 +175,11 @@ mod tests {
     async fn drop_reports_abandoned() {
         let seen = Arc::new(Mutex::new(Vec::new()));
         let s = seen.clone();
-        let body = Metered::new(Full::new(Bytes::from_static(b"x")), None, Box::new(move |n, c| s.lock().unwrap().push((n, c))));
+        let body = Metered::new(
+            Full::new(Bytes::from_static(b"x")),
+            None,
+            Box::new(move |n, c| s.lock().unwrap().push((n, c))),
+        );
         drop(body);
         assert_eq!(*seen.lock().unwrap(), vec![(0, Completion::Abandoned)]);
     }
@@ -174,7 +191,11 @@ mod tests {
         let stream = http_body_util::StreamBody::new(tokio_stream_from(rx));
         let seen = Arc::new(Mutex::new(Vec::new()));
         let s = seen.clone();
-        let body = Metered::new(stream, Some(Duration::from_secs(3)), Box::new(move |n, c| s.lock().unwrap().push((n, c))));
+        let body = Metered::new(
+            stream,
+            Some(Duration::from_secs(3)),
+            Box::new(move |n, c| s.lock().unwrap().push((n, c))),
+        );
         let err = body.collect().await.err().unwrap();
         assert!(err.to_string().contains("idle"), "{err}");
         assert_eq!(*seen.lock().unwrap(), vec![(0, Completion::Failed)]);

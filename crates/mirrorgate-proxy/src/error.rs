@@ -50,21 +50,32 @@ impl ProxyError {
     pub fn to_registry(&self) -> RegistryError {
         match self {
             ProxyError::Registry(e) => e.clone(),
-            ProxyError::NoRoute { host } => {
-                RegistryError::new(ErrorCode::Misdirected, format!("this gateway does not serve `{host}`"))
+            ProxyError::NoRoute { host } => RegistryError::new(
+                ErrorCode::Misdirected,
+                format!("this gateway does not serve `{host}`"),
+            ),
+            ProxyError::HostMismatch { .. } => {
+                RegistryError::new(ErrorCode::Misdirected, self.to_string())
             }
-            ProxyError::HostMismatch { .. } => RegistryError::new(ErrorCode::Misdirected, self.to_string()),
-            ProxyError::NoHost => RegistryError::new(ErrorCode::Misdirected, "the request names no host"),
-            ProxyError::Unavailable { .. } => {
-                RegistryError::new(ErrorCode::BadGateway, "no upstream endpoint answered; try again later")
+            ProxyError::NoHost => {
+                RegistryError::new(ErrorCode::Misdirected, "the request names no host")
             }
-            ProxyError::Timeout(_) => RegistryError::new(ErrorCode::GatewayTimeout, "the upstream registry did not answer in time"),
-            ProxyError::UpstreamToken { .. } => {
-                RegistryError::new(ErrorCode::BadGateway, "the upstream registry's token service failed")
-            }
-            ProxyError::Redirect { .. } => {
-                RegistryError::new(ErrorCode::BadGateway, "the upstream redirected to a location the gateway does not follow")
-            }
+            ProxyError::Unavailable { .. } => RegistryError::new(
+                ErrorCode::BadGateway,
+                "no upstream endpoint answered; try again later",
+            ),
+            ProxyError::Timeout(_) => RegistryError::new(
+                ErrorCode::GatewayTimeout,
+                "the upstream registry did not answer in time",
+            ),
+            ProxyError::UpstreamToken { .. } => RegistryError::new(
+                ErrorCode::BadGateway,
+                "the upstream registry's token service failed",
+            ),
+            ProxyError::Redirect { .. } => RegistryError::new(
+                ErrorCode::BadGateway,
+                "the upstream redirected to a location the gateway does not follow",
+            ),
             ProxyError::UpstreamCa { .. } | ProxyError::Internal(_) => {
                 RegistryError::new(ErrorCode::Internal, ErrorCode::Internal.default_message())
             }
@@ -73,7 +84,10 @@ impl ProxyError {
 
     /// Whether the failure is the gateway's own fault (logged at warn) rather than the client's or upstream's.
     pub fn is_internal(&self) -> bool {
-        matches!(self, ProxyError::Internal(_) | ProxyError::UpstreamCa { .. })
+        matches!(
+            self,
+            ProxyError::Internal(_) | ProxyError::UpstreamCa { .. }
+        )
     }
 }
 
@@ -87,15 +101,48 @@ mod tests {
     #[test]
     fn each_failure_has_its_status() {
         let cases = [
-            (ProxyError::NoRoute { host: "x".into() }, StatusCode::MISDIRECTED_REQUEST),
-            (ProxyError::HostMismatch { sni: "a".into(), host: "b".into() }, StatusCode::MISDIRECTED_REQUEST),
+            (
+                ProxyError::NoRoute { host: "x".into() },
+                StatusCode::MISDIRECTED_REQUEST,
+            ),
+            (
+                ProxyError::HostMismatch {
+                    sni: "a".into(),
+                    host: "b".into(),
+                },
+                StatusCode::MISDIRECTED_REQUEST,
+            ),
             (ProxyError::NoHost, StatusCode::MISDIRECTED_REQUEST),
-            (ProxyError::Unavailable { detail: "x".into() }, StatusCode::BAD_GATEWAY),
-            (ProxyError::Timeout(Duration::from_secs(1)), StatusCode::GATEWAY_TIMEOUT),
-            (ProxyError::UpstreamToken { realm: "r".into(), reason: "x".into() }, StatusCode::BAD_GATEWAY),
-            (ProxyError::Redirect { target: "t".into(), reason: "x".into() }, StatusCode::BAD_GATEWAY),
-            (ProxyError::Internal("bug".into()), StatusCode::INTERNAL_SERVER_ERROR),
-            (ProxyError::Registry(RegistryError::new(ErrorCode::Denied, "no")), StatusCode::FORBIDDEN),
+            (
+                ProxyError::Unavailable { detail: "x".into() },
+                StatusCode::BAD_GATEWAY,
+            ),
+            (
+                ProxyError::Timeout(Duration::from_secs(1)),
+                StatusCode::GATEWAY_TIMEOUT,
+            ),
+            (
+                ProxyError::UpstreamToken {
+                    realm: "r".into(),
+                    reason: "x".into(),
+                },
+                StatusCode::BAD_GATEWAY,
+            ),
+            (
+                ProxyError::Redirect {
+                    target: "t".into(),
+                    reason: "x".into(),
+                },
+                StatusCode::BAD_GATEWAY,
+            ),
+            (
+                ProxyError::Internal("bug".into()),
+                StatusCode::INTERNAL_SERVER_ERROR,
+            ),
+            (
+                ProxyError::Registry(RegistryError::new(ErrorCode::Denied, "no")),
+                StatusCode::FORBIDDEN,
+            ),
         ];
         for (err, status) in cases {
             assert_eq!(err.to_registry().status(), status, "{err}");
@@ -105,7 +152,9 @@ mod tests {
     // Pins that internal details never reach the client body.
     #[test]
     fn internal_details_stay_in_the_log() {
-        let r = ProxyError::Internal("secret path /etc/x".into()).to_registry().into_response();
+        let r = ProxyError::Internal("secret path /etc/x".into())
+            .to_registry()
+            .into_response();
         let body = String::from_utf8(r.body().to_vec()).unwrap();
         assert!(!body.contains("/etc/x"), "{body}");
     }

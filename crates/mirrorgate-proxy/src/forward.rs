@@ -21,14 +21,16 @@ use http::header::{self, HeaderMap, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
+use mirrorgate_auth::Action;
 use mirrorgate_config::BlobRedirects;
 use mirrorgate_registry::{
-    manifest_accept, rewrite_link, rewrite_location, strip_response_headers, BearerChallenge, ErrorCode,
-    LocationRewrite, RegistryError, RegistryPath, RepositoryName, RequestKind, RewriteContext, Scope, TokenKey,
-    TokenResponse, UpstreamToken,
+    manifest_accept, rewrite_link, rewrite_location, strip_response_headers, BearerChallenge,
+    ErrorCode, LocationRewrite, RegistryError, RegistryPath, RepositoryName, RequestKind,
+    RewriteContext, Scope, TokenKey, TokenResponse, UpstreamToken,
 };
 use url::Url;
 
+use crate::admission::{admit, Ask};
 use crate::body::{empty, full, GatewayBody};
 use crate::error::ProxyError;
 use crate::headers;
@@ -82,18 +84,57 @@ pub async fn serve(
     let host = host_of(&authority).ok_or(ProxyError::NoHost)?;
     if let Some(sni) = &conn.sni {
         if !sni.eq_ignore_ascii_case(&host) {
-            return Err(ProxyError::HostMismatch { sni: sni.clone(), host });
+            return Err(ProxyError::HostMismatch {
+                sni: sni.clone(),
+                host,
+            });
         }
     }
     let route = rt.router.lookup(&host)?;
     facts.route = Some(route.label.clone());
+    let client_ip = headers::client_ip(
+        conn.peer.ip(),
+        req.headers(),
+        &rt.config.server.trusted_proxies,
+    );
+    if req.uri().path() == "/token" {
+        return crate::token_endpoint::serve_token(gw, route, req, &authority, client_ip).await;
+    }
     let plan = plan(route, &req)?;
     facts.kind = Some(plan.path.kind());
-    if plan.path == RegistryPath::Ping {
-        return Ok(ping_response(req.method()));
+
+    // Phases: identify, authorize, limit.
+    let repository = plan.client_name.as_ref().map(|n| match &plan.prefix {
+        Some(p) => format!("{p}/{n}"),
+        None => n.clone(),
+    });
+    let action = if matches!(*req.method(), Method::GET | Method::HEAD) {
+        Action::Pull
+    } else {
+        Action::Push
+    };
+    let ask = Ask {
+        route_host: &route.label,
+        route_anonymous: route.config.anonymous,
+        authority: &authority,
+        repository: repository.as_deref(),
+        action,
+    };
+    let admission = admit(gw, &ask, req.headers(), client_ip, facts).await?;
+    let rate_headers = admission.rate_limit_headers();
+    let resp = if plan.path == RegistryPath::Ping {
+        ping_response(req.method())
+    } else {
+        forward(gw, rt, plan, req, &authority, client_ip, facts).await?
+    };
+    let (mut parts, body) = resp.into_parts();
+    for (name, value) in rate_headers.iter() {
+        parts.headers.insert(name.clone(), value.clone());
     }
-    let client_ip = headers::client_ip(conn.peer.ip(), req.headers(), &rt.config.server.trusted_proxies);
-    forward(gw, rt, plan, req, &authority, client_ip, facts).await
+    Ok(Response::from_parts(
+        parts,
+        GatewayBody::new(admission.throttle(body)),
+    ))
 }
 
 /// The authority the client addressed: `:authority` (h2, absolute-form) or `Host`.
@@ -101,13 +142,25 @@ fn request_authority<B>(req: &Request<B>) -> Option<String> {
     req.uri()
         .authority()
         .map(|a| a.as_str().to_string())
-        .or_else(|| req.headers().get(header::HOST).and_then(|h| h.to_str().ok()).map(str::to_string))
+        .or_else(|| {
+            req.headers()
+                .get(header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .map(str::to_string)
+        })
 }
 
 fn ping_response(method: &Method) -> Response<GatewayBody> {
-    let body = if method == Method::HEAD { empty() } else { full(Bytes::from_static(b"{}")) };
+    let body = if method == Method::HEAD {
+        empty()
+    } else {
+        full(Bytes::from_static(b"{}"))
+    };
     let mut resp = Response::new(body);
-    resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
     resp
 }
 
@@ -119,11 +172,18 @@ fn plan<'r, B>(route: &'r CompiledRoute, req: &Request<B>) -> Result<Plan<'r>, P
 
     let mut prefix = None;
     let (path, endpoints) = if cfg.path_prefix {
-        match mirrorgate_registry::split_prefix(raw_path, |k| route.named_upstreams.contains_key(&k.to_ascii_lowercase()))? {
+        match mirrorgate_registry::split_prefix(raw_path, |k| {
+            route.named_upstreams.contains_key(&k.to_ascii_lowercase())
+        })? {
             Some((key, path)) => {
                 let key = key.to_ascii_lowercase();
                 prefix = Some(key.clone());
-                let ep = route.named_upstreams.get(&key).cloned().into_iter().collect();
+                let ep = route
+                    .named_upstreams
+                    .get(&key)
+                    .cloned()
+                    .into_iter()
+                    .collect();
                 (path, ep)
             }
             None => (RegistryPath::parse(raw_path)?, route.endpoints.clone()),
@@ -137,11 +197,19 @@ fn plan<'r, B>(route: &'r CompiledRoute, req: &Request<B>) -> Result<Plan<'r>, P
         (Some(ns), true, false) => match route.named_upstreams.get(&ns.to_ascii_lowercase()) {
             Some(ep) => vec![ep.clone()],
             None if route.endpoints.is_empty() => {
-                return Err(RegistryError::new(ErrorCode::Denied, format!("this gateway does not mirror `{ns}`")).into())
+                return Err(RegistryError::new(
+                    ErrorCode::Denied,
+                    format!("this gateway does not mirror `{ns}`"),
+                )
+                .into())
             }
             // A route with its own upstream serves the registry it was configured for; any other ns is refused.
             None if !ns_matches_default(route, ns) => {
-                return Err(RegistryError::new(ErrorCode::Denied, format!("this gateway does not mirror `{ns}`")).into())
+                return Err(RegistryError::new(
+                    ErrorCode::Denied,
+                    format!("this gateway does not mirror `{ns}`"),
+                )
+                .into())
             }
             None => endpoints,
         },
@@ -170,7 +238,15 @@ fn plan<'r, B>(route: &'r CompiledRoute, req: &Request<B>) -> Result<Plan<'r>, P
         }
         None => (path, None),
     };
-    Ok(Plan { route, path, client_name, upstream_name, endpoints, prefix, query })
+    Ok(Plan {
+        route,
+        path,
+        client_name,
+        upstream_name,
+        endpoints,
+        prefix,
+        query,
+    })
 }
 
 /// A `?ns=` for a host-routed route is accepted when it names a registry the route's own upstream stands for:
@@ -179,7 +255,12 @@ fn ns_matches_default(route: &CompiledRoute, ns: &str) -> bool {
     let ns = ns.to_ascii_lowercase();
     let hub = ["docker.io", "registry-1.docker.io", "index.docker.io"];
     (route.config.docker_hub_library && hub.contains(&ns.as_str()))
-        || route.config.upstream.as_ref().and_then(|u| u.url.host_str()).is_some_and(|h| h.eq_ignore_ascii_case(&ns))
+        || route
+            .config
+            .upstream
+            .as_ref()
+            .and_then(|u| u.url.host_str())
+            .is_some_and(|h| h.eq_ignore_ascii_case(&ns))
 }
 
 /// Splits `ns=` out of a query string; the rest is forwarded.
@@ -218,9 +299,13 @@ async fn forward(
         path_and_query.push('?');
         path_and_query.push_str(q);
     }
-    let mut base_headers = headers::upstream_request_headers(req.headers(), client_ip, &server.trusted_proxies);
+    let mut base_headers =
+        headers::upstream_request_headers(req.headers(), client_ip, &server.trusted_proxies);
     if matches!(plan.path, RegistryPath::Manifest { .. }) {
-        base_headers.insert(header::ACCEPT, manifest_accept(req.headers().get_all(header::ACCEPT).iter()));
+        base_headers.insert(
+            header::ACCEPT,
+            manifest_accept(req.headers().get_all(header::ACCEPT).iter()),
+        );
     }
     let scope = Scope::for_path(&plan.path, &method).map(|s| s.to_string());
 
@@ -238,28 +323,47 @@ async fn forward(
             _ => empty(),
         };
         facts.endpoint = Some(endpoint.origin.clone());
-        let attempt = send_with_auth(gw, rt, route, endpoint, &parts.method, &path_and_query, &base_headers, scope.as_deref(), req_body, idempotent).await;
+        let attempt = send_with_auth(
+            gw,
+            rt,
+            route,
+            endpoint,
+            &parts.method,
+            &path_and_query,
+            &base_headers,
+            scope.as_deref(),
+            req_body,
+            idempotent,
+        )
+        .await;
         let resp = match attempt {
             Ok(resp) if resp.status().is_server_error() && idempotent && i + 1 < order.len() => {
                 last_failure = format!("{} answered {}", endpoint.origin, resp.status());
                 endpoint.mark_down();
-                gw.metrics.set_endpoint_up(&route.label, &endpoint.origin, false);
+                gw.metrics
+                    .set_endpoint_up(&route.label, &endpoint.origin, false);
                 gw.metrics.upstream_fallback(&route.label, &endpoint.origin);
                 continue;
             }
             Ok(resp) => resp,
-            Err(e) if idempotent && i + 1 < order.len() && !matches!(e, ProxyError::UpstreamToken { .. }) => {
+            Err(e)
+                if idempotent
+                    && i + 1 < order.len()
+                    && !matches!(e, ProxyError::UpstreamToken { .. }) =>
+            {
                 tracing::info!(route = %route.label, endpoint = %endpoint.origin, error = %e, "endpoint failed, trying the next one");
                 last_failure = e.to_string();
                 endpoint.mark_down();
-                gw.metrics.set_endpoint_up(&route.label, &endpoint.origin, false);
+                gw.metrics
+                    .set_endpoint_up(&route.label, &endpoint.origin, false);
                 gw.metrics.upstream_fallback(&route.label, &endpoint.origin);
                 continue;
             }
             Err(e) => {
                 if !matches!(e, ProxyError::UpstreamToken { .. }) {
                     endpoint.mark_down();
-                    gw.metrics.set_endpoint_up(&route.label, &endpoint.origin, false);
+                    gw.metrics
+                        .set_endpoint_up(&route.label, &endpoint.origin, false);
                 }
                 return Err(e);
             }
@@ -267,10 +371,23 @@ async fn forward(
         if !endpoint.is_up() {
             endpoint.mark_up();
         }
-        gw.metrics.set_endpoint_up(&route.label, &endpoint.origin, true);
-        return respond(gw, rt, &plan, endpoint, &path_and_query, authority, &method, resp).await;
+        gw.metrics
+            .set_endpoint_up(&route.label, &endpoint.origin, true);
+        return respond(
+            gw,
+            rt,
+            &plan,
+            endpoint,
+            &path_and_query,
+            authority,
+            &method,
+            resp,
+        )
+        .await;
     }
-    Err(ProxyError::Unavailable { detail: last_failure })
+    Err(ProxyError::Unavailable {
+        detail: last_failure,
+    })
 }
 
 /// Sends one request to `endpoint`, doing the token dance on a 401: learn the challenge, fetch (or reuse) the
@@ -293,11 +410,24 @@ async fn send_with_auth(
         Some(scheme) => upstream_authorization(gw, route, endpoint, scheme, scope).await?,
         None => None,
     };
-    let resp = send_once(gw, rt, route, endpoint, method, path_and_query, base_headers, auth.clone(), body).await?;
+    let resp = send_once(
+        gw,
+        rt,
+        route,
+        endpoint,
+        method,
+        path_and_query,
+        base_headers,
+        auth.clone(),
+        body,
+    )
+    .await?;
     if resp.status() != StatusCode::UNAUTHORIZED || !replayable {
         return Ok(resp);
     }
-    let Some(scheme) = learn_scheme(resp.headers()) else { return Ok(resp) };
+    let Some(scheme) = learn_scheme(resp.headers()) else {
+        return Ok(resp);
+    };
     gw.schemes.insert(endpoint.origin.clone(), scheme.clone());
     // A 401 despite a token we sent means the cached token went stale (revoked, clock skew): fetch anew.
     if let (Some(_), UpstreamAuthScheme::Bearer { .. }) = (&auth, &scheme) {
@@ -305,8 +435,21 @@ async fn send_with_auth(
             gw.tokens.invalidate(&key);
         }
     }
-    let Some(auth) = upstream_authorization(gw, route, endpoint, &scheme, scope).await? else { return Ok(resp) };
-    send_once(gw, rt, route, endpoint, method, path_and_query, base_headers, Some(auth), empty()).await
+    let Some(auth) = upstream_authorization(gw, route, endpoint, &scheme, scope).await? else {
+        return Ok(resp);
+    };
+    send_once(
+        gw,
+        rt,
+        route,
+        endpoint,
+        method,
+        path_and_query,
+        base_headers,
+        Some(auth),
+        empty(),
+    )
+    .await
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -321,7 +464,9 @@ async fn send_once(
     authorization: Option<HeaderValue>,
     body: GatewayBody,
 ) -> Result<Response<Incoming>, ProxyError> {
-    let uri = endpoint.uri(path_and_query).map_err(|e| ProxyError::Internal(format!("upstream URI: {e}")))?;
+    let uri = endpoint
+        .uri(path_and_query)
+        .map_err(|e| ProxyError::Internal(format!("upstream URI: {e}")))?;
     let mut req = Request::builder().method(method.clone()).uri(uri);
     if let Some(h) = req.headers_mut() {
         *h = base_headers.clone();
@@ -329,7 +474,9 @@ async fn send_once(
             h.insert(header::AUTHORIZATION, a);
         }
     }
-    let req = req.body(body).map_err(|e| ProxyError::Internal(format!("upstream request: {e}")))?;
+    let req = req
+        .body(body)
+        .map_err(|e| ProxyError::Internal(format!("upstream request: {e}")))?;
     let started = Instant::now();
     let timeout = rt.config.server.upstream_timeout;
     let result = tokio::time::timeout(timeout, route.client.send(req)).await;
@@ -337,10 +484,13 @@ async fn send_once(
         Ok(Ok(r)) => Some(r.status().as_u16()),
         _ => None,
     };
-    gw.metrics.upstream_done(&route.label, &endpoint.origin, status, started.elapsed());
+    gw.metrics
+        .upstream_done(&route.label, &endpoint.origin, status, started.elapsed());
     match result {
         Ok(Ok(resp)) => Ok(resp),
-        Ok(Err(e)) => Err(ProxyError::Unavailable { detail: format!("{}: {}", endpoint.origin, error_chain(&e)) }),
+        Ok(Err(e)) => Err(ProxyError::Unavailable {
+            detail: format!("{}: {}", endpoint.origin, error_chain(&e)),
+        }),
         Err(_) => Err(ProxyError::Timeout(timeout)),
     }
 }
@@ -362,7 +512,10 @@ fn learn_scheme(headers: &HeaderMap) -> Option<UpstreamAuthScheme> {
         let Ok(text) = value.to_str() else { continue };
         if let Ok(Some(b)) = BearerChallenge::from_header(text) {
             if let Ok(realm) = Url::parse(&b.realm) {
-                return Some(UpstreamAuthScheme::Bearer { realm, service: b.service.clone() });
+                return Some(UpstreamAuthScheme::Bearer {
+                    realm,
+                    service: b.service.clone(),
+                });
             }
         }
         if let Ok(challenges) = mirrorgate_registry::parse_challenges(text) {
@@ -375,17 +528,31 @@ fn learn_scheme(headers: &HeaderMap) -> Option<UpstreamAuthScheme> {
 }
 
 /// Credentials are the upstream's: they go to the route's upstream registry only, never to backend caches.
-fn credentials_for<'a>(route: &'a CompiledRoute, endpoint: &Endpoint) -> Option<&'a mirrorgate_config::Credentials> {
-    endpoint.is_upstream.then_some(route.config.upstream_credentials.as_ref()).flatten()
+fn credentials_for<'a>(
+    route: &'a CompiledRoute,
+    endpoint: &Endpoint,
+) -> Option<&'a mirrorgate_config::Credentials> {
+    endpoint
+        .is_upstream
+        .then_some(route.config.upstream_credentials.as_ref())
+        .flatten()
 }
 
-fn token_key(route: &CompiledRoute, endpoint: &Endpoint, scheme: &UpstreamAuthScheme, scope: Option<&str>) -> Option<TokenKey> {
-    let UpstreamAuthScheme::Bearer { realm, service } = scheme else { return None };
+fn token_key(
+    route: &CompiledRoute,
+    endpoint: &Endpoint,
+    scheme: &UpstreamAuthScheme,
+    scope: Option<&str>,
+) -> Option<TokenKey> {
+    let UpstreamAuthScheme::Bearer { realm, service } = scheme else {
+        return None;
+    };
     Some(TokenKey {
         realm: realm.to_string(),
         service: service.clone(),
         scope: scope.unwrap_or_default().to_string(),
-        credential_id: credentials_for(route, endpoint).map(|c| format!("{}@{}", c.username, route.label)),
+        credential_id: credentials_for(route, endpoint)
+            .map(|c| format!("{}@{}", c.username, route.label)),
     })
 }
 
@@ -398,9 +565,13 @@ async fn upstream_authorization(
 ) -> Result<Option<HeaderValue>, ProxyError> {
     let creds = credentials_for(route, endpoint);
     match scheme {
-        UpstreamAuthScheme::Basic => Ok(creds.and_then(|c| basic(&c.username, c.password.expose()))),
+        UpstreamAuthScheme::Basic => {
+            Ok(creds.and_then(|c| basic(&c.username, c.password.expose())))
+        }
         UpstreamAuthScheme::Bearer { realm, service } => {
-            let Some(key) = token_key(route, endpoint, scheme, scope) else { return Ok(None) };
+            let Some(key) = token_key(route, endpoint, scheme, scope) else {
+                return Ok(None);
+            };
             let scopes: Vec<String> = scope.map(str::to_string).into_iter().collect();
             let url = mirrorgate_registry::token_request_url(realm, service.as_deref(), &scopes);
             let fetched = gw
@@ -410,15 +581,23 @@ async fn upstream_authorization(
             match fetched {
                 Ok((token, outcome)) => {
                     let result = match outcome {
-                        mirrorgate_registry::CacheOutcome::Hit => mirrorgate_metrics::TokenResult::CacheHit,
-                        mirrorgate_registry::CacheOutcome::Fetched => mirrorgate_metrics::TokenResult::Fetched,
+                        mirrorgate_registry::CacheOutcome::Hit => {
+                            mirrorgate_metrics::TokenResult::CacheHit
+                        }
+                        mirrorgate_registry::CacheOutcome::Fetched => {
+                            mirrorgate_metrics::TokenResult::Fetched
+                        }
                     };
                     gw.metrics.upstream_token(&route.label, result);
                     Ok(HeaderValue::from_str(&format!("Bearer {}", token.value)).ok())
                 }
                 Err(reason) => {
-                    gw.metrics.upstream_token(&route.label, mirrorgate_metrics::TokenResult::Error);
-                    Err(ProxyError::UpstreamToken { realm: realm.to_string(), reason })
+                    gw.metrics
+                        .upstream_token(&route.label, mirrorgate_metrics::TokenResult::Error);
+                    Err(ProxyError::UpstreamToken {
+                        realm: realm.to_string(),
+                        reason,
+                    })
                 }
             }
         }
@@ -483,19 +662,36 @@ async fn respond(
         (Some(u), Some(c)) if u != c => Some((u.as_str(), c.as_str())),
         _ => None,
     };
-    let ctx = RewriteContext { upstream_base: &endpoint.url, gateway: &gateway, path_prefix: plan.prefix.as_deref(), name_map };
+    let ctx = RewriteContext {
+        upstream_base: &endpoint.url,
+        gateway: &gateway,
+        path_prefix: plan.prefix.as_deref(),
+        name_map,
+    };
 
     let (mut parts, body) = resp.into_parts();
     headers::remove_hop_by_hop(&mut parts.headers);
     strip_response_headers(&mut parts.headers);
-    if let Some(remaining) = parts.headers.get("ratelimit-remaining").and_then(|v| v.to_str().ok()) {
-        if let Some(n) = remaining.split(';').next().and_then(|n| n.trim().parse::<u64>().ok()) {
+    if let Some(remaining) = parts
+        .headers
+        .get("ratelimit-remaining")
+        .and_then(|v| v.to_str().ok())
+    {
+        if let Some(n) = remaining
+            .split(';')
+            .next()
+            .and_then(|n| n.trim().parse::<u64>().ok())
+        {
             gw.metrics.set_upstream_ratelimit_remaining(&route.label, n);
         }
     }
 
     if parts.status.is_redirection() {
-        if let Some(location) = parts.headers.get(header::LOCATION).and_then(|v| v.to_str().ok()) {
+        if let Some(location) = parts
+            .headers
+            .get(header::LOCATION)
+            .and_then(|v| v.to_str().ok())
+        {
             match rewrite_location(location, &request_url, &ctx) {
                 Ok(LocationRewrite::Local(to)) => {
                     if let Ok(v) = HeaderValue::from_str(&to) {
@@ -504,14 +700,23 @@ async fn respond(
                 }
                 Ok(LocationRewrite::External(target)) => {
                     let is_blob = matches!(plan.path, RegistryPath::Blob { .. });
-                    if is_blob && route.config.blob_redirects == BlobRedirects::Follow && (method == Method::GET || method == Method::HEAD) {
+                    if is_blob
+                        && route.config.blob_redirects == BlobRedirects::Follow
+                        && (method == Method::GET || method == Method::HEAD)
+                    {
                         return follow_redirect(rt, route, method, target).await;
                     }
                 }
-                Err(e) => tracing::debug!(route = %route.label, error = %e, "unparseable upstream Location"),
+                Err(e) => {
+                    tracing::debug!(route = %route.label, error = %e, "unparseable upstream Location")
+                }
             }
         }
-    } else if let Some(location) = parts.headers.get(header::LOCATION).and_then(|v| v.to_str().ok()) {
+    } else if let Some(location) = parts
+        .headers
+        .get(header::LOCATION)
+        .and_then(|v| v.to_str().ok())
+    {
         // Upload sessions (202/201) point at the upstream; map them to the gateway.
         if let Ok(LocationRewrite::Local(to)) = rewrite_location(location, &request_url, &ctx) {
             if let Ok(v) = HeaderValue::from_str(&to) {
@@ -538,14 +743,25 @@ async fn respond(
         // Never point a client at the upstream's realm: the upstream refused even with our credentials.
         parts.headers.remove(header::WWW_AUTHENTICATE);
         let host = gateway.host_str().unwrap_or_default();
-        parts.headers.insert(header::WWW_AUTHENTICATE, mirrorgate_registry::basic_challenge(host));
+        parts.headers.insert(
+            header::WWW_AUTHENTICATE,
+            mirrorgate_registry::basic_challenge(host),
+        );
     }
-    Ok(Response::from_parts(parts, body.map_err(Into::into).boxed()))
+    Ok(Response::from_parts(
+        parts,
+        body.map_err(Into::into).boxed(),
+    ))
 }
 
 /// Fetches a blob redirect target server-side, without any credentials, so the bytes pass through limits and
 /// byte counts. Refuses loopback/private/link-local targets unless the route allows them (SSRF guard).
-async fn follow_redirect(rt: &Runtime, route: &CompiledRoute, method: &Method, mut target: Url) -> Result<Response<GatewayBody>, ProxyError> {
+async fn follow_redirect(
+    rt: &Runtime,
+    route: &CompiledRoute,
+    method: &Method,
+    mut target: Url,
+) -> Result<Response<GatewayBody>, ProxyError> {
     const MAX_HOPS: usize = 5;
     for _ in 0..MAX_HOPS {
         check_redirect_target(&target, route.config.danger_allow_private_redirects).await?;
@@ -553,14 +769,24 @@ async fn follow_redirect(rt: &Runtime, route: &CompiledRoute, method: &Method, m
             .method(method.clone())
             .uri(target.as_str())
             .body(empty())
-            .map_err(|e| ProxyError::Redirect { target: target.to_string(), reason: e.to_string() })?;
+            .map_err(|e| ProxyError::Redirect {
+                target: target.to_string(),
+                reason: e.to_string(),
+            })?;
         let timeout = rt.config.server.upstream_timeout;
         let resp = tokio::time::timeout(timeout, route.client.send(req))
             .await
             .map_err(|_| ProxyError::Timeout(timeout))?
-            .map_err(|e| ProxyError::Unavailable { detail: format!("redirect target {}: {}", redact(&target), error_chain(&e)) })?;
+            .map_err(|e| ProxyError::Unavailable {
+                detail: format!("redirect target {}: {}", redact(&target), error_chain(&e)),
+            })?;
         if resp.status().is_redirection() {
-            if let Some(next) = resp.headers().get(header::LOCATION).and_then(|v| v.to_str().ok()).and_then(|l| target.join(l).ok()) {
+            if let Some(next) = resp
+                .headers()
+                .get(header::LOCATION)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|l| target.join(l).ok())
+            {
                 target = next;
                 continue;
             }
@@ -572,9 +798,15 @@ async fn follow_redirect(rt: &Runtime, route: &CompiledRoute, method: &Method, m
         for h in ["set-cookie", "x-amz-request-id", "x-amz-id-2"] {
             parts.headers.remove(h);
         }
-        return Ok(Response::from_parts(parts, body.map_err(Into::into).boxed()));
+        return Ok(Response::from_parts(
+            parts,
+            body.map_err(Into::into).boxed(),
+        ));
     }
-    Err(ProxyError::Redirect { target: redact(&target), reason: "too many redirects".into() })
+    Err(ProxyError::Redirect {
+        target: redact(&target),
+        reason: "too many redirects".into(),
+    })
 }
 
 /// A URL for logs: CDN URLs carry signatures in the query.
@@ -583,7 +815,10 @@ fn redact(u: &Url) -> String {
 }
 
 async fn check_redirect_target(target: &Url, allow_private: bool) -> Result<(), ProxyError> {
-    let refuse = |reason: &str| ProxyError::Redirect { target: redact(target), reason: reason.to_string() };
+    let refuse = |reason: &str| ProxyError::Redirect {
+        target: redact(target),
+        reason: reason.to_string(),
+    };
     if !matches!(target.scheme(), "http" | "https") {
         return Err(refuse("not an http(s) URL"));
     }
@@ -597,7 +832,9 @@ async fn check_redirect_target(target: &Url, allow_private: bool) -> Result<(), 
         .map_err(|e| refuse(&format!("cannot resolve: {e}")))?;
     for addr in addrs {
         if is_private(addr.ip()) {
-            return Err(refuse("it resolves to a loopback, private or link-local address"));
+            return Err(refuse(
+                "it resolves to a loopback, private or link-local address",
+            ));
         }
     }
     Ok(())
@@ -606,7 +843,11 @@ async fn check_redirect_target(target: &Url, allow_private: bool) -> Result<(), 
 fn is_private(ip: IpAddr) -> bool {
     match ip {
         IpAddr::V4(v4) => {
-            v4.is_loopback() || v4.is_private() || v4.is_link_local() || v4.is_unspecified() || v4.is_broadcast()
+            v4.is_loopback()
+                || v4.is_private()
+                || v4.is_link_local()
+                || v4.is_unspecified()
+                || v4.is_broadcast()
                 || v4.octets()[0] == 100 && (v4.octets()[1] & 0xc0) == 64 // CGNAT 100.64/10
         }
         IpAddr::V6(v6) => {
@@ -632,15 +873,33 @@ mod tests {
     // Pins that ?ns= never reaches the upstream and other query parameters (pagination) do.
     #[test]
     fn ns_is_split_from_the_query() {
-        assert_eq!(split_ns(Some("ns=docker.io")), (Some("docker.io".into()), None));
-        assert_eq!(split_ns(Some("n=10&ns=gcr.io&last=a")), (Some("gcr.io".into()), Some("n=10&last=a".into())));
+        assert_eq!(
+            split_ns(Some("ns=docker.io")),
+            (Some("docker.io".into()), None)
+        );
+        assert_eq!(
+            split_ns(Some("n=10&ns=gcr.io&last=a")),
+            (Some("gcr.io".into()), Some("n=10&last=a".into()))
+        );
         assert_eq!(split_ns(None), (None, None));
     }
 
     // Pins the SSRF guard's address classes.
     #[test]
     fn private_addresses_are_recognised() {
-        for ip in ["127.0.0.1", "10.1.2.3", "192.168.1.1", "172.16.0.1", "169.254.169.254", "100.64.0.1", "::1", "fd00::1", "fe80::1", "::ffff:127.0.0.1", "0.0.0.0"] {
+        for ip in [
+            "127.0.0.1",
+            "10.1.2.3",
+            "192.168.1.1",
+            "172.16.0.1",
+            "169.254.169.254",
+            "100.64.0.1",
+            "::1",
+            "fd00::1",
+            "fe80::1",
+            "::ffff:127.0.0.1",
+            "0.0.0.0",
+        ] {
             assert!(is_private(ip.parse().unwrap()), "{ip}");
         }
         for ip in ["8.8.8.8", "2606:4700::1111", "100.128.0.1"] {
@@ -654,6 +913,10 @@ mod tests {
         let u = Url::parse("http://127.0.0.1:9/blob").unwrap();
         assert!(check_redirect_target(&u, false).await.is_err());
         assert!(check_redirect_target(&u, true).await.is_ok());
-        assert!(check_redirect_target(&Url::parse("file:///etc/passwd").unwrap(), true).await.is_err());
+        assert!(
+            check_redirect_target(&Url::parse("file:///etc/passwd").unwrap(), true)
+                .await
+                .is_err()
+        );
     }
 }

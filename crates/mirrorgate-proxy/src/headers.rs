@@ -41,7 +41,10 @@ pub fn upstream_request_headers(client: &HeaderMap, peer: IpAddr, trusted: &[IpN
     h.remove(header::HOST);
     h.remove(header::AUTHORIZATION);
     h.remove(header::COOKIE);
-    let forwarded_for = match (trusted.iter().any(|n| n.contains(&peer)), client.get("x-forwarded-for")) {
+    let forwarded_for = match (
+        trusted.iter().any(|n| n.contains(&peer)),
+        client.get("x-forwarded-for"),
+    ) {
         (true, Some(prev)) => prev.to_str().ok().map(|p| format!("{p}, {peer}")),
         _ => None,
     }
@@ -67,7 +70,10 @@ pub fn client_ip(peer: IpAddr, headers: &HeaderMap, trusted: &[IpNet]) -> IpAddr
         .flat_map(|v| v.split(','))
         .filter_map(|s| s.trim().parse().ok())
         .collect();
-    hops.into_iter().rev().find(|ip| !trusted.iter().any(|n| n.contains(ip))).unwrap_or(peer)
+    hops.into_iter()
+        .rev()
+        .find(|ip| !trusted.iter().any(|n| n.contains(ip)))
+        .unwrap_or(peer)
 }
 
 #[cfg(test)]
@@ -77,7 +83,10 @@ mod tests {
     fn map(pairs: &[(&str, &str)]) -> HeaderMap {
         let mut h = HeaderMap::new();
         for (k, v) in pairs {
-            h.append(HeaderName::from_bytes(k.as_bytes()).unwrap(), HeaderValue::from_str(v).unwrap());
+            h.append(
+                HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                HeaderValue::from_str(v).unwrap(),
+            );
         }
         h
     }
@@ -106,8 +115,14 @@ mod tests {
     fn forwarded_for_only_from_trusted_proxies() {
         let h = map(&[("x-forwarded-for", "203.0.113.9")]);
         let trusted: Vec<IpNet> = vec!["10.0.0.0/8".parse().unwrap()];
-        assert_eq!(client_ip("192.0.2.1".parse().unwrap(), &h, &trusted), "192.0.2.1".parse::<IpAddr>().unwrap());
-        assert_eq!(client_ip("10.1.2.3".parse().unwrap(), &h, &trusted), "203.0.113.9".parse::<IpAddr>().unwrap());
+        assert_eq!(
+            client_ip("192.0.2.1".parse().unwrap(), &h, &trusted),
+            "192.0.2.1".parse::<IpAddr>().unwrap()
+        );
+        assert_eq!(
+            client_ip("10.1.2.3".parse().unwrap(), &h, &trusted),
+            "203.0.113.9".parse::<IpAddr>().unwrap()
+        );
         let up = upstream_request_headers(&h, "192.0.2.1".parse().unwrap(), &trusted);
         assert_eq!(up["x-forwarded-for"], "192.0.2.1");
     }

@@ -5,6 +5,7 @@
 //! Protocol knowledge (paths, names, challenges, tokens, header rewrites) lives in `mirrorgate-registry`; this
 //! crate decides *where* and *when* and moves bytes. Read `forward` first: it lists the request phases.
 
+mod admission;
 mod body;
 mod error;
 mod forward;
@@ -12,9 +13,12 @@ mod headers;
 mod router;
 mod runtime;
 mod server;
+mod specs;
+mod token_endpoint;
 mod upstream;
 
 pub use body::{BoxError, GatewayBody};
 pub use error::ProxyError;
 pub use runtime::{Gateway, Runtime};
 pub use server::{serve_http, serve_https, Http01Responder};
+pub use specs::{auth_enabled, auth_spec, limits_spec, tenant_specs};

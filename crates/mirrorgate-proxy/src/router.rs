@@ -26,8 +26,11 @@ pub struct CompiledRoute {
 
 impl CompiledRoute {
     pub fn new(config: Route, client: UpstreamClient) -> Self {
-        let mut endpoints: Vec<Arc<Endpoint>> =
-            config.endpoints.iter().map(|u| Arc::new(Endpoint::new(u.clone(), false))).collect();
+        let mut endpoints: Vec<Arc<Endpoint>> = config
+            .endpoints
+            .iter()
+            .map(|u| Arc::new(Endpoint::new(u.clone(), false)))
+            .collect();
         if let Some(up) = &config.upstream {
             endpoints.push(Arc::new(Endpoint::new(up.url.clone(), true)));
         }
@@ -37,7 +40,14 @@ impl CompiledRoute {
             .map(|(name, up)| (name.clone(), Arc::new(Endpoint::new(up.url.clone(), true))))
             .collect();
         let rewrites = Rewrites::new(config.rewrite.clone());
-        CompiledRoute { label: config.host.to_string(), config, client, endpoints, named_upstreams, rewrites }
+        CompiledRoute {
+            label: config.host.to_string(),
+            config,
+            client,
+            endpoints,
+            named_upstreams,
+            rewrites,
+        }
     }
 }
 
@@ -68,7 +78,9 @@ impl Router {
         self.exact
             .get(host)
             .or_else(|| self.wildcards.iter().find(|r| r.config.host.matches(host)))
-            .ok_or_else(|| ProxyError::NoRoute { host: host.to_string() })
+            .ok_or_else(|| ProxyError::NoRoute {
+                host: host.to_string(),
+            })
     }
 
     pub fn routes(&self) -> impl Iterator<Item = &Arc<CompiledRoute>> {
@@ -83,7 +95,13 @@ pub fn host_of(authority: &str) -> Option<String> {
         // IPv6 literal.
         rest.split_once(']').map(|(h, _)| h)?
     } else {
-        a.rsplit_once(':').map_or(a, |(h, port)| if port.bytes().all(|b| b.is_ascii_digit()) { h } else { a })
+        a.rsplit_once(':').map_or(a, |(h, port)| {
+            if port.bytes().all(|b| b.is_ascii_digit()) {
+                h
+            } else {
+                a
+            }
+        })
     };
     let host = host.trim_end_matches('.');
     (!host.is_empty()).then(|| host.to_ascii_lowercase())

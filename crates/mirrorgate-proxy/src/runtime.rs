@@ -32,21 +32,30 @@ impl Runtime {
             let client = match clients.get(&route.upstream_ca) {
                 Some(c) => c.clone(),
                 None => {
-                    let c = UpstreamClient::new(route.upstream_ca.as_deref(), config.server.connect_timeout)?;
+                    let c = UpstreamClient::new(
+                        route.upstream_ca.as_deref(),
+                        config.server.connect_timeout,
+                    )?;
                     clients.insert(route.upstream_ca.clone(), c.clone());
                     c
                 }
             };
             routes.push(CompiledRoute::new(route.clone(), client));
         }
-        Ok(Runtime { router: Router::new(routes), config })
+        Ok(Runtime {
+            router: Router::new(routes),
+            config,
+        })
     }
 }
 
 /// How an upstream origin wants to be authenticated, learned from its first 401.
 #[derive(Debug, Clone)]
 pub enum UpstreamAuthScheme {
-    Bearer { realm: url::Url, service: Option<String> },
+    Bearer {
+        realm: url::Url,
+        service: Option<String>,
+    },
     Basic,
 }
 
@@ -58,15 +67,26 @@ pub struct Gateway {
     /// Challenges learned per upstream origin, so later requests attach a token before the first try.
     pub schemes: DashMap<String, UpstreamAuthScheme>,
     pub metrics: Arc<Metrics>,
+    /// Client authentication; `None` when the config has no `[auth]` and no tenants (every route open).
+    pub auth: Option<Arc<mirrorgate_auth::Authenticator>>,
+    /// Limits keep their state across reloads (a reload must not hand everyone a fresh burst).
+    pub limiter: Arc<mirrorgate_limits::Limiter>,
 }
 
 impl Gateway {
-    pub fn new(runtime: Runtime, metrics: Arc<Metrics>) -> Arc<Self> {
+    pub fn new(
+        runtime: Runtime,
+        metrics: Arc<Metrics>,
+        auth: Option<Arc<mirrorgate_auth::Authenticator>>,
+        limiter: Arc<mirrorgate_limits::Limiter>,
+    ) -> Arc<Self> {
         Arc::new(Gateway {
             runtime: ArcSwap::from_pointee(runtime),
             tokens: TokenCache::default(),
             schemes: DashMap::new(),
             metrics,
+            auth,
+            limiter,
         })
     }
 

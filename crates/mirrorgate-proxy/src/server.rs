@@ -45,7 +45,10 @@ pub async fn serve_https(
     let graceful = GracefulShutdown::new();
     let mut http = auto::Builder::new(TokioExecutor::new());
     let header_timeout = gateway.runtime().config.server.client_header_timeout;
-    http.http1().timer(TokioTimer::new()).header_read_timeout(header_timeout).keep_alive(true);
+    http.http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(header_timeout)
+        .keep_alive(true);
     http.http2()
         .timer(TokioTimer::new())
         .max_concurrent_streams(MAX_H2_STREAMS)
@@ -76,7 +79,9 @@ pub async fn serve_https(
             let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
                 Ok(Ok(tls)) => tls,
                 Ok(Err(e)) => {
-                    gateway.metrics.tls_handshake_error("https", handshake_reason(&e));
+                    gateway
+                        .metrics
+                        .tls_handshake_error("https", handshake_reason(&e));
                     tracing::debug!(%peer, error = %e, "TLS handshake failed");
                     return;
                 }
@@ -90,7 +95,10 @@ pub async fn serve_https(
                 // The validator only looks at the certificate.
                 return;
             }
-            let conn = Arc::new(ConnInfo { peer, sni: session.server_name().map(str::to_ascii_lowercase) });
+            let conn = Arc::new(ConnInfo {
+                peer,
+                sni: session.server_name().map(str::to_ascii_lowercase),
+            });
             let service = service_fn(move |req: Request<Incoming>| {
                 let gateway = gateway.clone();
                 let conn = conn.clone();
@@ -114,10 +122,14 @@ async fn drain(graceful: GracefulShutdown, grace: Duration) {
 }
 
 fn handshake_reason(e: &std::io::Error) -> &'static str {
-    match e.get_ref().and_then(|inner| inner.downcast_ref::<rustls::Error>()) {
+    match e
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+    {
         Some(rustls::Error::NoApplicationProtocol) => "no_alpn",
         Some(rustls::Error::AlertReceived(_)) => "alert_received",
-        Some(rustls::Error::InvalidMessage(_)) | Some(rustls::Error::InappropriateHandshakeMessage { .. }) => "bad_message",
+        Some(rustls::Error::InvalidMessage(_))
+        | Some(rustls::Error::InappropriateHandshakeMessage { .. }) => "bad_message",
         Some(rustls::Error::PeerIncompatible(_)) => "incompatible",
         Some(_) => "tls_error",
         None if e.kind() == std::io::ErrorKind::UnexpectedEof => "eof",
@@ -127,7 +139,11 @@ fn handshake_reason(e: &std::io::Error) -> &'static str {
 
 /// One request, start to end: serve it, render failures, add the headers every answer carries, and log it
 /// once its body is done.
-async fn handle(gateway: &Arc<Gateway>, conn: &ConnInfo, req: Request<Incoming>) -> Response<GatewayBody> {
+async fn handle(
+    gateway: &Arc<Gateway>,
+    conn: &ConnInfo,
+    req: Request<Incoming>,
+) -> Response<GatewayBody> {
     let started = Instant::now();
     let runtime = gateway.runtime();
     let method = req.method().clone();
@@ -136,9 +152,19 @@ async fn handle(gateway: &Arc<Gateway>, conn: &ConnInfo, req: Request<Incoming>)
         .uri()
         .host()
         .map(str::to_string)
-        .or_else(|| req.headers().get(header::HOST).and_then(|h| h.to_str().ok()).map(str::to_string))
+        .or_else(|| {
+            req.headers()
+                .get(header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .map(str::to_string)
+        })
         .unwrap_or_default();
-    let bytes_in = req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+    let bytes_in = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+        .unwrap_or(0);
     let mut facts = RequestFacts::default();
     let response = match serve(gateway, &runtime, conn, req, &mut facts).await {
         Ok(r) => r,
@@ -149,16 +175,32 @@ async fn handle(gateway: &Arc<Gateway>, conn: &ConnInfo, req: Request<Incoming>)
                 tracing::debug!(error = %e, %host, %path, "request refused");
             }
             let (parts, body) = e.to_registry().into_response().into_parts();
-            Response::from_parts(parts, if method == http::Method::HEAD { empty() } else { full(body) })
+            Response::from_parts(
+                parts,
+                if method == http::Method::HEAD {
+                    empty()
+                } else {
+                    full(body)
+                },
+            )
         }
     };
     let (mut parts, body) = response.into_parts();
-    if let Some(hsts) = runtime.config.server.hsts.as_deref().and_then(|h| HeaderValue::from_str(h).ok()) {
-        parts.headers.insert(header::STRICT_TRANSPORT_SECURITY, hsts);
+    if let Some(hsts) = runtime
+        .config
+        .server
+        .hsts
+        .as_deref()
+        .and_then(|h| HeaderValue::from_str(h).ok())
+    {
+        parts
+            .headers
+            .insert(header::STRICT_TRANSPORT_SECURITY, hsts);
     }
-    parts
-        .headers
-        .insert("docker-distribution-api-version", HeaderValue::from_static("registry/2.0"));
+    parts.headers.insert(
+        "docker-distribution-api-version",
+        HeaderValue::from_static("registry/2.0"),
+    );
     let status = parts.status;
     let gw = gateway.clone();
     let peer = conn.peer;
@@ -168,7 +210,13 @@ async fn handle(gateway: &Arc<Gateway>, conn: &ConnInfo, req: Request<Incoming>)
         let route = facts.route.as_deref().unwrap_or(UNROUTED_LABEL);
         let kind = metric_kind(facts.kind);
         gw.metrics.request_done(
-            &RequestLabels { route, tenant: facts.tenant.as_deref(), user: facts.user.as_deref(), method: &method, kind },
+            &RequestLabels {
+                route,
+                tenant: facts.tenant.as_deref(),
+                user: facts.user.as_deref(),
+                method: &method,
+                kind,
+            },
             status.as_u16(),
             elapsed,
             bytes_in,
@@ -197,7 +245,9 @@ async fn handle(gateway: &Arc<Gateway>, conn: &ConnInfo, req: Request<Incoming>)
 fn metric_kind(kind: Option<RequestKind>) -> mirrorgate_metrics::RequestKind {
     match kind {
         Some(RequestKind::Manifest) => mirrorgate_metrics::RequestKind::Manifest,
-        Some(RequestKind::Blob) | Some(RequestKind::Upload) => mirrorgate_metrics::RequestKind::Blob,
+        Some(RequestKind::Blob) | Some(RequestKind::Upload) => {
+            mirrorgate_metrics::RequestKind::Blob
+        }
         Some(RequestKind::Ping) => mirrorgate_metrics::RequestKind::Ping,
         _ => mirrorgate_metrics::RequestKind::Other,
     }
@@ -215,7 +265,8 @@ pub fn serve_http(
     async move {
         let graceful = GracefulShutdown::new();
         let mut http = hyper::server::conn::http1::Builder::new();
-        http.timer(TokioTimer::new()).header_read_timeout(Duration::from_secs(10));
+        http.timer(TokioTimer::new())
+            .header_read_timeout(Duration::from_secs(10));
         loop {
             let (tcp, _) = tokio::select! {
                 () = shutdown.cancelled() => break,
@@ -231,7 +282,9 @@ pub fn serve_http(
             let guard = gateway.metrics.connection_opened("http");
             let service = service_fn(move |req: Request<Incoming>| {
                 let acme = acme.clone();
-                async move { Ok::<_, Infallible>(redirect_or_challenge(&req, https_port, acme.as_ref())) }
+                async move {
+                    Ok::<_, Infallible>(redirect_or_challenge(&req, https_port, acme.as_ref()))
+                }
             });
             let conn = http.serve_connection(TokioIo::new(tcp), service);
             let watched = graceful.watch(conn);
@@ -244,13 +297,20 @@ pub fn serve_http(
     }
 }
 
-fn redirect_or_challenge<B>(req: &Request<B>, https_port: u16, acme: Option<&Http01Responder>) -> Response<GatewayBody> {
+fn redirect_or_challenge<B>(
+    req: &Request<B>,
+    https_port: u16,
+    acme: Option<&Http01Responder>,
+) -> Response<GatewayBody> {
     let path = req.uri().path();
     if let Some(token) = path.strip_prefix("/.well-known/acme-challenge/") {
         return match acme.and_then(|a| a(token)) {
             Some(key_auth) => {
                 let mut r = Response::new(full(key_auth));
-                r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
+                r.headers_mut().insert(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("application/octet-stream"),
+                );
                 r
             }
             None => status_only(StatusCode::NOT_FOUND),
@@ -261,8 +321,16 @@ fn redirect_or_challenge<B>(req: &Request<B>, https_port: u16, acme: Option<&Htt
         .get(header::HOST)
         .and_then(|h| h.to_str().ok())
         .and_then(crate::router::host_of);
-    let Some(host) = host else { return status_only(StatusCode::BAD_REQUEST) };
-    let authority = if https_port == 443 { host } else if host.contains(':') { format!("[{host}]:{https_port}") } else { format!("{host}:{https_port}") };
+    let Some(host) = host else {
+        return status_only(StatusCode::BAD_REQUEST);
+    };
+    let authority = if https_port == 443 {
+        host
+    } else if host.contains(':') {
+        format!("[{host}]:{https_port}")
+    } else {
+        format!("{host}:{https_port}")
+    };
     let pq = req.uri().path_and_query().map_or("/", |pq| pq.as_str());
     match HeaderValue::from_str(&format!("https://{authority}{pq}")) {
         Ok(location) => {
@@ -285,7 +353,11 @@ mod tests {
     use super::*;
 
     fn get(uri: &str, host: &str) -> Request<()> {
-        Request::builder().uri(uri).header(header::HOST, host).body(()).unwrap()
+        Request::builder()
+            .uri(uri)
+            .header(header::HOST, host)
+            .body(())
+            .unwrap()
     }
 
     // Pins the :80 → https redirect: 308, path and query kept, port only when not 443.
@@ -293,7 +365,10 @@ mod tests {
     fn redirect_keeps_path_and_query() {
         let r = redirect_or_challenge(&get("/v2/?x=1", "docker.test:8080"), 8443, None);
         assert_eq!(r.status(), StatusCode::PERMANENT_REDIRECT);
-        assert_eq!(r.headers()[header::LOCATION], "https://docker.test:8443/v2/?x=1");
+        assert_eq!(
+            r.headers()[header::LOCATION],
+            "https://docker.test:8443/v2/?x=1"
+        );
         let r = redirect_or_challenge(&get("/v2/", "docker.test"), 443, None);
         assert_eq!(r.headers()[header::LOCATION], "https://docker.test/v2/");
     }
@@ -301,10 +376,19 @@ mod tests {
     // Pins that HTTP-01 answers come from the responder and unknown tokens are 404, never a redirect.
     #[test]
     fn acme_challenges_are_answered() {
-        let responder: Http01Responder = Arc::new(|t: &str| (t == "tok").then(|| "tok.thumb".to_string()));
-        let r = redirect_or_challenge(&get("/.well-known/acme-challenge/tok", "a.test"), 8443, Some(&responder));
+        let responder: Http01Responder =
+            Arc::new(|t: &str| (t == "tok").then(|| "tok.thumb".to_string()));
+        let r = redirect_or_challenge(
+            &get("/.well-known/acme-challenge/tok", "a.test"),
+            8443,
+            Some(&responder),
+        );
         assert_eq!(r.status(), StatusCode::OK);
-        let r = redirect_or_challenge(&get("/.well-known/acme-challenge/nope", "a.test"), 8443, Some(&responder));
+        let r = redirect_or_challenge(
+            &get("/.well-known/acme-challenge/nope", "a.test"),
+            8443,
+            Some(&responder),
+        );
         assert_eq!(r.status(), StatusCode::NOT_FOUND);
     }
 }

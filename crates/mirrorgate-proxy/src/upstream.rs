@@ -37,21 +37,33 @@ impl UpstreamClient {
         if let Some(path) = extra_ca {
             let certs = CertificateDer::pem_file_iter(path)
                 .and_then(|it| it.collect::<Result<Vec<_>, _>>())
-                .map_err(|e| ProxyError::UpstreamCa { path: path.to_path_buf(), reason: e.to_string() })?;
+                .map_err(|e| ProxyError::UpstreamCa {
+                    path: path.to_path_buf(),
+                    reason: e.to_string(),
+                })?;
             if certs.is_empty() {
-                return Err(ProxyError::UpstreamCa { path: path.to_path_buf(), reason: "no certificate in the file".into() });
+                return Err(ProxyError::UpstreamCa {
+                    path: path.to_path_buf(),
+                    reason: "no certificate in the file".into(),
+                });
             }
             for cert in certs {
-                roots
-                    .add(cert)
-                    .map_err(|e| ProxyError::UpstreamCa { path: path.to_path_buf(), reason: e.to_string() })?;
+                roots.add(cert).map_err(|e| ProxyError::UpstreamCa {
+                    path: path.to_path_buf(),
+                    reason: e.to_string(),
+                })?;
             }
         }
-        let tls = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-            .with_safe_default_protocol_versions()
-            .map_err(|e| ProxyError::UpstreamCa { path: Default::default(), reason: e.to_string() })?
-            .with_root_certificates(roots)
-            .with_no_client_auth();
+        let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| ProxyError::UpstreamCa {
+            path: Default::default(),
+            reason: e.to_string(),
+        })?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
         let mut http = HttpConnector::new();
         http.enforce_http(false);
         http.set_connect_timeout(Some(connect_timeout));
@@ -70,7 +82,10 @@ impl UpstreamClient {
     }
 
     /// Sends one request; the caller owns timeouts (they differ between headers and body).
-    pub async fn send(&self, req: Request<GatewayBody>) -> Result<http::Response<Incoming>, hyper_util::client::legacy::Error> {
+    pub async fn send(
+        &self,
+        req: Request<GatewayBody>,
+    ) -> Result<http::Response<Incoming>, hyper_util::client::legacy::Error> {
         self.client.request(req).await
     }
 }
@@ -90,7 +105,13 @@ pub struct Endpoint {
 impl Endpoint {
     pub fn new(url: Url, is_upstream: bool) -> Self {
         let origin = url.origin().ascii_serialization();
-        Endpoint { url, origin, is_upstream, down_until_ms: AtomicU64::new(0), epoch: Instant::now() }
+        Endpoint {
+            url,
+            origin,
+            is_upstream,
+            down_until_ms: AtomicU64::new(0),
+            epoch: Instant::now(),
+        }
     }
 
     fn now_ms(&self) -> u64 {
@@ -103,7 +124,9 @@ impl Endpoint {
     }
 
     pub fn mark_down(&self) {
-        let until = self.now_ms().saturating_add(u64::try_from(DOWN_FOR.as_millis()).unwrap_or(u64::MAX));
+        let until = self
+            .now_ms()
+            .saturating_add(u64::try_from(DOWN_FOR.as_millis()).unwrap_or(u64::MAX));
         self.down_until_ms.store(until, Ordering::Relaxed);
     }
 
@@ -132,8 +155,14 @@ mod tests {
     // Pins the fallback order: a failed endpoint moves behind healthy ones but is never dropped.
     #[test]
     fn down_endpoints_go_last() {
-        let a = Arc::new(Endpoint::new(Url::parse("http://127.0.0.1:1").unwrap(), false));
-        let b = Arc::new(Endpoint::new(Url::parse("http://127.0.0.1:2").unwrap(), true));
+        let a = Arc::new(Endpoint::new(
+            Url::parse("http://127.0.0.1:1").unwrap(),
+            false,
+        ));
+        let b = Arc::new(Endpoint::new(
+            Url::parse("http://127.0.0.1:2").unwrap(),
+            true,
+        ));
         let order = attempt_order(&[a.clone(), b.clone()]);
         assert_eq!(order[0].origin, a.origin);
         a.mark_down();

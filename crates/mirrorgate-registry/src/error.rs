@@ -58,11 +58,14 @@ pub enum ErrorCode {
     /// 500, gateway-side: a bug or an unexpected internal failure (logged by the caller). Code `UNKNOWN`, as in
     /// distribution.
     Internal,
+    /// 400, gateway-side: a request to the gateway's own endpoints (the token server) is malformed. Code
+    /// `INVALID_REQUEST`, after OAuth2's `invalid_request`.
+    InvalidRequest,
 }
 
 impl ErrorCode {
     /// Every code, for tests and documentation tables.
-    pub const ALL: [ErrorCode; 17] = [
+    pub const ALL: [ErrorCode; 18] = [
         ErrorCode::Unauthorized,
         ErrorCode::Denied,
         ErrorCode::NameUnknown,
@@ -80,6 +83,7 @@ impl ErrorCode {
         ErrorCode::Unavailable,
         ErrorCode::GatewayTimeout,
         ErrorCode::Internal,
+        ErrorCode::InvalidRequest,
     ];
 
     /// The wire spelling of the code in the JSON body.
@@ -102,6 +106,7 @@ impl ErrorCode {
                 "UNAVAILABLE"
             }
             ErrorCode::Internal => "UNKNOWN",
+            ErrorCode::InvalidRequest => "INVALID_REQUEST",
         }
     }
 
@@ -125,6 +130,7 @@ impl ErrorCode {
             ErrorCode::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
             ErrorCode::GatewayTimeout => StatusCode::GATEWAY_TIMEOUT,
             ErrorCode::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+            ErrorCode::InvalidRequest => StatusCode::BAD_REQUEST,
         }
     }
 
@@ -149,6 +155,7 @@ impl ErrorCode {
             ErrorCode::Unavailable => "no upstream registry is available",
             ErrorCode::GatewayTimeout => "upstream registry timed out",
             ErrorCode::Internal => "internal error",
+            ErrorCode::InvalidRequest => "invalid request",
         }
     }
 }
@@ -360,7 +367,7 @@ mod tests {
     // Rule: each code maps to the status the OCI spec (or the gateway table in the docs) gives it.
     #[test]
     fn each_code_has_its_status() {
-        let expected: [(ErrorCode, u16, &str); 17] = [
+        let expected: [(ErrorCode, u16, &str); 18] = [
             (ErrorCode::Unauthorized, 401, "UNAUTHORIZED"),
             (ErrorCode::Denied, 403, "DENIED"),
             (ErrorCode::NameUnknown, 404, "NAME_UNKNOWN"),
@@ -378,6 +385,7 @@ mod tests {
             (ErrorCode::Unavailable, 503, "UNAVAILABLE"),
             (ErrorCode::GatewayTimeout, 504, "UNAVAILABLE"),
             (ErrorCode::Internal, 500, "UNKNOWN"),
+            (ErrorCode::InvalidRequest, 400, "INVALID_REQUEST"),
         ];
         assert_eq!(expected.len(), ErrorCode::ALL.len());
         for (code, status, wire) in expected {

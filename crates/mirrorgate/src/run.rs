@@ -18,6 +18,35 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{check, telemetry, tls_setup};
 
+/// How often the htpasswd file is checked (new users work, removed users stop, within this).
+const HTPASSWD_POLL: Duration = Duration::from_secs(2);
+
+/// How often idle limiter keys are evicted and the key counts exported.
+const LIMITER_HOUSEKEEPING: Duration = Duration::from_secs(30);
+
+fn spawn_limiter_housekeeping(
+    limiter: Arc<mirrorgate_limits::Limiter>,
+    metrics: Arc<Metrics>,
+    cancel: CancellationToken,
+) {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(LIMITER_HOUSEKEEPING);
+        loop {
+            tokio::select! {
+                () = cancel.cancelled() => return,
+                _ = tick.tick() => {
+                    limiter.housekeep();
+                    let k = limiter.key_counts();
+                    metrics.set_limiter_keys("user_rate", k.user_rate);
+                    metrics.set_limiter_keys("ip_rate", k.ip_rate);
+                    metrics.set_limiter_keys("concurrency", k.concurrency);
+                    metrics.set_limiter_keys("byte_buckets", k.byte_buckets);
+                }
+            }
+        }
+    });
+}
+
 /// How often the config file is checked for changes (reload without SIGHUP, e.g. a Kubernetes ConfigMap).
 const CONFIG_POLL: Duration = Duration::from_secs(2);
 
@@ -29,12 +58,18 @@ pub fn main(path: &Path) -> ExitCode {
             for e in &errors {
                 eprintln!("{e}");
             }
-            eprintln!("mirrorgate: refusing to start with {} config problem(s)", errors.len());
+            eprintln!(
+                "mirrorgate: refusing to start with {} config problem(s)",
+                errors.len()
+            );
             return ExitCode::FAILURE;
         }
     };
     telemetry::init(config.server.log_format);
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("mirrorgate: cannot start the async runtime: {e}");
@@ -77,17 +112,60 @@ async fn serve(path: PathBuf, config: Config) -> anyhow::Result<()> {
     let grace = config.server.shutdown_grace;
     let https_port = config.server.https.port();
     let config = Arc::new(config);
-    let gateway = Gateway::new(Runtime::build(config.clone())?, metrics.clone());
+    let auth = if mirrorgate_proxy::auth_enabled(&config) {
+        let spec = mirrorgate_proxy::auth_spec(&config);
+        // Loads htpasswd and the token key (generating it on first start): blocking file I/O.
+        let auth = tokio::task::spawn_blocking(move || mirrorgate_auth::Authenticator::new(spec))
+            .await
+            .context("setting up authentication")?
+            .context("setting up authentication")?;
+        let auth = Arc::new(auth);
+        if let Some(users) = auth.users().cloned() {
+            let cancel = cancel.clone();
+            tokio::spawn(async move { users.watch(HTPASSWD_POLL, cancel).await });
+        }
+        Some(auth)
+    } else {
+        None
+    };
+    let limiter = Arc::new(
+        mirrorgate_limits::Limiter::new(mirrorgate_proxy::limits_spec(&config))
+            .context("setting up limits")?,
+    );
+    spawn_limiter_housekeeping(limiter.clone(), metrics.clone(), cancel.clone());
+    let gateway = Gateway::new(
+        Runtime::build(config.clone())?,
+        metrics.clone(),
+        auth,
+        limiter,
+    );
 
     // 6. Serve.
     let mut tasks = tokio::task::JoinSet::new();
     tracing::info!(https = %config.server.https, routes = config.routes.len(), "mirrorgate serving");
-    tasks.spawn(mirrorgate_proxy::serve_https(https, front.server_config, gateway.clone(), cancel.clone(), grace));
+    tasks.spawn(mirrorgate_proxy::serve_https(
+        https,
+        front.server_config,
+        gateway.clone(),
+        cancel.clone(),
+        grace,
+    ));
     if let Some(http) = http {
-        tasks.spawn(mirrorgate_proxy::serve_http(http, https_port, front.http01, gateway.clone(), cancel.clone()));
+        tasks.spawn(mirrorgate_proxy::serve_http(
+            http,
+            https_port,
+            front.http01,
+            gateway.clone(),
+            cancel.clone(),
+        ));
     }
     if let Some(admin) = admin {
-        tasks.spawn(mirrorgate_metrics::serve_admin(admin, metrics.clone(), health.clone(), cancel.clone()));
+        tasks.spawn(mirrorgate_metrics::serve_admin(
+            admin,
+            metrics.clone(),
+            health.clone(),
+            cancel.clone(),
+        ));
     }
 
     // 7. Signals and reload until asked to stop.
@@ -114,7 +192,10 @@ async fn serve(path: PathBuf, config: Config) -> anyhow::Result<()> {
             _ = int.recv() => break,
         }
     }
-    tracing::info!(?grace, "shutting down: no new connections, draining in-flight requests");
+    tracing::info!(
+        ?grace,
+        "shutting down: no new connections, draining in-flight requests"
+    );
     health.set_draining(true);
     cancel.cancel();
     while tasks.join_next().await.is_some() {}
@@ -123,9 +204,27 @@ async fn serve(path: PathBuf, config: Config) -> anyhow::Result<()> {
 
 /// Validates and swaps in a new config; a bad one is logged and the running config stays.
 fn reload(path: &Path, gateway: &Gateway, metrics: &Metrics) {
-    match check::validate(path).map_err(|errors| errors.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ")) {
+    match check::validate(path).map_err(|errors| {
+        errors
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join("; ")
+    }) {
         Ok(config) => match Runtime::build(Arc::new(config)) {
             Ok(runtime) => {
+                if let Some(auth) = &gateway.auth {
+                    match mirrorgate_auth::Tenants::new(mirrorgate_proxy::tenant_specs(
+                        &runtime.config,
+                    )) {
+                        Ok(tenants) => auth.set_tenants(tenants),
+                        Err(e) => {
+                            metrics.config_reload(Outcome::Failure);
+                            tracing::error!(error = %e, "config reload refused; the previous config keeps serving");
+                            return;
+                        }
+                    }
+                }
                 gateway.replace(runtime);
                 metrics.config_reload(Outcome::Success);
                 tracing::info!(config = %path.display(), "config reloaded");

@@ -8,7 +8,10 @@ use anyhow::Context as _;
 use mirrorgate_config::{AcmeChallenge, Config, TlsSource};
 use mirrorgate_metrics::{Health, Metrics, Outcome};
 use mirrorgate_proxy::Http01Responder;
-use mirrorgate_tls::{AcmeManager, AcmeSpec, CertEvents, CertResolver, CertTable, ChallengeKind, FileWatcher, TlsError};
+use mirrorgate_tls::{
+    AcmeManager, AcmeSpec, CertEvents, CertResolver, CertTable, ChallengeKind, FileWatcher,
+    TlsError,
+};
 use tokio_util::sync::CancellationToken;
 
 /// Reports certificate events as Prometheus series.
@@ -20,7 +23,11 @@ impl CertEvents for MetricsEvents {
     }
 
     fn on_renewal(&self, result: Result<(), &TlsError>) {
-        self.0.acme_renewal(if result.is_ok() { Outcome::Success } else { Outcome::Failure });
+        self.0.acme_renewal(if result.is_ok() {
+            Outcome::Success
+        } else {
+            Outcome::Failure
+        });
     }
 }
 
@@ -31,7 +38,12 @@ pub struct FrontDoor {
 }
 
 /// Sets up certificates and spawns their background tasks (file watcher, ACME) on the current runtime.
-pub fn start(config: &Config, metrics: &Arc<Metrics>, health: &Arc<Health>, cancel: &CancellationToken) -> anyhow::Result<FrontDoor> {
+pub fn start(
+    config: &Config,
+    metrics: &Arc<Metrics>,
+    health: &Arc<Health>,
+    cancel: &CancellationToken,
+) -> anyhow::Result<FrontDoor> {
     let resolver = Arc::new(CertResolver::new(CertTable::new()));
     let events: Arc<dyn CertEvents> = Arc::new(MetricsEvents(metrics.clone()));
     let hosts = config.certificate_hosts();
@@ -39,8 +51,12 @@ pub fn start(config: &Config, metrics: &Arc<Metrics>, health: &Arc<Health>, canc
     let mut http01 = None;
     match &config.tls.source {
         TlsSource::SelfSigned => {
-            let cert = mirrorgate_tls::self_signed(&hosts, storage)
-                .with_context(|| format!("making the self-signed certificate under {}", storage.display()))?;
+            let cert = mirrorgate_tls::self_signed(&hosts, storage).with_context(|| {
+                format!(
+                    "making the self-signed certificate under {}",
+                    storage.display()
+                )
+            })?;
             install_default(&resolver, &cert, events.as_ref());
             tracing::warn!(
                 cert = %storage.join("self-signed.pem").display(),
@@ -49,13 +65,19 @@ pub fn start(config: &Config, metrics: &Arc<Metrics>, health: &Arc<Health>, canc
         }
         TlsSource::Files { cert, key } => {
             let mut watcher = FileWatcher::new(cert, key, resolver.clone()).events(events.clone());
-            watcher.load_initial().with_context(|| format!("loading {} and {}", cert.display(), key.display()))?;
+            watcher
+                .load_initial()
+                .with_context(|| format!("loading {} and {}", cert.display(), key.display()))?;
             tokio::spawn(watcher.run(cancel.clone()));
         }
         TlsSource::Acme(acme) => {
             // Until ACME delivers, the self-signed certificate keeps the listener usable.
-            let fallback = mirrorgate_tls::self_signed(&hosts, storage)
-                .with_context(|| format!("making the self-signed certificate under {}", storage.display()))?;
+            let fallback = mirrorgate_tls::self_signed(&hosts, storage).with_context(|| {
+                format!(
+                    "making the self-signed certificate under {}",
+                    storage.display()
+                )
+            })?;
             install_default(&resolver, &fallback, events.as_ref());
             let mut spec = AcmeSpec::new(acme.directory.clone(), hosts.clone(), storage.clone());
             spec.contact = acme.contact.clone();
@@ -67,18 +89,28 @@ pub fn start(config: &Config, metrics: &Arc<Metrics>, health: &Arc<Health>, canc
             if spec.challenge == ChallengeKind::Http01 && config.server.http.is_none() {
                 anyhow::bail!("tls.acme.challenge = \"http-01\" needs server.http (the CA validates over plain HTTP)");
             }
-            let manager = AcmeManager::new(spec, resolver.clone()).context("setting up ACME")?.events(events.clone());
+            let manager = AcmeManager::new(spec, resolver.clone())
+                .context("setting up ACME")?
+                .events(events.clone());
             let tokens = manager.http01_tokens();
             http01 = Some(Arc::new(move |token: &str| tokens.get(token)) as Http01Responder);
             tokio::spawn(manager.run(cancel.clone()));
         }
     }
     health.set_certificate_ready(true);
-    let server_config = mirrorgate_tls::server_config(resolver).context("building the TLS server config")?;
-    Ok(FrontDoor { server_config, http01 })
+    let server_config =
+        mirrorgate_tls::server_config(resolver).context("building the TLS server config")?;
+    Ok(FrontDoor {
+        server_config,
+        http01,
+    })
 }
 
-fn install_default(resolver: &CertResolver, cert: &mirrorgate_tls::LoadedCert, events: &dyn CertEvents) {
+fn install_default(
+    resolver: &CertResolver,
+    cert: &mirrorgate_tls::LoadedCert,
+    events: &dyn CertEvents,
+) {
     let mut table = CertTable::new();
     table.insert_cert(cert);
     table.set_default(cert.key.clone());

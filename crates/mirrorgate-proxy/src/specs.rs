@@ -1,0 +1,80 @@
+//! Config → the plain specs the auth and limits crates take. Kept here, in the one crate that knows both the
+//! config types and those crates, so neither of them depends on the config schema.
+
+use std::num::NonZeroU32;
+use std::sync::Arc;
+
+use mirrorgate_auth::{AuthSpec, PasswordPolicy, TenantSpec, TokenSpec, DEFAULT_REFRESH_TTL};
+use mirrorgate_config::Config;
+use mirrorgate_limits::{AnonymousLimits, LimitsSpec, SharedSpec, TenantLimits};
+
+/// Whether the config asks for client authentication at all; without `[auth]` every route is open.
+pub fn auth_enabled(config: &Config) -> bool {
+    config.auth.htpasswd.is_some() || config.auth.token.is_some() || !config.tenants.is_empty()
+}
+
+pub fn tenant_specs(config: &Config) -> Vec<TenantSpec> {
+    config
+        .tenants
+        .iter()
+        .map(|t| TenantSpec {
+            name: t.name.clone(),
+            users: t.users.clone(),
+            cidrs: t.cidrs.clone(),
+            allow: t.allow.clone(),
+        })
+        .collect()
+}
+
+pub fn auth_spec(config: &Config) -> AuthSpec {
+    AuthSpec {
+        htpasswd: config.auth.htpasswd.clone(),
+        token: config.auth.token.as_ref().map(|t| TokenSpec {
+            key_path: t.key.clone(),
+            issuer: t.issuer.clone(),
+            service: t.service.clone(),
+            ttl: t.ttl,
+            refresh_ttl: DEFAULT_REFRESH_TTL,
+        }),
+        tenants: tenant_specs(config),
+        password: PasswordPolicy::default(),
+    }
+}
+
+fn nz(v: Option<u32>) -> Option<NonZeroU32> {
+    v.and_then(NonZeroU32::new)
+}
+
+pub fn limits_spec(config: &Config) -> LimitsSpec {
+    let tenants = config
+        .tenants
+        .iter()
+        .map(|t| {
+            let limits = TenantLimits {
+                requests_per_second: nz(t.requests_per_second),
+                burst: nz(t.burst),
+                bytes_per_second: t.bytes_per_second,
+                concurrent_requests: nz(t.concurrent_requests),
+                tenant_requests_per_second: nz(t.tenant_requests_per_second),
+                tenant_bytes_per_second: t.tenant_bytes_per_second,
+                tenant_concurrent_requests: None,
+                bytes_per_day: t.bytes_per_day,
+            };
+            (Arc::<str>::from(t.name.as_str()), limits)
+        })
+        .collect();
+    let a = &config.limits.anonymous;
+    LimitsSpec {
+        tenants,
+        anonymous: AnonymousLimits {
+            requests_per_second: nz(a.requests_per_second),
+            burst: nz(a.burst),
+            bytes_per_second: a.bytes_per_second,
+        },
+        shared: config.limits.redis.as_ref().map(|url| {
+            let mut s = SharedSpec::new(url.as_str());
+            s.fail_open = config.limits.redis_fail_open;
+            s
+        }),
+    }
+}
