@@ -343,7 +343,12 @@ fn route(v: &mut Validator<'_>, i: usize, raw: &S<RawRoute>) -> Option<Route> {
     let ns = r.ns.as_ref().is_some_and(|b| *b.get_ref());
     let mut upstreams = Vec::new();
     for (name, url) in &r.upstreams {
-        if host_pattern(name).map(|h| matches!(h, HostPattern::Exact(_))) != Ok(true) {
+        // Keys are registry names as clients write them: a host, optionally with a port (`registry.local:5000`).
+        let (host_part, port_ok) = match name.rsplit_once(':') {
+            Some((h, p)) => (h, p.parse::<u16>().is_ok()),
+            None => (name.as_str(), true),
+        };
+        if !port_ok || host_pattern(host_part).map(|h| matches!(h, HostPattern::Exact(_))) != Ok(true) {
             v.err(
                 url,
                 k(&format!("upstreams.\"{name}\"")),
@@ -357,7 +362,7 @@ fn route(v: &mut Validator<'_>, i: usize, raw: &S<RawRoute>) -> Option<Route> {
             upstreams.push((name.to_ascii_lowercase(), Upstream { url }));
         }
     }
-    if (path_prefix || ns) && r.upstreams.is_empty() {
+    if (path_prefix || (ns && r.upstream.is_none())) && r.upstreams.is_empty() {
         v.err(&r.host, k("upstreams"), "path_prefix and ns routes need an `upstreams` table naming the registries they may reach");
     }
     if !path_prefix && !ns && r.upstream.is_none() {

@@ -254,13 +254,15 @@ fn plan<'r, B>(route: &'r CompiledRoute, req: &Request<B>) -> Result<Plan<'r>, P
 fn ns_matches_default(route: &CompiledRoute, ns: &str) -> bool {
     let ns = ns.to_ascii_lowercase();
     let hub = ["docker.io", "registry-1.docker.io", "index.docker.io"];
-    (route.config.docker_hub_library && hub.contains(&ns.as_str()))
-        || route
-            .config
-            .upstream
-            .as_ref()
-            .and_then(|u| u.url.host_str())
-            .is_some_and(|h| h.eq_ignore_ascii_case(&ns))
+    // containerd sends `host[:port]` as the image reference wrote it.
+    let names_upstream = route.config.upstream.as_ref().is_some_and(|u| {
+        let host = u.url.host_str().unwrap_or_default().to_ascii_lowercase();
+        match u.url.port() {
+            Some(port) => ns == format!("{host}:{port}"),
+            None => ns == host,
+        }
+    });
+    (route.config.docker_hub_library && hub.contains(&ns.as_str())) || names_upstream
 }
 
 /// Splits `ns=` out of a query string; the rest is forwarded.

@@ -88,7 +88,11 @@ fn run(args: &Args) -> Result<()> {
         }
         Some(file) => {
             let change = update_file(file, &args.user, Some(&line))?;
-            let verb = if change == Change::Added { "added" } else { "updated" };
+            let verb = if change == Change::Added {
+                "added"
+            } else {
+                "updated"
+            };
             eprintln!("{verb} user {} in {}", args.user, file.display());
         }
     }
@@ -120,8 +124,10 @@ fn prompt_password() -> Result<String> {
     if !io::stdin().is_terminal() {
         bail!("no terminal to prompt for the password on: pipe it in with --stdin (e.g. `printf '%s\\n' \"$PASS\" | mirrorgate htpasswd --stdin ...`)");
     }
-    let first = rpassword::prompt_password("New password: ").context("reading the password from the terminal")?;
-    let second = rpassword::prompt_password("Re-type new password: ").context("reading the password from the terminal")?;
+    let first = rpassword::prompt_password("New password: ")
+        .context("reading the password from the terminal")?;
+    let second = rpassword::prompt_password("Re-type new password: ")
+        .context("reading the password from the terminal")?;
     if first != second {
         bail!("the two passwords differ: run the command again and type the same password twice");
     }
@@ -132,7 +138,9 @@ fn prompt_password() -> Result<String> {
 /// The first line of `input`, without its line ending (`\n` or `\r\n`); the rest of the line is the password.
 fn read_password_line(mut input: impl BufRead) -> Result<String> {
     let mut line = String::new();
-    input.read_line(&mut line).context("reading the password from standard input")?;
+    input
+        .read_line(&mut line)
+        .context("reading the password from standard input")?;
     if let Some(stripped) = line.strip_suffix('\n') {
         line.truncate(stripped.strip_suffix('\r').unwrap_or(stripped).len());
     }
@@ -152,9 +160,13 @@ fn check_password(password: &str) -> Result<()> {
 
 /// `user:$2y$NN$...`, the form `htpasswd -B` writes and every htpasswd reader accepts.
 fn hash_line(user: &str, password: &str, cost: u32) -> Result<String> {
-    let parts = bcrypt::non_truncating_hash_with_result(password, cost)
-        .with_context(|| format!("hashing the password with bcrypt cost {cost} (use a cost from 4 to 31)"))?;
-    Ok(format!("{user}:{}", parts.format_for_version(bcrypt::Version::TwoY)))
+    let parts = bcrypt::non_truncating_hash_with_result(password, cost).with_context(|| {
+        format!("hashing the password with bcrypt cost {cost} (use a cost from 4 to 31)")
+    })?;
+    Ok(format!(
+        "{user}:{}",
+        parts.format_for_version(bcrypt::Version::TwoY)
+    ))
 }
 
 /// The user field of an htpasswd line, if the line is a user line (the gateway trims lines the same way).
@@ -180,7 +192,11 @@ fn update_text(text: &str, user: &str, new_line: Option<&str>) -> (String, Optio
                     out.push('\n');
                 }
             }
-            change = Some(if new_line.is_some() { Change::Updated } else { Change::Deleted });
+            change = Some(if new_line.is_some() {
+                Change::Updated
+            } else {
+                Change::Deleted
+            });
             continue;
         }
         out.push_str(line);
@@ -209,15 +225,26 @@ fn update_file(path: &Path, user: &str, new_line: Option<&str>) -> Result<Change
         Ok(text) => Some(text),
         Err(e) if e.kind() == io::ErrorKind::NotFound => None,
         Err(e) => {
-            return Err(e).with_context(|| format!("reading {} (check the path and its permissions)", target.display()))
+            return Err(e).with_context(|| {
+                format!(
+                    "reading {} (check the path and its permissions)",
+                    target.display()
+                )
+            })
         }
     };
     if new_line.is_none() && existing.is_none() {
-        bail!("{} does not exist, so there is no user to delete: check the path", target.display());
+        bail!(
+            "{} does not exist, so there is no user to delete: check the path",
+            target.display()
+        );
     }
     let (text, change) = update_text(existing.as_deref().unwrap_or(""), user, new_line);
     let Some(change) = change else {
-        bail!("user {user} is not in {}: check the name (nothing was changed)", target.display());
+        bail!(
+            "user {user} is not in {}: check the name (nothing was changed)",
+            target.display()
+        );
     };
     write_atomic(&target, text.as_bytes())?;
     Ok(change)
@@ -230,22 +257,37 @@ fn write_atomic(path: &Path, contents: &[u8]) -> Result<()> {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
         _ => PathBuf::from("."),
     };
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     let mut tmp = tempfile::Builder::new()
         .prefix(&format!(".{name}."))
         .suffix(".tmp")
         .tempfile_in(&dir)
-        .with_context(|| format!("creating a temporary file in {} (the folder must exist and be writable)", dir.display()))?;
+        .with_context(|| {
+            format!(
+                "creating a temporary file in {} (the folder must exist and be writable)",
+                dir.display()
+            )
+        })?;
 
     let existing = fs::metadata(path).ok();
-    let mode = existing.as_ref().map_or(NEW_FILE_MODE, |m| m.permissions().mode() & 0o7777);
+    let mode = existing
+        .as_ref()
+        .map_or(NEW_FILE_MODE, |m| m.permissions().mode() & 0o7777);
     tmp.as_file()
         .set_permissions(fs::Permissions::from_mode(mode))
         .context("setting the new file's mode")?;
     if let Some(meta) = &existing {
-        let mine = tmp.as_file().metadata().context("reading the temporary file's owner")?;
+        let mine = tmp
+            .as_file()
+            .metadata()
+            .context("reading the temporary file's owner")?;
         if (mine.uid(), mine.gid()) != (meta.uid(), meta.gid()) {
-            if let Err(e) = std::os::unix::fs::fchown(tmp.as_file(), Some(meta.uid()), Some(meta.gid())) {
+            if let Err(e) =
+                std::os::unix::fs::fchown(tmp.as_file(), Some(meta.uid()), Some(meta.gid()))
+            {
                 eprintln!(
                     "warning: could not keep the owner {}:{} of {} ({e}); the file now belongs to the user running this command",
                     meta.uid(),
@@ -256,8 +298,11 @@ fn write_atomic(path: &Path, contents: &[u8]) -> Result<()> {
         }
     }
 
-    tmp.write_all(contents).context("writing the temporary file")?;
-    tmp.as_file().sync_all().context("flushing the temporary file to disk")?;
+    tmp.write_all(contents)
+        .context("writing the temporary file")?;
+    tmp.as_file()
+        .sync_all()
+        .context("flushing the temporary file to disk")?;
     tmp.persist(path)
         .map_err(|e| e.error)
         .with_context(|| format!("replacing {}", path.display()))?;
@@ -288,12 +333,18 @@ mod tests {
             .arg(file)
             .args([user, password])
             .output()
-            .unwrap_or_else(|e| panic!("cannot run `htpasswd` (install Debian's apache2-utils): {e}"));
+            .unwrap_or_else(|e| {
+                panic!("cannot run `htpasswd` (install Debian's apache2-utils): {e}")
+            });
         out.status.success()
     }
 
     fn lines(path: &Path) -> Vec<String> {
-        fs::read_to_string(path).unwrap().lines().map(str::to_owned).collect()
+        fs::read_to_string(path)
+            .unwrap()
+            .lines()
+            .map(str::to_owned)
+            .collect()
     }
 
     // Rule: the line is `$2y$` bcrypt that the bcrypt crate, the gateway's own parser and Apache all accept.
@@ -301,7 +352,12 @@ mod tests {
     async fn written_line_verifies_everywhere() {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("htpasswd");
-        update_file(&file, "alice", Some(&hash_line("alice", "s3cret pass", COST).unwrap())).unwrap();
+        update_file(
+            &file,
+            "alice",
+            Some(&hash_line("alice", "s3cret pass", COST).unwrap()),
+        )
+        .unwrap();
 
         let text = fs::read_to_string(&file).unwrap();
         let (user, hash) = text.trim_end().split_once(':').unwrap();
@@ -312,8 +368,11 @@ mod tests {
 
         let parsed = Htpasswd::parse(&text).unwrap();
         assert!(parsed.contains("alice"));
-        let checker =
-            PasswordChecker::new(Arc::new(UserStore::from_htpasswd(parsed)), &PasswordPolicy::default()).unwrap();
+        let checker = PasswordChecker::new(
+            Arc::new(UserStore::from_htpasswd(parsed)),
+            &PasswordPolicy::default(),
+        )
+        .unwrap();
         let ip = IpAddr::V4(Ipv4Addr::LOCALHOST);
         checker.check("alice", "s3cret pass", ip).await.unwrap();
         assert!(checker.check("alice", "wrong", ip).await.is_err());
@@ -340,9 +399,18 @@ mod tests {
         let bob = hash_line("bob", "bobpw", COST).unwrap();
         let carol = hash_line("carol", "carolpw", COST).unwrap();
         let old_alice = hash_line("alice", "old", COST).unwrap();
-        fs::write(&file, format!("# team A\n{bob}\n{old_alice}\n\n# team B\n{carol}\n")).unwrap();
+        fs::write(
+            &file,
+            format!("# team A\n{bob}\n{old_alice}\n\n# team B\n{carol}\n"),
+        )
+        .unwrap();
 
-        let change = update_file(&file, "alice", Some(&hash_line("alice", "new", COST).unwrap())).unwrap();
+        let change = update_file(
+            &file,
+            "alice",
+            Some(&hash_line("alice", "new", COST).unwrap()),
+        )
+        .unwrap();
         assert_eq!(change, Change::Updated);
         let got = lines(&file);
         assert_eq!(got.len(), 6);
@@ -405,13 +473,24 @@ mod tests {
     fn atomic_write_keeps_mode_and_leaves_no_temp_files() {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("htpasswd");
-        update_file(&file, "alice", Some(&hash_line("alice", "pw", COST).unwrap())).unwrap();
-        assert_eq!(fs::metadata(&file).unwrap().permissions().mode() & 0o7777, 0o600);
+        update_file(
+            &file,
+            "alice",
+            Some(&hash_line("alice", "pw", COST).unwrap()),
+        )
+        .unwrap();
+        assert_eq!(
+            fs::metadata(&file).unwrap().permissions().mode() & 0o7777,
+            0o600
+        );
 
         fs::set_permissions(&file, fs::Permissions::from_mode(0o640)).unwrap();
         update_file(&file, "bob", Some(&hash_line("bob", "pw", COST).unwrap())).unwrap();
         update_file(&file, "alice", None).unwrap();
-        assert_eq!(fs::metadata(&file).unwrap().permissions().mode() & 0o7777, 0o640);
+        assert_eq!(
+            fs::metadata(&file).unwrap().permissions().mode() & 0o7777,
+            0o640
+        );
 
         let names: Vec<String> = fs::read_dir(dir.path())
             .unwrap()
@@ -428,8 +507,16 @@ mod tests {
         let link = dir.path().join("htpasswd");
         fs::write(&real, "").unwrap();
         std::os::unix::fs::symlink(&real, &link).unwrap();
-        update_file(&link, "alice", Some(&hash_line("alice", "pw", COST).unwrap())).unwrap();
-        assert!(fs::symlink_metadata(&link).unwrap().file_type().is_symlink());
+        update_file(
+            &link,
+            "alice",
+            Some(&hash_line("alice", "pw", COST).unwrap()),
+        )
+        .unwrap();
+        assert!(fs::symlink_metadata(&link)
+            .unwrap()
+            .file_type()
+            .is_symlink());
         assert!(apache_verifies(&real, "alice", "pw"));
     }
 
@@ -438,7 +525,10 @@ mod tests {
     fn bad_user_names_are_refused() {
         for bad in ["", "a:b", "a b", "a\tb", "#alice", "a\nb"] {
             let err = validate_user(bad).unwrap_err().to_string();
-            assert!(err.contains("choose") || err.contains("give one"), "{bad:?}: {err}");
+            assert!(
+                err.contains("choose") || err.contains("give one"),
+                "{bad:?}: {err}"
+            );
         }
         validate_user("alice.smith@example.com").unwrap();
         validate_user(&"x".repeat(MAX_USER_LEN + 1)).unwrap_err();
@@ -447,7 +537,10 @@ mod tests {
     // Rule: --stdin reads exactly the first line without its line ending; empty and >72-byte passwords are refused.
     #[test]
     fn stdin_password_line() {
-        assert_eq!(read_password_line(&b"pa ss\r\nnext\n"[..]).unwrap(), "pa ss");
+        assert_eq!(
+            read_password_line(&b"pa ss\r\nnext\n"[..]).unwrap(),
+            "pa ss"
+        );
         assert_eq!(read_password_line(&b"nonewline"[..]).unwrap(), "nonewline");
         assert!(read_password_line(&b"\n"[..]).is_err());
         assert!(read_password_line(&b""[..]).is_err());

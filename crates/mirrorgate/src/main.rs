@@ -2,6 +2,8 @@
 //! and reload live in `run`; everything that serves requests lives in the library crates.
 
 mod check;
+mod client_config;
+mod htpasswd_cmd;
 mod run;
 mod telemetry;
 mod tls_setup;
@@ -32,6 +34,10 @@ enum Command {
         #[arg(short = 'c', long = "config", env = "MIRRORGATE_CONFIG")]
         config: PathBuf,
     },
+    /// Add, update or delete a user's bcrypt line in an htpasswd file (or print the line without -f).
+    Htpasswd(htpasswd_cmd::Args),
+    /// Print the mirror configuration for a container client (containerd, k3s, docker, podman, cri-o, kind, talos).
+    ClientConfig(client_config::Args),
 }
 
 fn main() -> ExitCode {
@@ -39,5 +45,7 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Run { config } => run::main(&config),
         Command::Check { config } => check::main(&config),
+        Command::Htpasswd(args) => htpasswd_cmd::main(args),
+        Command::ClientConfig(args) => client_config::main(&args),
     }
 }

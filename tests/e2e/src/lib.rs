@@ -14,10 +14,12 @@
 //! a panic with the whole chain, and every [`Proc`] prints its log tail when the test panics.
 
 mod ca;
+mod containerd;
 mod env;
 mod gateway;
 mod http;
 mod oci;
+mod podman;
 mod proc;
 mod registry;
 mod skopeo;
@@ -32,3 +34,7 @@ pub use proc::{free_port, wait_for_http, wait_for_port, Proc};
 pub use registry::{push, Pushed, Registry, RegistryMode};
 pub use skopeo::{layer_digests_in_layout, Outcome, Skopeo};
 pub use token::{TokenIssuer, TokenIssuerOptions};
+pub use containerd::Containerd;
+pub use podman::Podman;
+
+pub mod htpasswd;
