@@ -25,8 +25,8 @@ use mirrorgate_auth::Action;
 use mirrorgate_config::BlobRedirects;
 use mirrorgate_registry::{
     manifest_accept, rewrite_link, rewrite_location, strip_response_headers, BearerChallenge,
-    ErrorCode, LocationRewrite, RegistryError, RegistryPath, RepositoryName, RequestKind,
-    RewriteContext, Scope, TokenKey, TokenResponse, UpstreamToken,
+    ErrorCode, LocationRewrite, RegistryError, RegistryPath, RequestKind, RewriteContext, Scope,
+    TokenKey, TokenResponse, UpstreamToken,
 };
 use url::Url;
 
@@ -71,6 +71,17 @@ struct Plan<'r> {
     query: Option<String>,
 }
 
+impl Plan<'_> {
+    /// The repository as the client names it, which is what tenant rules and our tokens speak of: on path-prefix
+    /// routes the upstream key comes first (`gcr.io/foo/bar`).
+    fn client_repository(&self) -> Option<String> {
+        self.client_name.as_ref().map(|n| match &self.prefix {
+            Some(p) => format!("{p}/{n}"),
+            None => n.clone(),
+        })
+    }
+}
+
 /// Serves one request on the https listener. Errors are returned typed; the caller renders them.
 pub async fn serve(
     gw: &Gateway,
@@ -104,10 +115,7 @@ pub async fn serve(
     facts.kind = Some(plan.path.kind());
 
     // Phases: identify, authorize, limit.
-    let repository = plan.client_name.as_ref().map(|n| match &plan.prefix {
-        Some(p) => format!("{p}/{n}"),
-        None => n.clone(),
-    });
+    let repository = plan.client_repository();
     let action = if matches!(*req.method(), Method::GET | Method::HEAD) {
         Action::Pull
     } else {
@@ -744,11 +752,28 @@ async fn respond(
     if parts.status == StatusCode::UNAUTHORIZED {
         // Never point a client at the upstream's realm: the upstream refused even with our credentials.
         parts.headers.remove(header::WWW_AUTHENTICATE);
-        let host = gateway.host_str().unwrap_or_default();
-        parts.headers.insert(
-            header::WWW_AUTHENTICATE,
-            mirrorgate_registry::basic_challenge(host),
-        );
+        let challenge = match &gw.auth {
+            Some(auth) => {
+                let repository = plan.client_repository();
+                let action = if matches!(*method, Method::GET | Method::HEAD) {
+                    Action::Pull
+                } else {
+                    Action::Push
+                };
+                HeaderValue::from_str(&auth.challenge(
+                    authority,
+                    repository.as_deref(),
+                    action,
+                    None,
+                ))
+                .ok()
+            }
+            None => None,
+        };
+        let challenge = challenge.unwrap_or_else(|| {
+            mirrorgate_registry::basic_challenge(gateway.host_str().unwrap_or_default())
+        });
+        parts.headers.insert(header::WWW_AUTHENTICATE, challenge);
     }
     Ok(Response::from_parts(
         parts,
@@ -860,12 +885,6 @@ fn is_private(ip: IpAddr) -> bool {
                 || v6.to_ipv4_mapped().is_some_and(|v4| is_private(IpAddr::V4(v4)))
         }
     }
-}
-
-/// Whether a parsed repository name would be valid (used by tests and the token server).
-#[allow(dead_code)]
-fn valid_name(name: &str) -> bool {
-    RepositoryName::parse(name).is_ok()
 }
 
 #[cfg(test)]

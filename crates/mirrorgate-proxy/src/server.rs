@@ -2,7 +2,6 @@
 //! answers ACME HTTP-01, and graceful shutdown (stop accepting, let in-flight requests finish up to a grace).
 
 use std::convert::Infallible;
-use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -255,14 +254,14 @@ fn metric_kind(kind: Option<RequestKind>) -> mirrorgate_metrics::RequestKind {
 
 /// Serves the plain-HTTP listener: ACME HTTP-01 answers, and a 308 to https (path and query kept) for
 /// everything else.
-pub fn serve_http(
+pub async fn serve_http(
     listener: TcpListener,
     https_port: u16,
     acme: Option<Http01Responder>,
     gateway: Arc<Gateway>,
     shutdown: CancellationToken,
-) -> impl Future<Output = ()> + Send + 'static {
-    async move {
+) {
+    {
         let graceful = GracefulShutdown::new();
         let mut http = hyper::server::conn::http1::Builder::new();
         http.timer(TokioTimer::new())

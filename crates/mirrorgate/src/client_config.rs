@@ -147,12 +147,7 @@ pub fn main(args: &Args) -> ExitCode {
 
 fn run(args: &Args) -> Result<ExitCode> {
     if let Some(user) = &args.user {
-        if user.is_empty()
-            || user.contains(':')
-            || user.chars().any(|c| c.is_whitespace() || c.is_control())
-        {
-            bail!("--user {user:?} is not a valid htpasswd user name (non-empty, no `:`, no whitespace)");
-        }
+        crate::htpasswd_cmd::validate_user(user).context("--user")?;
     }
     let (mut mirrors, mut notes) = match (&args.host, &args.config) {
         (Some(host), _) => (
@@ -597,7 +592,11 @@ pub fn kind(
                 m.upstream
             )));
             for line in hosts_toml(m).lines() {
-                let _ = writeln!(out, "# {line}");
+                if line.is_empty() {
+                    out.push_str("#\n");
+                } else {
+                    let _ = writeln!(out, "# {line}");
+                }
             }
         }
     }
@@ -1122,7 +1121,12 @@ upstream = "https://index.docker.io"
         let body: String = secs[0]
             .1
             .lines()
-            .map(|l| format!("{}\n", l.strip_prefix("# ").unwrap_or(l)))
+            .map(|l| {
+                format!(
+                    "{}\n",
+                    l.strip_prefix("# ").or(l.strip_prefix('#')).unwrap_or(l)
+                )
+            })
             .collect();
         assert_eq!(body, hosts_toml(&m));
     }

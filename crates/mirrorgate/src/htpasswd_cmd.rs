@@ -100,7 +100,7 @@ fn run(args: &Args) -> Result<()> {
 }
 
 /// Refuses names the gateway could not read back or that would change the file's meaning.
-fn validate_user(user: &str) -> Result<()> {
+pub(crate) fn validate_user(user: &str) -> Result<()> {
     if user.is_empty() {
         bail!("the user name is empty: give one, e.g. `mirrorgate htpasswd -f htpasswd alice`");
     }

@@ -1,0 +1,257 @@
+#!/usr/bin/env python3
+"""Reads `helm template` output for tests/helm/run.
+
+  inspect.py split RENDERED OUTDIR       core objects → OUTDIR/core.yaml, CRD-based ones → OUTDIR/crds.yaml
+  inspect.py tree RENDERED DIR CERT KEY  rebuild the pod's /etc/mirrorgate from the Deployment's projected volume
+  inspect.py assert RENDERED CASE ROOT   structural rules of the chart; prints `PASS name` / `FAIL name: why`
+
+`tree` writes every file the projected volume would hold: ConfigMap keys and chart-rendered Secrets with their
+real content, Secrets the chart only references (cert-manager's, existingSecret) as stand-ins (CERT/KEY for
+tls.*). It also writes DIR.env with a placeholder for every env var the gateway reads from a Secret. So
+`mirrorgate check` on DIR/mirrorgate.toml passes only if the TOML's relative paths and env names match what
+the Deployment really provides.
+"""
+
+import base64
+import os
+import subprocess
+import sys
+
+import yaml
+
+# API groups whose schemas kubernetes-validate does not ship (CRDs): checked here by rule, not by schema.
+CRD_GROUPS = ("monitoring.coreos.com/", "cert-manager.io/")
+
+
+def load(path):
+    with open(path, encoding="utf-8") as f:
+        return [d for d in yaml.safe_load_all(f) if d]
+
+
+def find(docs, kind, name=None):
+    out = [d for d in docs if d["kind"] == kind and (name is None or d["metadata"]["name"] == name)]
+    return out
+
+
+def one(docs, kind, name=None):
+    found = find(docs, kind, name)
+    if len(found) != 1:
+        raise SystemExit(f"expected one {kind} {name or ''}, found {len(found)}")
+    return found[0]
+
+
+def gateway(docs):
+    return [d for d in find(docs, "Deployment")
+            if d["metadata"]["labels"].get("app.kubernetes.io/component") == "gateway"][0]
+
+
+def split(rendered, outdir):
+    docs = load(rendered)
+    core = [d for d in docs if not d["apiVersion"].startswith(CRD_GROUPS)]
+    crds = [d for d in docs if d["apiVersion"].startswith(CRD_GROUPS)]
+    os.makedirs(outdir, exist_ok=True)
+    with open(os.path.join(outdir, "core.yaml"), "w", encoding="utf-8") as f:
+        yaml.safe_dump_all(core, f, sort_keys=False)
+    with open(os.path.join(outdir, "crds.yaml"), "w", encoding="utf-8") as f:
+        yaml.safe_dump_all(crds, f, sort_keys=False)
+    print(" ".join(f"{d['kind']}/{d['metadata']['name']}" for d in crds))
+
+
+def write(path, data):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    mode = "wb" if isinstance(data, bytes) else "w"
+    with open(path, mode) as f:
+        f.write(data)
+
+
+def tree(rendered, root, cert, key):
+    docs = load(rendered)
+    dep = gateway(docs)
+    spec = dep["spec"]["template"]["spec"]
+    container = spec["containers"][0]
+    mount = [m for m in container["volumeMounts"] if m["name"] == "config"][0]["mountPath"]
+    args = container["args"]
+    config_path = args[args.index("-c") + 1]
+    if os.path.dirname(config_path) != mount:
+        raise SystemExit(f"the config {config_path} is not in the config mount {mount}")
+    volume = [v for v in spec["volumes"] if v["name"] == "config"][0]
+    stand_ins = {
+        "tls.crt": open(cert, encoding="utf-8").read(),
+        "tls.key": open(key, encoding="utf-8").read(),
+        "htpasswd": "stand-in:$2y$10$/yd8nTDjJd2IVmVPpBtsyuTkSWgaj/oKuB5fTlZzrp/nxkLbGQbyq\n",
+    }
+    for src in volume["projected"]["sources"]:
+        if "configMap" in src:
+            cm = one(docs, "ConfigMap", src["configMap"]["name"])
+            items = src["configMap"].get("items") or [{"key": k, "path": k} for k in cm["data"]]
+            for it in items:
+                write(os.path.join(root, it["path"]), cm["data"][it["key"]])
+        elif "secret" in src:
+            name = src["secret"]["name"]
+            rendered_secret = find(docs, "Secret", name)
+            for it in src["secret"]["items"]:
+                if rendered_secret:
+                    data = base64.b64decode(rendered_secret[0]["data"][it["key"]])
+                else:
+                    base = os.path.basename(it["path"])
+                    data = stand_ins.get(base, stand_ins.get(it["key"], "stand-in\n"))
+                write(os.path.join(root, it["path"]), data)
+    with open(root.rstrip("/") + ".env", "w", encoding="utf-8") as f:
+        for e in container.get("env", []):
+            if "valueFrom" in e:
+                f.write(f"{e['name']}=stand-in-{e['name'].lower()}\n")
+            else:
+                f.write(f"{e['name']}={e['value']}\n")
+    print(config_path)
+
+
+class Checks:
+    def __init__(self):
+        self.failed = 0
+
+    def rule(self, name, ok, why=""):
+        if ok:
+            print(f"PASS {name}")
+        else:
+            self.failed += 1
+            print(f"FAIL {name}: {why}")
+
+
+def toml_of(docs, dep):
+    name = [s["configMap"]["name"] for v in dep["spec"]["template"]["spec"]["volumes"] if v["name"] == "config"
+            for s in v["projected"]["sources"] if "configMap" in s][0]
+    return one(docs, "ConfigMap", name)["data"]["mirrorgate.toml"]
+
+
+def routes_of(toml_text):
+    import tomllib
+    return tomllib.loads(toml_text).get("route", [])
+
+
+def assert_rules(rendered, case, root):
+    docs = load(rendered)
+    c = Checks()
+    dep = gateway(docs)
+    pod = dep["spec"]["template"]
+    spec = pod["spec"]
+    ctr = spec["containers"][0]
+    psc, sc = spec.get("securityContext", {}), ctr.get("securityContext", {})
+
+    c.rule("pod runs as non-root with RuntimeDefault seccomp",
+           psc.get("runAsNonRoot") is True and psc.get("seccompProfile", {}).get("type") == "RuntimeDefault",
+           str(psc))
+    c.rule("container drops ALL caps, no privilege escalation, read-only root",
+           sc.get("capabilities", {}).get("drop") == ["ALL"] and sc.get("allowPrivilegeEscalation") is False
+           and sc.get("readOnlyRootFilesystem") is True, str(sc))
+    c.rule("readiness is /readyz and liveness /healthz on the admin port",
+           ctr["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "admin"}
+           and ctr["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "admin"},
+           f"{ctr.get('readinessProbe')} {ctr.get('livenessProbe')}")
+    strategy = dep["spec"]["strategy"]
+    c.rule("rolling update never lowers capacity",
+           strategy["type"] == "RollingUpdate" and strategy["rollingUpdate"]["maxUnavailable"] == 0
+           or strategy["type"] == "Recreate" and case == "acme", str(strategy))
+    annotations = pod["metadata"].get("annotations", {})
+    c.rule("no checksum annotation for the live-reloaded ConfigMap",
+           not any(k.startswith("checksum/config") for k in annotations), str(annotations))
+    mounts = {m["name"]: m for m in ctr["volumeMounts"]}
+    cfg_volume = [v for v in spec["volumes"] if v["name"] == "config"][0]
+    c.rule("config volume is mounted without subPath (kubelet refreshes it in place)",
+           "subPath" not in mounts["config"] and "projected" in cfg_volume, str(mounts["config"]))
+    c.rule("state folder is writable", mounts["state"].get("readOnly") is not True, str(mounts["state"]))
+
+    svc = [s for s in find(docs, "Service") if s["metadata"]["labels"].get("app.kubernetes.io/component") == "gateway"][0]
+    ports = {p["name"]: p for p in svc["spec"]["ports"]}
+    c.rule("Service maps 443 → https and 80 → http",
+           ports["https"]["port"] == 443 and ports["https"]["targetPort"] == "https"
+           and ports.get("http", {}).get("port") == 80 and ports["http"]["targetPort"] == "http", str(ports))
+    c.rule("the admin port is not on the public Service", "admin" not in ports, str(ports))
+
+    routes = routes_of(toml_of(docs, dep))
+    by_host = {r["host"]: r for r in routes}
+    env_names = {e["name"] for e in ctr.get("env", [])}
+    for r in routes:
+        for k in ("upstream_username_env", "upstream_password_env"):
+            if k in r:
+                c.rule(f"route {r['host']}: {k} is set in the pod", r[k] in env_names, f"{r[k]} not in {env_names}")
+
+    for sts in find(docs, "StatefulSet"):
+        name = sts["metadata"]["name"]
+        cache_svc = find(docs, "Service", name)
+        cfg = yaml.safe_load(one(docs, "ConfigMap", name)["data"]["config.yml"])
+        port = cache_svc[0]["spec"]["ports"][0]["port"] if cache_svc else None
+        url = f"http://{name}:{port}"
+        owners = [h for h, r in by_host.items() if r.get("endpoints", [None])[0] == url]
+        c.rule(f"cache {name} is the first endpoint of a route", len(owners) == 1, f"{url} in no route's endpoints[0]")
+        c.rule(f"cache {name} proxies with delete enabled",
+               bool(cfg["proxy"]["remoteurl"]) and cfg["storage"]["delete"]["enabled"] is True, str(cfg))
+        c.rule(f"cache {name} keeps its data on a PVC",
+               sts["spec"]["volumeClaimTemplates"][0]["metadata"]["name"] == "data", "no data claim")
+
+    hpa = find(docs, "HorizontalPodAutoscaler")
+    if case == "full":
+        c.rule("HPA targets the Deployment and replicas are left to it",
+               len(hpa) == 1 and hpa[0]["spec"]["scaleTargetRef"]["name"] == dep["metadata"]["name"]
+               and "replicas" not in dep["spec"], str(dep["spec"].get("replicas")))
+        cert = one(docs, "Certificate")
+        tls_src = [s["secret"] for s in cfg_volume["projected"]["sources"]
+                   if "secret" in s and any(i["path"].startswith("tls/") for i in s["secret"]["items"])]
+        wanted = {r["host"] for r in routes}
+        c.rule("Certificate covers every route host", wanted <= set(cert["spec"]["dnsNames"]),
+               f"{wanted - set(cert['spec']['dnsNames'])}")
+        c.rule("the Certificate's Secret is what the pods mount at tls/",
+               len(tls_src) == 1 and tls_src[0]["name"] == cert["spec"]["secretName"], str(tls_src))
+        sm = one(docs, "ServiceMonitor")
+        msvc = [s for s in find(docs, "Service") if s["metadata"]["labels"].get("app.kubernetes.io/component") == "metrics"]
+        c.rule("ServiceMonitor selects the metrics Service and scrapes its admin port",
+               len(msvc) == 1 and all(msvc[0]["metadata"]["labels"].get(k) == v
+                                      for k, v in sm["spec"]["selector"]["matchLabels"].items())
+               and sm["spec"]["endpoints"][0]["port"] == "admin", str(sm["spec"]))
+        dash = [d for d in find(docs, "ConfigMap") if d["metadata"]["labels"].get("grafana_dashboard") == "1"]
+        with open(os.path.join(root, "config/grafana/mirrorgate.json"), encoding="utf-8") as f:
+            source = f.read()
+        c.rule("dashboard ConfigMap carries config/grafana/mirrorgate.json with the datasource filled in",
+               len(dash) == 1 and dash[0]["data"]["mirrorgate.json"].strip()
+               == source.replace("${DS_PROMETHEUS}", "prometheus-main").strip(), "content differs")
+        redis = find(docs, "Service", dep["metadata"]["name"] + "-redis")
+        limits_redis = __import__("tomllib").loads(toml_of(docs, dep))["limits"].get("redis", "")
+        c.rule("limits.redis points at the bundled redis Service",
+               len(redis) == 1 and limits_redis == f"redis://{redis[0]['metadata']['name']}:{redis[0]['spec']['ports'][0]['port']}",
+               limits_redis)
+        c.rule("PDB guards the gateway pods",
+               one(docs, "PodDisruptionBudget")["spec"]["selector"]["matchLabels"].items()
+               <= pod["metadata"]["labels"].items(), "selector mismatch")
+        c.rule("pods roll when chart-managed upstream credentials change",
+               "checksum/upstream-credentials" in annotations, str(annotations))
+        token = find(docs, "Secret", dep["metadata"]["name"] + "-token-key")
+        if token:
+            key = base64.b64decode(token[0]["data"]["token-key.pem"])
+            crt = base64.b64decode(token[0]["data"]["token-key.crt"])
+            pub_k = subprocess.run(["openssl", "pkey", "-pubout"], input=key, capture_output=True).stdout
+            pub_c = subprocess.run(["openssl", "x509", "-noout", "-pubkey"], input=crt, capture_output=True).stdout
+            days = subprocess.run(["openssl", "x509", "-noout", "-checkend", str(60 * 86400)], input=crt,
+                                  capture_output=True).returncode
+            c.rule("token Secret's certificate is for its key and valid past the gateway's renewal window",
+                   pub_k and pub_k == pub_c and days == 0, "public keys differ or certificate expires soon")
+        else:
+            c.rule("token Secret is rendered", False, "missing")
+    else:
+        c.rule("no HPA unless enabled", not hpa, str(hpa))
+    print(f"{c.failed} rule(s) failed")
+    return 1 if c.failed else 0
+
+
+def main():
+    cmd = sys.argv[1]
+    if cmd == "split":
+        split(sys.argv[2], sys.argv[3])
+    elif cmd == "tree":
+        tree(sys.argv[2], sys.argv[3], sys.argv[4], sys.argv[5])
+    elif cmd == "assert":
+        sys.exit(assert_rules(sys.argv[2], sys.argv[3], sys.argv[4]))
+    else:
+        raise SystemExit(f"unknown command {cmd}")
+
+
+if __name__ == "__main__":
+    main()
