@@ -348,7 +348,9 @@ fn route(v: &mut Validator<'_>, i: usize, raw: &S<RawRoute>) -> Option<Route> {
             Some((h, p)) => (h, p.parse::<u16>().is_ok()),
             None => (name.as_str(), true),
         };
-        if !port_ok || host_pattern(host_part).map(|h| matches!(h, HostPattern::Exact(_))) != Ok(true) {
+        if !port_ok
+            || host_pattern(host_part).map(|h| matches!(h, HostPattern::Exact(_))) != Ok(true)
+        {
             v.err(
                 url,
                 k(&format!("upstreams.\"{name}\"")),

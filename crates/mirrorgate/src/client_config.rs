@@ -1095,7 +1095,12 @@ upstream = "https://index.docker.io"
     #[test]
     fn kind_config() {
         let m = mirror_for_host("docker.example", Some(8443), None).unwrap();
-        let out = kind(&[m.clone()], Some("alice"), "/srv/certs.d", true);
+        let out = kind(
+            std::slice::from_ref(&m),
+            Some("alice"),
+            "/srv/certs.d",
+            true,
+        );
         let y = yaml(&out);
         assert_eq!(y["kind"].as_str(), Some("Cluster"));
         assert_eq!(y["apiVersion"].as_str(), Some("kind.x-k8s.io/v1alpha4"));
@@ -1184,7 +1189,7 @@ upstream = "https://index.docker.io"
             "http://registry.test:5000",
             "gw.test:8443",
         );
-        write_hosts_dir(dir.path(), &[m.clone()]).unwrap();
+        write_hosts_dir(dir.path(), std::slice::from_ref(&m)).unwrap();
         let written = fs::read_to_string(dir.path().join("registry.test:5000/hosts.toml")).unwrap();
         assert_eq!(written, hosts_toml(&m));
         assert!(toml_table(&written)["host"]

@@ -81,9 +81,17 @@ impl Containerd {
     /// snapshotter. `image` is a full reference (`host:port/repo:tag`).
     pub fn pull(&self, hosts_dir: &Path, image: &str) -> anyhow::Result<Outcome> {
         let mut cmd = self.ctr();
-        cmd.args(["images", "pull", "--platform", "linux/amd64", "--snapshotter", "native", "--hosts-dir"])
-            .arg(hosts_dir)
-            .arg(image);
+        cmd.args([
+            "images",
+            "pull",
+            "--platform",
+            "linux/amd64",
+            "--snapshotter",
+            "native",
+            "--hosts-dir",
+        ])
+        .arg(hosts_dir)
+        .arg(image);
         run(cmd)
     }
 

@@ -26,15 +26,17 @@ mod skopeo;
 mod token;
 
 pub use ca::{Leaf, TestCa};
+pub use containerd::Containerd;
 pub use env::{bin_path, require, require_hosts, runtime, TestDir};
 pub use gateway::{Gateway, Ports};
 pub use http::{HttpCheck, RawRequest, RawResponse};
 pub use oci::{Descriptor, OciImage};
+pub use podman::Podman;
 pub use proc::{free_port, wait_for_http, wait_for_port, Proc};
 pub use registry::{push, Pushed, Registry, RegistryMode};
 pub use skopeo::{layer_digests_in_layout, Outcome, Skopeo};
 pub use token::{TokenIssuer, TokenIssuerOptions};
-pub use containerd::Containerd;
-pub use podman::Podman;
 
 pub mod htpasswd;
+mod pebble;
+pub use pebble::{KeptConnection, Pebble, RootClient, Served};

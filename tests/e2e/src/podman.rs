@@ -14,6 +14,8 @@ use crate::skopeo::Outcome;
 pub struct Podman {
     dir: PathBuf,
     cert_dir: Option<PathBuf>,
+    /// podman refuses a run root longer than 50 characters, so it lives in its own short `/tmp` folder.
+    runroot: tempfile::TempDir,
 }
 
 impl Podman {
@@ -43,9 +45,14 @@ impl Podman {
         )
         .context("writing policy.json")?;
         std::fs::write(dir.join("auth.json"), "{}").context("writing auth.json")?;
+        let runroot = tempfile::Builder::new()
+            .prefix("mg-podman-")
+            .tempdir_in("/tmp")
+            .context("making podman's run root")?;
         Ok(Self {
             dir,
             cert_dir: None,
+            runroot,
         })
     }
 
@@ -80,21 +87,24 @@ impl Podman {
 
     fn base(&self) -> Command {
         let mut cmd = Command::new("podman");
-        cmd.env("CONTAINERS_REGISTRIES_CONF", self.dir.join("registries.conf"))
-            .env("REGISTRY_AUTH_FILE", self.dir.join("auth.json"))
-            .env("TMPDIR", &self.dir)
-            .arg("--root")
-            .arg(self.dir.join("root"))
-            .arg("--runroot")
-            .arg(self.dir.join("runroot"))
-            .args([
-                "--storage-driver",
-                "vfs",
-                "--events-backend",
-                "file",
-                "--cgroup-manager",
-                "cgroupfs",
-            ]);
+        cmd.env(
+            "CONTAINERS_REGISTRIES_CONF",
+            self.dir.join("registries.conf"),
+        )
+        .env("REGISTRY_AUTH_FILE", self.dir.join("auth.json"))
+        .env("TMPDIR", &self.dir)
+        .arg("--root")
+        .arg(self.dir.join("root"))
+        .arg("--runroot")
+        .arg(self.runroot.path())
+        .args([
+            "--storage-driver",
+            "vfs",
+            "--events-backend",
+            "file",
+            "--cgroup-manager",
+            "cgroupfs",
+        ]);
         cmd
     }
 }

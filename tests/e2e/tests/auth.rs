@@ -25,6 +25,7 @@ const HOSTS: &[&str] = &["docker.test", "gcr.test"];
 const ALICE: (&str, &str) = ("alice", "pw-alice");
 /// bob's line uses bcrypt cost 10 (the common default), alice's cost 5.
 const BOB: (&str, &str) = ("bob", "pw-bob");
+const CAROL: (&str, &str) = ("carol", "pw-carol");
 const HELLO_MANIFEST: &str = "/v2/library/hello/manifests/latest";
 const OCI_ACCEPT: &str =
     "application/vnd.oci.image.manifest.v1+json, application/vnd.oci.image.index.v1+json";
@@ -77,7 +78,11 @@ impl Stage {
         push(&other, &upstream, "other/thing:latest", None).unwrap();
         let users = Htpasswd::create(
             &t.path().join("htpasswd"),
-            &[(ALICE.0, ALICE.1, 5), (BOB.0, BOB.1, 10)],
+            &[
+                (ALICE.0, ALICE.1, 5),
+                (BOB.0, BOB.1, 10),
+                (CAROL.0, CAROL.1, 5),
+            ],
         )
         .unwrap();
         Self {
@@ -241,7 +246,10 @@ fn basic_auth_pulls_and_bad_credentials_get_401() {
         ("wrong password", Some(basic_auth(ALICE.0, "nope"))),
         ("unknown user", Some(basic_auth("mallory", "pw"))),
         ("no credentials", None),
-        ("malformed base64", Some("Basic %%%not-base64%%%".to_string())),
+        (
+            "malformed base64",
+            Some("Basic %%%not-base64%%%".to_string()),
+        ),
     ];
     for (what, authorization) in cases {
         let resp = s.get(HELLO_MANIFEST, authorization.as_deref());
@@ -415,10 +423,7 @@ fn tenant_allow_rules() {
 
     let skopeo = s.skopeo().creds(ALICE.0, ALICE.1);
     skopeo
-        .pull(
-            &s.image("library/hello:latest"),
-            &s.t.sub("ok").unwrap(),
-        )
+        .pull(&s.image("library/hello:latest"), &s.t.sub("ok").unwrap())
         .unwrap();
     let out = skopeo
         .copy(
@@ -446,9 +451,9 @@ fn tenant_allow_rules() {
     .unwrap();
     let granted = claims["access"].as_array().cloned().unwrap_or_default();
     assert!(
-        granted.iter().all(|a| a["actions"]
-            .as_array()
-            .is_none_or(|acts| acts.is_empty())),
+        granted
+            .iter()
+            .all(|a| a["actions"].as_array().is_none_or(|acts| acts.is_empty())),
         "other/thing granted: {claims}"
     );
 }
@@ -472,7 +477,10 @@ allow = ["docker.test/library/*"]
     let _gw = s.gateway(auth);
     let layers = s
         .skopeo()
-        .pull(&s.image("library/hello:latest"), &s.t.sub("pulled").unwrap())
+        .pull(
+            &s.image("library/hello:latest"),
+            &s.t.sub("pulled").unwrap(),
+        )
         .unwrap();
     assert_eq!(layers, s.hello.layer_digests);
     // still bound by the tenant's rules
@@ -481,7 +489,11 @@ allow = ["docker.test/library/*"]
 }
 
 /// Polls `check` every `every` until it holds or `deadline` passes; returns how long it took.
-fn wait_until(deadline: Duration, every: Duration, mut check: impl FnMut() -> bool) -> Option<Duration> {
+fn wait_until(
+    deadline: Duration,
+    every: Duration,
+    mut check: impl FnMut() -> bool,
+) -> Option<Duration> {
     let start = Instant::now();
     loop {
         if check() {
@@ -494,30 +506,43 @@ fn wait_until(deadline: Duration, every: Duration, mut check: impl FnMut() -> bo
     }
 }
 
-// The htpasswd file is watched: a user added while the gateway runs can pull within ~5 s, and after being
-// removed gets 401 again (polls are 1.5 s apart to stay under the failed-login lockout).
+// The htpasswd file is watched: a user removed while the gateway runs gets 401 within ~5 s, and once added
+// back with a new password is let in with it within ~5 s while the old one stays refused. (Users named in a
+// tenant must exist when the gateway starts, so the scenario starts with carol present.) Polls are 1.5 s
+// apart to stay under the failed-login lockout.
 #[test]
-fn htpasswd_reload_adds_and_removes_users() {
+fn htpasswd_reload_removes_and_adds_users() {
     let mut s = Stage::new("auth-reload");
     let _gw = s.gateway(AUTH_TOML);
-    let carol = basic_auth("carol", "pw-carol");
-    assert_unauthorized("carol before she exists", &s.get(HELLO_MANIFEST, Some(&carol)));
+    let old = basic_auth(CAROL.0, CAROL.1);
+    let new = basic_auth(CAROL.0, "pw-carol-2");
+    assert_eq!(
+        s.get(HELLO_MANIFEST, Some(&old)).status,
+        200,
+        "carol at start"
+    );
 
-    s.users.add("carol", "pw-carol", 5).unwrap();
+    s.users.remove(CAROL.0).unwrap();
     let took = wait_until(Duration::from_secs(8), Duration::from_millis(1500), || {
-        s.get(HELLO_MANIFEST, Some(&carol)).status == 200
-    });
-    let took = took.unwrap_or_else(|| panic!("carol was not let in within 8 s of being added"));
-    eprintln!("carol got in {took:?} after being added");
-    assert!(took <= Duration::from_secs(6), "reload took {took:?}");
-
-    s.users.remove("carol").unwrap();
-    let took = wait_until(Duration::from_secs(8), Duration::from_millis(1500), || {
-        s.get(HELLO_MANIFEST, Some(&carol)).status == 401
+        s.get(HELLO_MANIFEST, Some(&old)).status == 401
     });
     let took =
         took.unwrap_or_else(|| panic!("carol still got in 8 s after being removed from htpasswd"));
     eprintln!("carol was refused {took:?} after being removed");
+    assert!(took <= Duration::from_secs(6), "removal took {took:?}");
+
+    s.users.add(CAROL.0, "pw-carol-2", 10).unwrap();
+    let took = wait_until(Duration::from_secs(8), Duration::from_millis(1500), || {
+        s.get(HELLO_MANIFEST, Some(&new)).status == 200
+    });
+    let took =
+        took.unwrap_or_else(|| panic!("carol was not let in within 8 s of being added back"));
+    eprintln!("carol got in {took:?} after being added back");
+    assert!(took <= Duration::from_secs(6), "reload took {took:?}");
+    assert_unauthorized(
+        "carol's old password after the change",
+        &s.get(HELLO_MANIFEST, Some(&old)),
+    );
     // alice was never touched
     assert_eq!(
         s.get(HELLO_MANIFEST, Some(&basic_auth(ALICE.0, ALICE.1)))
@@ -557,7 +582,12 @@ fn distribution_accepts_gateway_tokens() {
     };
 
     let resp = get(None);
-    assert_eq!(resp.status, 401, "the registry is not in token mode: {}", resp.text());
+    assert_eq!(
+        resp.status,
+        401,
+        "the registry is not in token mode: {}",
+        resp.text()
+    );
 
     let token = s.token(ALICE.0, ALICE.1, "repository:library/hello:pull");
     let resp = get(Some(&bearer(&token)));
@@ -572,7 +602,13 @@ fn distribution_accepts_gateway_tokens() {
         "distribution refused the gateway's token: {} {}\nregistry log tail:\n{}",
         resp.status,
         resp.text(),
-        registry.log().lines().rev().take(10).collect::<Vec<_>>().join("\n")
+        registry
+            .log()
+            .lines()
+            .rev()
+            .take(10)
+            .collect::<Vec<_>>()
+            .join("\n")
     );
 
     let other_key = rcgen::KeyPair::generate().unwrap().serialize_pem();
@@ -582,5 +618,9 @@ fn distribution_accepts_gateway_tokens() {
         kid,
         &claims(300, "library/hello", &["pull"]),
     );
-    assert_eq!(get(Some(&bearer(&forged))).status, 401, "a forged token was accepted");
+    assert_eq!(
+        get(Some(&bearer(&forged))).status,
+        401,
+        "a forged token was accepted"
+    );
 }
