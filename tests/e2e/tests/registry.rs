@@ -58,7 +58,7 @@ impl Stage {
         Self {
             skopeo: Skopeo::new().cert_dir(&certs),
             http: HttpCheck::new(&ca).unwrap(),
-            ports: Ports::free(),
+            ports: distinct_ports(),
             certs,
             ca,
             t,
@@ -117,6 +117,17 @@ impl Stage {
     }
 }
 
+/// Free listener ports, all different: `free_port` releases what it found, so two calls can return the
+/// same port, and the gateway rightly refuses a config with one address twice.
+fn distinct_ports() -> Ports {
+    loop {
+        let p = Ports::free();
+        if p.https != p.http && p.https != p.admin && p.http != p.admin {
+            return p;
+        }
+    }
+}
+
 fn sha256(bytes: &[u8]) -> String {
     format!("sha256:{:x}", Sha256::digest(bytes))
 }
@@ -124,12 +135,30 @@ fn sha256(bytes: &[u8]) -> String {
 /// The gateway's access-log lines for requests whose path contains `path_part` and that answered `status`.
 fn gateway_requests(gw: &Gateway, path_part: &str, status: u16) -> usize {
     let status = format!("status={status}");
-    gw.log()
+    strip_ansi(&gw.log())
         .lines()
         .filter(|l| {
             l.contains("mirrorgate::access") && l.contains(path_part) && l.contains(&status)
         })
         .count()
+}
+
+/// The log without terminal colour sequences (`ESC [ … m`), so `key=value` can be matched.
+fn strip_ansi(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 /// A `[[route]]` table: `host` plus the given `key = value` lines, always anonymous.
@@ -268,12 +297,16 @@ fn path_prefix_routes_only_listed_registries() {
     );
 
     let before = upstream.requests("/v2/");
-    for path in [
-        "/v2/evil.test/library/hello/manifests/latest",
-        "/v2/evil.test:5000/library/hello/blobs/sha256:0000000000000000000000000000000000000000000000000000000000000000",
+    // (path, statuses that refuse it): with a port the prefix is not a repository component either (400)
+    for (path, refusals) in [
+        ("/v2/evil.test/library/hello/manifests/latest", &[403, 404][..]),
+        (
+            "/v2/evil.test:5000/library/hello/blobs/sha256:0000000000000000000000000000000000000000000000000000000000000000",
+            &[400, 403, 404][..],
+        ),
     ] {
         let resp = s.http.send(&s.get("mirror.test", path)).unwrap();
-        assert!([403, 404].contains(&resp.status), "{path}: {} {}", resp.status, resp.text());
+        assert!(refusals.contains(&resp.status), "{path}: {} {}", resp.status, resp.text());
         assert!(resp.header("content-type").unwrap_or("").starts_with("application/json"));
         assert!(!resp.oci_error_codes().unwrap().is_empty(), "{}", resp.text());
     }
@@ -330,6 +363,18 @@ fn ns_query_is_honoured_only_for_listed_registries() {
         before,
         "ns=evil.test was proxied"
     );
+
+    // containerd percent-encodes the query value: `?ns=upstream.test%3A<port>` names the same listed registry
+    let encoded = format!(
+        "/v2/library/hello/manifests/latest?ns={}",
+        listed.replace(':', "%3A")
+    );
+    let resp = s
+        .http
+        .send(&accept(s.get("docker.test", &encoded)))
+        .unwrap();
+    assert_eq!(resp.status, 200, "{encoded}: {}", resp.text());
+    assert_eq!(sha256(&resp.body), hello.manifest_digest);
 }
 
 // containerd with a hosts.toml mirror pulls `upstream.test:<port>/library/hello` through the gateway: it sends
