@@ -273,18 +273,24 @@ fn ns_matches_default(route: &CompiledRoute, ns: &str) -> bool {
     (route.config.docker_hub_library && hub.contains(&ns.as_str())) || names_upstream
 }
 
-/// Splits `ns=` out of a query string; the rest is forwarded.
+/// Splits `ns=` out of a query string (percent-decoded: containerd sends `ns=host%3Aport`); the other pairs are
+/// forwarded as they came.
 fn split_ns(query: Option<&str>) -> (Option<String>, Option<String>) {
     let Some(q) = query else { return (None, None) };
     let mut ns = None;
     let rest: Vec<&str> = q
         .split('&')
-        .filter(|pair| match pair.strip_prefix("ns=") {
-            Some(v) => {
-                ns = Some(v.to_string());
-                false
+        .filter(|pair| {
+            if pair.is_empty() {
+                return false;
             }
-            None => !pair.is_empty(),
+            match url::form_urlencoded::parse(pair.as_bytes()).next() {
+                Some((k, v)) if k == "ns" => {
+                    ns = Some(v.into_owned());
+                    false
+                }
+                _ => true,
+            }
         })
         .collect();
     (ns, (!rest.is_empty()).then(|| rest.join("&")))
@@ -903,6 +909,10 @@ mod tests {
             (Some("gcr.io".into()), Some("n=10&last=a".into()))
         );
         assert_eq!(split_ns(None), (None, None));
+        assert_eq!(
+            split_ns(Some("ns=upstream.test%3A5000")),
+            (Some("upstream.test:5000".into()), None)
+        );
     }
 
     // Pins the SSRF guard's address classes.

@@ -9,10 +9,21 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 
 /// A free TCP port on 127.0.0.1 (bound, then released: the usual small race, acceptable on a test machine).
+///
+/// A port is never handed out twice in one test process: tests run in parallel, and the kernel may give the same
+/// ephemeral port to two `bind(0)` calls once the first socket is closed.
 pub fn free_port() -> u16 {
-    match TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()) {
-        Ok(addr) => addr.port(),
-        Err(e) => panic!("cannot bind a loopback port: {e}"),
+    static HANDED_OUT: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    loop {
+        let port = match TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()) {
+            Ok(addr) => addr.port(),
+            Err(e) => panic!("cannot bind a loopback port: {e}"),
+        };
+        let mut seen = HANDED_OUT.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if !seen.contains(&port) {
+            seen.push(port);
+            return port;
+        }
     }
 }
 
