@@ -310,6 +310,8 @@ async fn forward(
     let route = plan.route;
     let method = req.method().clone();
     let idempotent = method == Method::GET || method == Method::HEAD;
+    // Requests without a body (GET, HEAD, the POST that opens an upload) can be sent again after a 401.
+    let replayable = idempotent || http_body::Body::is_end_stream(req.body());
     let mut path_and_query = plan.path.to_path();
     if let Some(q) = &plan.query {
         path_and_query.push('?');
@@ -349,7 +351,7 @@ async fn forward(
             &base_headers,
             scope.as_deref(),
             req_body,
-            idempotent,
+            replayable,
         )
         .await;
         let resp = match attempt {
@@ -421,7 +423,28 @@ async fn send_with_auth(
     body: GatewayBody,
     replayable: bool,
 ) -> Result<Response<Incoming>, ProxyError> {
-    let known = gw.schemes.get(&endpoint.origin).map(|s| s.clone());
+    let mut known = gw.schemes.get(&endpoint.origin).map(|s| s.clone());
+    if known.is_none() && !replayable {
+        // A body can be sent once: learn how this upstream authenticates from a ping before sending it.
+        let ping = send_once(
+            gw,
+            rt,
+            route,
+            endpoint,
+            &Method::GET,
+            "/v2/",
+            base_headers,
+            None,
+            empty(),
+        )
+        .await?;
+        if ping.status() == StatusCode::UNAUTHORIZED {
+            known = learn_scheme(ping.headers());
+            if let Some(scheme) = &known {
+                gw.schemes.insert(endpoint.origin.clone(), scheme.clone());
+            }
+        }
+    }
     let auth = match &known {
         Some(scheme) => upstream_authorization(gw, route, endpoint, scheme, scope).await?,
         None => None,

@@ -102,7 +102,11 @@ fn gateway_origin(ctx: &RewriteContext<'_>) -> String {
 
 /// The gateway path (with query) for an upstream URL, or `None` if the URL is not an upstream API URL.
 fn map_to_gateway_path(url: &Url, ctx: &RewriteContext<'_>) -> Option<String> {
-    if url.origin() != ctx.upstream_base.origin() {
+    // Same host and port, whatever the scheme: registries build upload URLs from `X-Forwarded-Proto`, which the
+    // gateway sets to `https`, so a plain-http upstream answers with `https://` and its own host:port.
+    let same_server = url.host_str() == ctx.upstream_base.host_str()
+        && url.port_or_known_default() == ctx.upstream_base.port_or_known_default();
+    if !same_server {
         return None;
     }
     let base = ctx.upstream_base.path().trim_end_matches('/');
@@ -343,5 +347,34 @@ mod tests {
         assert!(headers.get("docker-ratelimit-source").is_none());
         assert_eq!(headers["ratelimit-limit"], "100;w=21600");
         assert_eq!(headers["ratelimit-remaining"], "99;w=21600");
+    }
+
+    // Pins that an upload URL built from X-Forwarded-Proto (https scheme, the upstream's own host:port) is mapped
+    // back to the gateway instead of being treated as a foreign redirect.
+    #[test]
+    fn forwarded_proto_scheme_is_still_the_upstream() {
+        let upstream = Url::parse("http://127.0.0.1:5000").unwrap();
+        let gateway = Url::parse("https://docker.test:8443").unwrap();
+        let ctx = RewriteContext {
+            upstream_base: &upstream,
+            gateway: &gateway,
+            path_prefix: None,
+            name_map: None,
+        };
+        let req = Url::parse("http://127.0.0.1:5000/v2/a/blobs/uploads/").unwrap();
+        let got = rewrite_location(
+            "https://127.0.0.1:5000/v2/a/blobs/uploads/u1?_state=x",
+            &req,
+            &ctx,
+        )
+        .unwrap();
+        assert_eq!(
+            got,
+            LocationRewrite::Local(
+                "https://docker.test:8443/v2/a/blobs/uploads/u1?_state=x".into()
+            )
+        );
+        let other = rewrite_location("https://127.0.0.1:5001/v2/a/blobs/x", &req, &ctx).unwrap();
+        assert!(matches!(other, LocationRewrite::External(_)));
     }
 }

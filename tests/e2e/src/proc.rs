@@ -19,7 +19,9 @@ pub fn free_port() -> u16 {
             Ok(addr) => addr.port(),
             Err(e) => panic!("cannot bind a loopback port: {e}"),
         };
-        let mut seen = HANDED_OUT.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut seen = HANDED_OUT
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         if !seen.contains(&port) {
             seen.push(port);
             return port;

@@ -889,3 +889,59 @@ async fn forward(
     let resp = sender.send_request(req).await?;
     Ok(resp.map(|b| b.boxed()))
 }
+
+/// Pins push through a token-mode upstream: the gateway learns the challenge before sending a body it can send
+/// only once, pushes with its server-side credentials, and the upload `Location`s point back at the gateway.
+#[test]
+fn push_through_a_token_upstream_with_server_side_credentials() {
+    let s = Stage::new("reg-push");
+    let (issuer, upstream) = s.token_upstream();
+    let _gw = s.gateway(&route(
+        "docker.test",
+        &[
+            kv("upstream", &upstream.url()),
+            kv("upstream_username", PUSHER.0),
+            kv("upstream_password", PUSHER.1),
+        ],
+    ));
+    let image = OciImage::write_layout(
+        &s.t.sub("image-push").unwrap(),
+        "pushed",
+        "latest",
+        256 * 1024,
+    )
+    .unwrap();
+    let out = std::process::Command::new("skopeo")
+        .args([
+            "--insecure-policy",
+            "copy",
+            "--preserve-digests",
+            "--dest-no-creds",
+            "--dest-cert-dir",
+        ])
+        .arg(&s.certs)
+        .arg(image.oci_ref())
+        .arg(s.via("docker.test", "library/pushed:v1"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "push failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        issuer.count("repository:library/pushed:pull,push", Some(PUSHER.0)) >= 1,
+        "no push token was fetched with the gateway's credentials (total {})",
+        issuer.total()
+    );
+    // What was pushed is there, byte for byte.
+    let resp = s
+        .http
+        .send(
+            &s.get("docker.test", "/v2/library/pushed/manifests/v1")
+                .with_header("accept", MT_MANIFEST),
+        )
+        .unwrap();
+    assert_eq!(resp.status, 200, "{}", resp.text());
+    assert_eq!(sha256(&resp.body), image.manifests[0].digest);
+}
