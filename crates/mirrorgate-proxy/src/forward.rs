@@ -341,48 +341,34 @@ async fn forward(
             _ => empty(),
         };
         facts.endpoint = Some(endpoint.origin.clone());
-        let attempt = send_with_auth(
+        let attempt = Attempt {
             gw,
             rt,
             route,
             endpoint,
-            &parts.method,
-            &path_and_query,
-            &base_headers,
-            scope.as_deref(),
-            req_body,
-            replayable,
-        )
-        .await;
-        let resp = match attempt {
-            Ok(resp) if resp.status().is_server_error() && idempotent && i + 1 < order.len() => {
+            method: &parts.method,
+            path_and_query: &path_and_query,
+            headers: &base_headers,
+            scope: scope.as_deref(),
+        };
+        let can_move_on = idempotent && i + 1 < order.len();
+        let resp = match attempt.send_with_auth(req_body, replayable).await {
+            Ok(resp) if resp.status().is_server_error() && can_move_on => {
                 last_failure = format!("{} answered {}", endpoint.origin, resp.status());
-                endpoint.mark_down();
-                gw.metrics
-                    .set_endpoint_up(&route.label, &endpoint.origin, false);
-                gw.metrics.upstream_fallback(&route.label, &endpoint.origin);
+                attempt.give_up(true);
                 continue;
             }
             Ok(resp) => resp,
-            Err(e)
-                if idempotent
-                    && i + 1 < order.len()
-                    && !matches!(e, ProxyError::UpstreamToken { .. }) =>
-            {
+            // A token service failure is the realm's, not this endpoint's: no fallback, no health mark.
+            Err(e @ ProxyError::UpstreamToken { .. }) => return Err(e),
+            Err(e) if can_move_on => {
                 tracing::info!(route = %route.label, endpoint = %endpoint.origin, error = %e, "endpoint failed, trying the next one");
                 last_failure = e.to_string();
-                endpoint.mark_down();
-                gw.metrics
-                    .set_endpoint_up(&route.label, &endpoint.origin, false);
-                gw.metrics.upstream_fallback(&route.label, &endpoint.origin);
+                attempt.give_up(true);
                 continue;
             }
             Err(e) => {
-                if !matches!(e, ProxyError::UpstreamToken { .. }) {
-                    endpoint.mark_down();
-                    gw.metrics
-                        .set_endpoint_up(&route.label, &endpoint.origin, false);
-                }
+                attempt.give_up(false);
                 return Err(e);
             }
         };
@@ -408,129 +394,123 @@ async fn forward(
     })
 }
 
-/// Sends one request to `endpoint`, doing the token dance on a 401: learn the challenge, fetch (or reuse) the
-/// token, and retry once. Later requests to the same origin attach the cached token up front.
-#[allow(clippy::too_many_arguments)]
-async fn send_with_auth(
-    gw: &Gateway,
-    rt: &Runtime,
-    route: &CompiledRoute,
-    endpoint: &Endpoint,
-    method: &Method,
-    path_and_query: &str,
-    base_headers: &HeaderMap,
-    scope: Option<&str>,
-    body: GatewayBody,
-    replayable: bool,
-) -> Result<Response<Incoming>, ProxyError> {
-    let mut known = gw.schemes.get(&endpoint.origin).map(|s| s.clone());
-    if known.is_none() && !replayable {
-        // A body can be sent once: learn how this upstream authenticates from a ping before sending it.
-        let ping = send_once(
-            gw,
-            rt,
-            route,
-            endpoint,
-            &Method::GET,
-            "/v2/",
-            base_headers,
-            None,
-            empty(),
-        )
-        .await?;
-        if ping.status() == StatusCode::UNAUTHORIZED {
-            known = learn_scheme(ping.headers());
-            if let Some(scheme) = &known {
-                gw.schemes.insert(endpoint.origin.clone(), scheme.clone());
-            }
-        }
-    }
-    let auth = match &known {
-        Some(scheme) => upstream_authorization(gw, route, endpoint, scheme, scope).await?,
-        None => None,
-    };
-    let resp = send_once(
-        gw,
-        rt,
-        route,
-        endpoint,
-        method,
-        path_and_query,
-        base_headers,
-        auth.clone(),
-        body,
-    )
-    .await?;
-    if resp.status() != StatusCode::UNAUTHORIZED || !replayable {
-        return Ok(resp);
-    }
-    let Some(scheme) = learn_scheme(resp.headers()) else {
-        return Ok(resp);
-    };
-    gw.schemes.insert(endpoint.origin.clone(), scheme.clone());
-    // A 401 despite a token we sent means the cached token went stale (revoked, clock skew): fetch anew.
-    if let (Some(_), UpstreamAuthScheme::Bearer { .. }) = (&auth, &scheme) {
-        if let Some(key) = token_key(route, endpoint, &scheme, scope) {
-            gw.tokens.invalidate(&key);
-        }
-    }
-    let Some(auth) = upstream_authorization(gw, route, endpoint, &scheme, scope).await? else {
-        return Ok(resp);
-    };
-    send_once(
-        gw,
-        rt,
-        route,
-        endpoint,
-        method,
-        path_and_query,
-        base_headers,
-        Some(auth),
-        empty(),
-    )
-    .await
+/// One request as it goes to one endpoint: everything but the body and the credentials, which change between
+/// the tries of the token dance.
+struct Attempt<'a> {
+    gw: &'a Gateway,
+    rt: &'a Runtime,
+    route: &'a CompiledRoute,
+    endpoint: &'a Endpoint,
+    method: &'a Method,
+    path_and_query: &'a str,
+    headers: &'a HeaderMap,
+    scope: Option<&'a str>,
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn send_once(
-    gw: &Gateway,
-    rt: &Runtime,
-    route: &CompiledRoute,
-    endpoint: &Endpoint,
-    method: &Method,
-    path_and_query: &str,
-    base_headers: &HeaderMap,
-    authorization: Option<HeaderValue>,
-    body: GatewayBody,
-) -> Result<Response<Incoming>, ProxyError> {
-    let uri = endpoint
-        .uri(path_and_query)
-        .map_err(|e| ProxyError::Internal(format!("upstream URI: {e}")))?;
-    let mut req = Request::builder().method(method.clone()).uri(uri);
-    if let Some(h) = req.headers_mut() {
-        *h = base_headers.clone();
-        if let Some(a) = authorization {
-            h.insert(header::AUTHORIZATION, a);
+impl Attempt<'_> {
+    /// Sends the request, doing the token dance on a 401: learn the challenge, fetch (or reuse) the token, and
+    /// retry once. Later requests to the same origin attach the cached token up front.
+    async fn send_with_auth(
+        &self,
+        body: GatewayBody,
+        replayable: bool,
+    ) -> Result<Response<Incoming>, ProxyError> {
+        let (gw, endpoint) = (self.gw, self.endpoint);
+        let mut known = gw.schemes.get(&endpoint.origin).map(|s| s.clone());
+        if known.is_none() && !replayable {
+            // A body can be sent once: learn how this upstream authenticates from a ping before sending it.
+            let ping = self.send_once(&Method::GET, "/v2/", None, empty()).await?;
+            if ping.status() == StatusCode::UNAUTHORIZED {
+                known = learn_scheme(ping.headers());
+                if let Some(scheme) = &known {
+                    gw.schemes.insert(endpoint.origin.clone(), scheme.clone());
+                }
+            }
+        }
+        let auth = match &known {
+            Some(scheme) => self.authorization(scheme).await?,
+            None => None,
+        };
+        let resp = self
+            .send_once(self.method, self.path_and_query, auth.clone(), body)
+            .await?;
+        if resp.status() != StatusCode::UNAUTHORIZED || !replayable {
+            return Ok(resp);
+        }
+        let Some(scheme) = learn_scheme(resp.headers()) else {
+            return Ok(resp);
+        };
+        gw.schemes.insert(endpoint.origin.clone(), scheme.clone());
+        // A 401 despite a token we sent means the cached token went stale (revoked, clock skew): fetch anew.
+        if let (Some(_), UpstreamAuthScheme::Bearer { .. }) = (&auth, &scheme) {
+            if let Some(key) = token_key(self.route, endpoint, &scheme, self.scope) {
+                gw.tokens.invalidate(&key);
+            }
+        }
+        let Some(auth) = self.authorization(&scheme).await? else {
+            return Ok(resp);
+        };
+        self.send_once(self.method, self.path_and_query, Some(auth), empty())
+            .await
+    }
+
+    async fn send_once(
+        &self,
+        method: &Method,
+        path_and_query: &str,
+        authorization: Option<HeaderValue>,
+        body: GatewayBody,
+    ) -> Result<Response<Incoming>, ProxyError> {
+        let (route, endpoint) = (self.route, self.endpoint);
+        let uri = endpoint
+            .uri(path_and_query)
+            .map_err(|e| ProxyError::Internal(format!("upstream URI: {e}")))?;
+        let mut req = Request::builder().method(method.clone()).uri(uri);
+        if let Some(h) = req.headers_mut() {
+            *h = self.headers.clone();
+            if let Some(a) = authorization {
+                h.insert(header::AUTHORIZATION, a);
+            }
+        }
+        let req = req
+            .body(body)
+            .map_err(|e| ProxyError::Internal(format!("upstream request: {e}")))?;
+        let started = Instant::now();
+        let timeout = self.rt.config.server.upstream_timeout;
+        let result = tokio::time::timeout(timeout, route.client.send(req)).await;
+        let status = match &result {
+            Ok(Ok(r)) => Some(r.status().as_u16()),
+            _ => None,
+        };
+        self.gw
+            .metrics
+            .upstream_done(&route.label, &endpoint.origin, status, started.elapsed());
+        match result {
+            Ok(Ok(resp)) => Ok(resp),
+            Ok(Err(e)) => Err(ProxyError::Unavailable {
+                detail: format!("{}: {}", endpoint.origin, error_chain(&e)),
+            }),
+            Err(_) => Err(ProxyError::Timeout(timeout)),
         }
     }
-    let req = req
-        .body(body)
-        .map_err(|e| ProxyError::Internal(format!("upstream request: {e}")))?;
-    let started = Instant::now();
-    let timeout = rt.config.server.upstream_timeout;
-    let result = tokio::time::timeout(timeout, route.client.send(req)).await;
-    let status = match &result {
-        Ok(Ok(r)) => Some(r.status().as_u16()),
-        _ => None,
-    };
-    gw.metrics
-        .upstream_done(&route.label, &endpoint.origin, status, started.elapsed());
-    match result {
-        Ok(Ok(resp)) => Ok(resp),
-        Ok(Err(e)) => Err(ProxyError::Unavailable {
-            detail: format!("{}: {}", endpoint.origin, error_chain(&e)),
-        }),
-        Err(_) => Err(ProxyError::Timeout(timeout)),
+
+    async fn authorization(
+        &self,
+        scheme: &UpstreamAuthScheme,
+    ) -> Result<Option<HeaderValue>, ProxyError> {
+        upstream_authorization(self.gw, self.route, self.endpoint, scheme, self.scope).await
+    }
+
+    /// Records that this endpoint failed: skipped for a while, reported as down, and (when the request moves on)
+    /// counted as a fallback.
+    fn give_up(&self, moving_on: bool) {
+        let (gw, route, endpoint) = (self.gw, self.route, self.endpoint);
+        endpoint.mark_down();
+        gw.metrics
+            .set_endpoint_up(&route.label, &endpoint.origin, false);
+        if moving_on {
+            gw.metrics.upstream_fallback(&route.label, &endpoint.origin);
+        }
     }
 }
 
