@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use mirrorgate_e2e::htpasswd::{basic_auth, Htpasswd};
 use mirrorgate_e2e::{
     free_port, push, require, require_hosts, wait_for_port, Gateway, HttpCheck, Leaf, OciImage,
-    Ports, Proc, Pushed, RawRequest, RawResponse, Registry, Skopeo, TestCa, TestDir,
+    Ports, Proc, Pushed, RawRequest, RawResponse, Registry, TestCa, TestDir,
 };
 
 const PASSWORD: &str = "pw";
@@ -110,6 +110,7 @@ fn tenant(name: &str, users: &[&str], extra: &str) -> String {
 // containers/image retries 429s, honouring Retry-After, and gets through.)
 #[test]
 fn rate_limit_429_shape_and_client_error() {
+    require("skopeo", "skopeo");
     let s = Stage::new("limit429", 4 * 1024);
     let ports = Ports::free();
     let tenants = format!(
@@ -149,21 +150,31 @@ fn rate_limit_429_shape_and_client_error() {
     }
     assert_eq!(refused.header("ratelimit-remaining"), Some("0"));
 
-    let out = Skopeo::new()
-        .cert_dir(&s.certs)
-        .creds("tiny", PASSWORD)
-        .copy(
-            &format!("docker://docker.test:{}/{}", ports.https, s.image.reference),
-            &format!("oci:{}:x", s.t.sub("pulled").unwrap().display()),
-            false,
-        )
+    // skopeo directly, with --debug (containers/image logs each 429 it backs off from) and a short command
+    // timeout: containers/image retries a 429 five times, waiting Retry-After capped at 60 s, so without the
+    // timeout a quota refusal takes ~4 minutes to surface.
+    let out = Command::new("skopeo")
+        .args(["--debug", "--insecure-policy", "--command-timeout", "10s"])
+        .args(["--override-os", "linux", "--override-arch", "amd64", "copy"])
+        .arg("--src-cert-dir")
+        .arg(&s.certs)
+        .args(["--src-creds", &format!("tiny:{PASSWORD}")])
+        .arg(format!(
+            "docker://docker.test:{}/{}",
+            ports.https, s.image.reference
+        ))
+        .arg(format!("oci:{}:x", s.t.sub("pulled").unwrap().display()))
+        .output()
         .unwrap();
-    assert!(!out.ok(), "a pull past the daily quota succeeded");
-    let err = out.stderr.to_lowercase();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "a pull past the daily quota succeeded"
+    );
+    let err = stderr.to_lowercase();
     assert!(
         err.contains("429") || err.contains("too many requests") || err.contains("toomanyrequests"),
-        "skopeo said: {}",
-        out.stderr
+        "skopeo said: {stderr}"
     );
 }
 
