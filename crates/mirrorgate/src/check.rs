@@ -5,19 +5,23 @@ use std::process::ExitCode;
 
 use mirrorgate_config::{Config, ConfigError, TlsSource};
 
-/// Prints every problem (file:line:col: key: message) and exits 1, or prints a summary and exits 0.
+/// Prints every problem (file:line:col: key: message) and exits 1, or prints a summary and exits 0. Unlike
+/// `run`, `check` also fails on [`Checked::warnings`]: it is what an operator runs before deploying.
 pub fn main(path: &Path) -> ExitCode {
     match validate(path) {
-        Ok(config) => {
+        Ok(checked) if checked.warnings.is_empty() => {
             println!(
                 "{}: ok ({} routes, {} tenants)",
                 path.display(),
-                config.routes.len(),
-                config.tenants.len()
+                checked.config.routes.len(),
+                checked.config.tenants.len()
             );
             ExitCode::SUCCESS
         }
-        Err(errors) => {
+        Ok(Checked {
+            warnings: errors, ..
+        })
+        | Err(errors) => {
             for e in &errors {
                 eprintln!("{e}");
             }
@@ -27,11 +31,22 @@ pub fn main(path: &Path) -> ExitCode {
     }
 }
 
+/// A config that can be served, and what is odd about it without stopping it from serving.
+pub struct Checked {
+    pub config: Config,
+    /// The serving state compiled from it (routes, upstream clients): built once, used by `run` and reload.
+    pub runtime: mirrorgate_proxy::Runtime,
+    /// Problems `run` and reload only log: a tenant user missing from htpasswd (the htpasswd watcher accepts
+    /// removing a user at runtime, so a restart after that must not fail).
+    pub warnings: Vec<ConfigError>,
+}
+
 /// The config plus the checks that need other crates (certificates parse and match their keys, upstream CAs
 /// load). Shared with `run` and reload so all three refuse the same configs.
-pub fn validate(path: &Path) -> Result<Config, Vec<ConfigError>> {
+pub fn validate(path: &Path) -> Result<Checked, Vec<ConfigError>> {
     let config = mirrorgate_config::load(path).map_err(|e| e.0)?;
     let mut errors = Vec::new();
+    let mut warnings = Vec::new();
     if let TlsSource::Files { cert, key } = &config.tls.source {
         if let Err(e) = mirrorgate_tls::load_pem_pair(cert, key) {
             errors.push(ConfigError {
@@ -45,7 +60,7 @@ pub fn validate(path: &Path) -> Result<Config, Vec<ConfigError>> {
             Ok(users) => {
                 for tenant in &config.tenants {
                     for user in tenant.users.iter().filter(|u| !users.contains(u)) {
-                        errors.push(ConfigError {
+                        warnings.push(ConfigError {
                             key: "tenant.users".into(),
                             ..ConfigError::file_level(
                                 path,
@@ -79,12 +94,16 @@ pub fn validate(path: &Path) -> Result<Config, Vec<ConfigError>> {
             ..ConfigError::file_level(path, e.to_string())
         });
     }
-    if let Err(e) = mirrorgate_proxy::Runtime::build(std::sync::Arc::new(config.clone())) {
-        errors.push(ConfigError::file_level(path, e.to_string()));
-    }
-    if errors.is_empty() {
-        Ok(config)
-    } else {
-        Err(errors)
+    match mirrorgate_proxy::Runtime::build(std::sync::Arc::new(config.clone())) {
+        Ok(runtime) if errors.is_empty() => Ok(Checked {
+            config,
+            runtime,
+            warnings,
+        }),
+        Ok(_) => Err(errors),
+        Err(e) => {
+            errors.push(ConfigError::file_level(path, e.to_string()));
+            Err(errors)
+        }
     }
 }

@@ -9,9 +9,8 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use anyhow::Context as _;
-use mirrorgate_config::Config;
 use mirrorgate_metrics::{Health, Metrics, MetricsOptions, Outcome};
-use mirrorgate_proxy::{Gateway, Runtime};
+use mirrorgate_proxy::Gateway;
 use tokio::net::TcpListener;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio_util::sync::CancellationToken;
@@ -52,7 +51,7 @@ const CONFIG_POLL: Duration = Duration::from_secs(2);
 
 pub fn main(path: &Path) -> ExitCode {
     // 1. Validate the whole config before binding anything.
-    let config = match check::validate(path) {
+    let checked = match check::validate(path) {
         Ok(c) => c,
         Err(errors) => {
             for e in &errors {
@@ -65,7 +64,8 @@ pub fn main(path: &Path) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    telemetry::init(config.server.log_format);
+    telemetry::init(checked.config.server.log_format);
+    log_warnings(&checked.warnings);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -76,7 +76,7 @@ pub fn main(path: &Path) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(serve(path.to_path_buf(), config)) {
+    match runtime.block_on(serve(path.to_path_buf(), checked)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("mirrorgate: {e:#}");
@@ -85,7 +85,10 @@ pub fn main(path: &Path) -> ExitCode {
     }
 }
 
-async fn serve(path: PathBuf, config: Config) -> anyhow::Result<()> {
+async fn serve(path: PathBuf, checked: check::Checked) -> anyhow::Result<()> {
+    let check::Checked {
+        config, runtime, ..
+    } = checked;
     let cancel = CancellationToken::new();
     // 2. Metrics and health, so every later step can report.
     let metrics = Metrics::new(MetricsOptions::default()).context("registering metrics")?;
@@ -133,12 +136,7 @@ async fn serve(path: PathBuf, config: Config) -> anyhow::Result<()> {
             .context("setting up limits")?,
     );
     spawn_limiter_housekeeping(limiter.clone(), metrics.clone(), cancel.clone());
-    let gateway = Gateway::new(
-        Runtime::build(config.clone())?,
-        metrics.clone(),
-        auth,
-        limiter,
-    );
+    let gateway = Gateway::new(runtime, metrics.clone(), auth, limiter);
 
     // 6. Serve.
     let mut tasks = tokio::task::JoinSet::new();
@@ -204,40 +202,37 @@ async fn serve(path: PathBuf, config: Config) -> anyhow::Result<()> {
 
 /// Validates and swaps in a new config; a bad one is logged and the running config stays.
 fn reload(path: &Path, gateway: &Gateway, metrics: &Metrics) {
-    match check::validate(path).map_err(|errors| {
-        errors
-            .iter()
-            .map(ToString::to_string)
-            .collect::<Vec<_>>()
-            .join("; ")
-    }) {
-        Ok(config) => match Runtime::build(Arc::new(config)) {
-            Ok(runtime) => {
-                if let Some(auth) = &gateway.auth {
-                    match mirrorgate_auth::Tenants::new(mirrorgate_proxy::tenant_specs(
-                        &runtime.config,
-                    )) {
-                        Ok(tenants) => auth.set_tenants(tenants),
-                        Err(e) => {
-                            metrics.config_reload(Outcome::Failure);
-                            tracing::error!(error = %e, "config reload refused; the previous config keeps serving");
-                            return;
-                        }
-                    }
-                }
-                gateway.replace(runtime);
-                metrics.config_reload(Outcome::Success);
-                tracing::info!(config = %path.display(), "config reloaded");
-            }
-            Err(e) => {
-                metrics.config_reload(Outcome::Failure);
-                tracing::error!(config = %path.display(), error = %e, "config reload refused; the previous config keeps serving");
-            }
-        },
+    let refused = |reason: String| {
+        metrics.config_reload(Outcome::Failure);
+        tracing::error!(config = %path.display(), %reason, "config reload refused; the previous config keeps serving");
+    };
+    let checked = match check::validate(path) {
+        Ok(checked) => checked,
         Err(errors) => {
-            metrics.config_reload(Outcome::Failure);
-            tracing::error!(config = %path.display(), %errors, "config reload refused; the previous config keeps serving");
+            return refused(
+                errors
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join("; "),
+            )
         }
+    };
+    log_warnings(&checked.warnings);
+    if let Some(auth) = &gateway.auth {
+        match mirrorgate_auth::Tenants::new(mirrorgate_proxy::tenant_specs(&checked.config)) {
+            Ok(tenants) => auth.set_tenants(tenants),
+            Err(e) => return refused(e.to_string()),
+        }
+    }
+    gateway.replace(checked.runtime);
+    metrics.config_reload(Outcome::Success);
+    tracing::info!(config = %path.display(), "config reloaded");
+}
+
+fn log_warnings(warnings: &[mirrorgate_config::ConfigError]) {
+    for w in warnings {
+        tracing::warn!(problem = %w, "config warning (`mirrorgate check` fails on it)");
     }
 }
 
