@@ -34,7 +34,7 @@ impl Config {
 }
 
 /// `[server]`: listeners and the timeouts of the forward path.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct ServerConfig {
     pub https: SocketAddr,
     pub http: Option<SocketAddr>,
@@ -63,7 +63,7 @@ pub enum LogFormat {
 }
 
 /// `[tls]`.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct TlsConfig {
     /// Folder for ACME and self-signed material (created if missing).
     pub storage: PathBuf,
@@ -71,7 +71,7 @@ pub struct TlsConfig {
 }
 
 /// Where the serving certificate comes from.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum TlsSource {
     /// No cert/key and no ACME: a self-signed certificate covering every route host, made at start.
     SelfSigned,
@@ -82,7 +82,7 @@ pub enum TlsSource {
 }
 
 /// `[tls.acme]`.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct AcmeConfig {
     pub directory: Url,
     pub contact: Vec<String>,
@@ -114,7 +114,7 @@ pub struct TokenConfig {
 }
 
 /// `[[tenant]]`.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct TenantConfig {
     pub name: String,
     pub users: Vec<String>,
@@ -125,13 +125,15 @@ pub struct TenantConfig {
     pub concurrent_requests: Option<u32>,
     pub tenant_requests_per_second: Option<u32>,
     pub tenant_bytes_per_second: Option<u64>,
+    /// In-flight requests of the whole tenant (`concurrent_requests` is per user).
+    pub tenant_concurrent_requests: Option<u32>,
     pub bytes_per_day: Option<u64>,
     /// `route-host/repository-glob` patterns, `push:` prefixed for push.
     pub allow: Vec<String>,
 }
 
 /// `[limits]`: defaults for anonymous clients, per source IP, and the shared-state switch.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct LimitsConfig {
     pub anonymous: AnonymousLimits,
     pub redis: Option<Url>,
@@ -140,7 +142,7 @@ pub struct LimitsConfig {
 }
 
 /// Per-IP limits for anonymous clients.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct AnonymousLimits {
     pub requests_per_second: Option<u32>,
     pub burst: Option<u32>,

@@ -97,6 +97,7 @@ pub(crate) struct RawTenant {
     pub concurrent_requests: Option<S<u32>>,
     pub tenant_requests_per_second: Option<S<u32>>,
     pub tenant_bytes_per_second: Option<S<RawSize>>,
+    pub tenant_concurrent_requests: Option<S<u32>>,
     pub bytes_per_day: Option<S<RawSize>>,
     #[serde(default)]
     pub allow: Vec<S<String>>,

@@ -682,6 +682,10 @@ fn tenants(v: &mut Validator<'_>, raw: &[S<RawTenant>]) -> Vec<TenantConfig> {
             ),
             tenant_bytes_per_second: v
                 .size(&r.tenant_bytes_per_second, &k("tenant_bytes_per_second")),
+            tenant_concurrent_requests: v.positive(
+                &r.tenant_concurrent_requests,
+                &k("tenant_concurrent_requests"),
+            ),
             bytes_per_day: v.size(&r.bytes_per_day, &k("bytes_per_day")),
             allow: r.allow.iter().map(|a| a.get_ref().clone()).collect(),
         });

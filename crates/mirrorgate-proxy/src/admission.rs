@@ -60,7 +60,7 @@ pub async fn admit(
         None => None,
     };
     let subject = subject(identity.as_ref(), client_ip);
-    gw.limiter
+    gw.limiter()
         .check(&subject)
         .await
         .map_err(|limited| limit_refusal(gw, &limited))

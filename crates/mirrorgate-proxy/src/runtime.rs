@@ -69,8 +69,9 @@ pub struct Gateway {
     pub metrics: Arc<Metrics>,
     /// Client authentication; `None` when the config has no `[auth]` and no tenants (every route open).
     pub auth: Option<Arc<mirrorgate_auth::Authenticator>>,
-    /// Limits keep their state across reloads (a reload must not hand everyone a fresh burst).
-    pub limiter: Arc<mirrorgate_limits::Limiter>,
+    /// Limits keep their state across reloads that do not change them (a reload must not hand everyone a fresh
+    /// burst); a reload that changes limit values swaps in a new limiter.
+    limiter: ArcSwap<mirrorgate_limits::Limiter>,
 }
 
 impl Gateway {
@@ -86,13 +87,23 @@ impl Gateway {
             schemes: DashMap::new(),
             metrics,
             auth,
-            limiter,
+            limiter: ArcSwap::new(limiter),
         })
     }
 
     /// The runtime a new request is served with.
     pub fn runtime(&self) -> Arc<Runtime> {
         self.runtime.load_full()
+    }
+
+    /// The limiter new requests are checked against.
+    pub fn limiter(&self) -> Arc<mirrorgate_limits::Limiter> {
+        self.limiter.load_full()
+    }
+
+    /// Swaps in a limiter built from changed limit values; admissions already granted keep their permits.
+    pub fn replace_limiter(&self, limiter: Arc<mirrorgate_limits::Limiter>) {
+        self.limiter.store(limiter);
     }
 
     /// Swaps in a new runtime; requests already running keep theirs.

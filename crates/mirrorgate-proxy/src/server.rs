@@ -253,10 +253,10 @@ fn metric_kind(kind: Option<RequestKind>) -> mirrorgate_metrics::RequestKind {
 }
 
 /// Serves the plain-HTTP listener: ACME HTTP-01 answers, and a 308 to https (path and query kept) for
-/// everything else.
+/// everything else. The https port is read from the current config, so moving the https listener on reload
+/// needs no restart here.
 pub async fn serve_http(
     listener: TcpListener,
-    https_port: u16,
     acme: Option<Http01Responder>,
     gateway: Arc<Gateway>,
     shutdown: CancellationToken,
@@ -279,8 +279,10 @@ pub async fn serve_http(
             };
             let acme = acme.clone();
             let guard = gateway.metrics.connection_opened("http");
+            let gw = gateway.clone();
             let service = service_fn(move |req: Request<Incoming>| {
                 let acme = acme.clone();
+                let https_port = gw.runtime().config.server.https.port();
                 async move {
                     Ok::<_, Infallible>(redirect_or_challenge(&req, https_port, acme.as_ref()))
                 }

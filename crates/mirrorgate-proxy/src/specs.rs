@@ -57,7 +57,7 @@ pub fn limits_spec(config: &Config) -> LimitsSpec {
                 concurrent_requests: nz(t.concurrent_requests),
                 tenant_requests_per_second: nz(t.tenant_requests_per_second),
                 tenant_bytes_per_second: t.tenant_bytes_per_second,
-                tenant_concurrent_requests: None,
+                tenant_concurrent_requests: nz(t.tenant_concurrent_requests),
                 bytes_per_day: t.bytes_per_day,
             };
             (Arc::<str>::from(t.name.as_str()), limits)

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use anyhow::Context as _;
+use mirrorgate_config::Config;
 use mirrorgate_metrics::{Health, Metrics, MetricsOptions, Outcome};
 use mirrorgate_proxy::Gateway;
 use tokio::net::TcpListener;
@@ -24,7 +25,7 @@ const HTPASSWD_POLL: Duration = Duration::from_secs(2);
 const LIMITER_HOUSEKEEPING: Duration = Duration::from_secs(30);
 
 fn spawn_limiter_housekeeping(
-    limiter: Arc<mirrorgate_limits::Limiter>,
+    gateway: Arc<Gateway>,
     metrics: Arc<Metrics>,
     cancel: CancellationToken,
 ) {
@@ -34,6 +35,7 @@ fn spawn_limiter_housekeeping(
             tokio::select! {
                 () = cancel.cancelled() => return,
                 _ = tick.tick() => {
+                    let limiter = gateway.limiter();
                     limiter.housekeep();
                     let k = limiter.key_counts();
                     metrics.set_limiter_keys("user_rate", k.user_rate);
@@ -89,7 +91,7 @@ async fn serve(path: PathBuf, checked: check::Checked) -> anyhow::Result<()> {
     let check::Checked {
         config, runtime, ..
     } = checked;
-    let cancel = CancellationToken::new();
+    let shutdown = CancellationToken::new();
     // 2. Metrics and health, so every later step can report.
     let metrics = Metrics::new(MetricsOptions::default()).context("registering metrics")?;
     let health = Arc::new(Health::new());
@@ -97,24 +99,9 @@ async fn serve(path: PathBuf, checked: check::Checked) -> anyhow::Result<()> {
     health.set_config_loaded(true);
 
     // 3. Certificates (self-signed, files or ACME); background tasks start here.
-    let front = tls_setup::start(&config, &metrics, &health, &cancel)?;
+    let tls = tls_setup::TlsManager::start(&config, &metrics, &health, &shutdown)?;
 
-    // 4. Bind every listener before serving any, so a taken port fails the start cleanly.
-    let https = bind(config.server.https, "server.https").await?;
-    let http = match config.server.http {
-        Some(addr) => Some(bind(addr, "server.http").await?),
-        None => None,
-    };
-    let admin = match config.server.admin {
-        Some(addr) => Some(bind(addr, "server.admin").await?),
-        None => None,
-    };
-    health.set_listeners_bound(true);
-
-    // 5. The serving state.
-    let grace = config.server.shutdown_grace;
-    let https_port = config.server.https.port();
-    let config = Arc::new(config);
+    // 4. Authentication (htpasswd, token key) and limits.
     let auth = if mirrorgate_proxy::auth_enabled(&config) {
         let spec = mirrorgate_proxy::auth_spec(&config);
         // Loads htpasswd and the token key (generating it on first start): blocking file I/O.
@@ -124,7 +111,7 @@ async fn serve(path: PathBuf, checked: check::Checked) -> anyhow::Result<()> {
             .context("setting up authentication")?;
         let auth = Arc::new(auth);
         if let Some(users) = auth.users().cloned() {
-            let cancel = cancel.clone();
+            let cancel = shutdown.clone();
             tokio::spawn(async move { users.watch(HTPASSWD_POLL, cancel).await });
         }
         Some(auth)
@@ -135,99 +122,259 @@ async fn serve(path: PathBuf, checked: check::Checked) -> anyhow::Result<()> {
         mirrorgate_limits::Limiter::new(mirrorgate_proxy::limits_spec(&config))
             .context("setting up limits")?,
     );
-    spawn_limiter_housekeeping(limiter.clone(), metrics.clone(), cancel.clone());
     let gateway = Gateway::new(runtime, metrics.clone(), auth, limiter);
+    spawn_limiter_housekeeping(gateway.clone(), metrics.clone(), shutdown.clone());
 
-    // 6. Serve.
-    let mut tasks = tokio::task::JoinSet::new();
+    // 5. Bind every listener before serving any, so a taken port fails the start cleanly; then serve.
+    let spawner = Spawner {
+        gateway: gateway.clone(),
+        metrics: metrics.clone(),
+        health: health.clone(),
+        tls_config: tls.server_config.clone(),
+        http01: tls.http01_responder(),
+    };
+    let mut listeners = Listeners::new(shutdown.clone());
+    listeners.apply(&config.server, &spawner).await?;
+    health.set_listeners_bound(true);
     tracing::info!(https = %config.server.https, routes = config.routes.len(), "mirrorgate serving");
-    tasks.spawn(mirrorgate_proxy::serve_https(
-        https,
-        front.server_config,
-        gateway.clone(),
-        cancel.clone(),
-        grace,
-    ));
-    if let Some(http) = http {
-        tasks.spawn(mirrorgate_proxy::serve_http(
-            http,
-            https_port,
-            front.http01,
-            gateway.clone(),
-            cancel.clone(),
-        ));
-    }
-    if let Some(admin) = admin {
-        tasks.spawn(mirrorgate_metrics::serve_admin(
-            admin,
-            metrics.clone(),
-            health.clone(),
-            cancel.clone(),
-        ));
-    }
 
-    // 7. Signals and reload until asked to stop.
+    // 6. Signals and reload until asked to stop.
+    let mut server = Server {
+        path,
+        gateway,
+        metrics,
+        tls,
+        listeners,
+        spawner,
+        config: Arc::new(config),
+    };
     let mut hup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
     let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
     let mut poll = tokio::time::interval(CONFIG_POLL);
     poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut seen = fingerprint(&path);
+    let mut seen = fingerprint(&server.path);
     loop {
         tokio::select! {
             _ = hup.recv() => {
-                seen = fingerprint(&path);
-                reload(&path, &gateway, &metrics);
+                seen = fingerprint(&server.path);
+                server.reload().await;
             }
             _ = poll.tick() => {
-                let now = fingerprint(&path);
+                let now = fingerprint(&server.path);
                 if now != seen && now.is_some() {
                     seen = now;
-                    reload(&path, &gateway, &metrics);
+                    server.reload().await;
                 }
             }
             _ = term.recv() => break,
             _ = int.recv() => break,
         }
     }
+    let grace = server.config.server.shutdown_grace;
     tracing::info!(
         ?grace,
         "shutting down: no new connections, draining in-flight requests"
     );
     health.set_draining(true);
-    cancel.cancel();
-    while tasks.join_next().await.is_some() {}
+    shutdown.cancel();
+    server.listeners.join().await;
     Ok(())
 }
 
-/// Validates and swaps in a new config; a bad one is logged and the running config stays.
-fn reload(path: &Path, gateway: &Gateway, metrics: &Metrics) {
-    let refused = |reason: String| {
-        metrics.config_reload(Outcome::Failure);
-        tracing::error!(config = %path.display(), %reason, "config reload refused; the previous config keeps serving");
-    };
-    let checked = match check::validate(path) {
-        Ok(checked) => checked,
-        Err(errors) => {
-            return refused(
-                errors
+/// What reload needs: the running parts and the config they were last set up from.
+struct Server {
+    path: PathBuf,
+    gateway: Arc<Gateway>,
+    metrics: Arc<Metrics>,
+    tls: tls_setup::TlsManager,
+    listeners: Listeners,
+    spawner: Spawner,
+    config: Arc<Config>,
+}
+
+impl Server {
+    /// Validates the file and applies it: listeners first (new addresses are bound before old ones close),
+    /// then certificates, then limits and routes. A failure at any step refuses the reload; steps already
+    /// applied stay, and the old routing keeps serving.
+    async fn reload(&mut self) {
+        let refused = |metrics: &Metrics, path: &Path, reason: String| {
+            metrics.config_reload(Outcome::Failure);
+            tracing::error!(config = %path.display(), %reason, "config reload refused; the previous config keeps serving");
+        };
+        let checked = match check::validate(&self.path) {
+            Ok(checked) => checked,
+            Err(errors) => {
+                let reason = errors
                     .iter()
                     .map(ToString::to_string)
                     .collect::<Vec<_>>()
-                    .join("; "),
-            )
+                    .join("; ");
+                return refused(&self.metrics, &self.path, reason);
+            }
+        };
+        log_warnings(&checked.warnings);
+        let config = &checked.config;
+        let tenants = match self.gateway.auth.as_ref() {
+            Some(_) => {
+                match mirrorgate_auth::Tenants::new(mirrorgate_proxy::tenant_specs(config)) {
+                    Ok(t) => Some(t),
+                    Err(e) => return refused(&self.metrics, &self.path, e.to_string()),
+                }
+            }
+            None => None,
+        };
+        if let Err(e) = self.listeners.apply(&config.server, &self.spawner).await {
+            return refused(&self.metrics, &self.path, format!("{e:#}"));
         }
-    };
-    log_warnings(&checked.warnings);
-    if let Some(auth) = &gateway.auth {
-        match mirrorgate_auth::Tenants::new(mirrorgate_proxy::tenant_specs(&checked.config)) {
-            Ok(tenants) => auth.set_tenants(tenants),
-            Err(e) => return refused(e.to_string()),
+        match self.tls.apply(config) {
+            Ok(true) => tracing::info!("certificate source changed"),
+            Ok(false) => {}
+            Err(e) => return refused(&self.metrics, &self.path, format!("{e:#}")),
+        }
+        if config.tenants != self.config.tenants || config.limits != self.config.limits {
+            match mirrorgate_limits::Limiter::new(mirrorgate_proxy::limits_spec(config)) {
+                Ok(limiter) => {
+                    self.gateway.replace_limiter(Arc::new(limiter));
+                    tracing::info!("limits changed: limiter state starts afresh");
+                }
+                Err(e) => return refused(&self.metrics, &self.path, e.to_string()),
+            }
+        }
+        if let (Some(auth), Some(tenants)) = (&self.gateway.auth, tenants) {
+            auth.set_tenants(tenants);
+        }
+        self.config = checked.runtime.config.clone();
+        self.gateway.replace(checked.runtime);
+        self.metrics.config_reload(Outcome::Success);
+        tracing::info!(config = %self.path.display(), "config reloaded");
+    }
+}
+
+/// The shared handles every listener task needs.
+struct Spawner {
+    gateway: Arc<Gateway>,
+    metrics: Arc<Metrics>,
+    health: Arc<Health>,
+    tls_config: Arc<rustls::ServerConfig>,
+    http01: mirrorgate_proxy::Http01Responder,
+}
+
+/// One running listener: its address and the token that stops its accept loop (its open connections then
+/// drain on their own).
+struct Running {
+    addr: SocketAddr,
+    stop: CancellationToken,
+}
+
+/// The https, http and admin listeners, moved to new addresses on reload without a gap: the new socket is
+/// bound (and serving) before the old one stops accepting.
+struct Listeners {
+    https: Option<Running>,
+    http: Option<Running>,
+    admin: Option<Running>,
+    tasks: tokio::task::JoinSet<()>,
+    shutdown: CancellationToken,
+}
+
+#[derive(Clone, Copy)]
+enum Kind {
+    Https,
+    Http,
+    Admin,
+}
+
+impl Listeners {
+    fn new(shutdown: CancellationToken) -> Self {
+        Listeners {
+            https: None,
+            http: None,
+            admin: None,
+            tasks: tokio::task::JoinSet::new(),
+            shutdown,
         }
     }
-    gateway.replace(checked.runtime);
-    metrics.config_reload(Outcome::Success);
-    tracing::info!(config = %path.display(), "config reloaded");
+
+    async fn apply(
+        &mut self,
+        server: &mirrorgate_config::ServerConfig,
+        spawner: &Spawner,
+    ) -> anyhow::Result<()> {
+        let wanted = [
+            (Kind::Https, Some(server.https), "server.https"),
+            (Kind::Http, server.http, "server.http"),
+            (Kind::Admin, server.admin, "server.admin"),
+        ];
+        // Bind everything that moves first: one failure leaves every listener as it was.
+        let mut bound = Vec::new();
+        for (kind, addr, key) in wanted {
+            let current = self.slot(kind).as_ref().map(|r| r.addr);
+            if let Some(addr) = addr.filter(|a| Some(*a) != current) {
+                bound.push((kind, addr, bind(addr, key).await?));
+            }
+        }
+        for (kind, addr, listener) in bound {
+            let stop = self.shutdown.child_token();
+            self.spawn(kind, listener, stop.clone(), spawner, server.shutdown_grace);
+            if let Some(old) = self.slot(kind).replace(Running { addr, stop }) {
+                tracing::info!(from = %old.addr, to = %addr, "listener moved");
+                old.stop.cancel();
+            }
+        }
+        for (kind, addr, _) in wanted {
+            if addr.is_none() {
+                if let Some(old) = self.slot(kind).take() {
+                    tracing::info!(addr = %old.addr, "listener closed");
+                    old.stop.cancel();
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn slot(&mut self, kind: Kind) -> &mut Option<Running> {
+        match kind {
+            Kind::Https => &mut self.https,
+            Kind::Http => &mut self.http,
+            Kind::Admin => &mut self.admin,
+        }
+    }
+
+    fn spawn(
+        &mut self,
+        kind: Kind,
+        listener: TcpListener,
+        stop: CancellationToken,
+        s: &Spawner,
+        grace: Duration,
+    ) {
+        match kind {
+            Kind::Https => self.tasks.spawn(mirrorgate_proxy::serve_https(
+                listener,
+                s.tls_config.clone(),
+                s.gateway.clone(),
+                stop,
+                grace,
+            )),
+            Kind::Http => self.tasks.spawn(mirrorgate_proxy::serve_http(
+                listener,
+                Some(s.http01.clone()),
+                s.gateway.clone(),
+                stop,
+            )),
+            Kind::Admin => self.tasks.spawn(mirrorgate_metrics::serve_admin(
+                listener,
+                s.metrics.clone(),
+                s.health.clone(),
+                stop,
+            )),
+        };
+    }
+
+    /// Waits for every listener task (after shutdown: until their connections drained or the grace ran out).
+    async fn join(mut self) {
+        while self.tasks.join_next().await.is_some() {}
+    }
 }
 
 fn log_warnings(warnings: &[mirrorgate_config::ConfigError]) {

@@ -1,16 +1,21 @@
-//! Builds the TLS front door from `[tls]`: the SNI resolver, the certificate source behind it (self-signed,
-//! watched files or ACME) and the hooks that report certificates to metrics.
+//! The TLS front door from `[tls]`: one SNI resolver for the life of the process, and the certificate source
+//! feeding it (self-signed, watched files or ACME) with the hooks that report certificates to metrics.
+//!
+//! On reload a changed `[tls]` section (or a changed set of route hosts) starts the new source *before* the old
+//! one's background tasks are stopped; the listeners never change their rustls config, only what the resolver
+//! holds, so open connections are untouched.
 
 use std::sync::Arc;
 use std::time::SystemTime;
 
 use anyhow::Context as _;
-use mirrorgate_config::{AcmeChallenge, Config, TlsSource};
+use arc_swap::ArcSwapOption;
+use mirrorgate_config::{AcmeChallenge, Config, TlsConfig, TlsSource};
 use mirrorgate_metrics::{Health, Metrics, Outcome};
 use mirrorgate_proxy::Http01Responder;
 use mirrorgate_tls::{
     AcmeManager, AcmeSpec, CertEvents, CertResolver, CertTable, ChallengeKind, FileWatcher,
-    TlsError,
+    Http01Tokens, LoadedCert, TlsError,
 };
 use tokio_util::sync::CancellationToken;
 
@@ -31,91 +36,155 @@ impl CertEvents for MetricsEvents {
     }
 }
 
-/// The TLS server config, plus the HTTP-01 responder when ACME uses it.
-pub struct FrontDoor {
+/// What decides the certificate source; a reload that changes neither keeps the running source.
+#[derive(PartialEq)]
+struct Source {
+    tls: TlsConfig,
+    hosts: Vec<String>,
+}
+
+/// The resolver, the rustls config built on it, and the running certificate source.
+pub struct TlsManager {
+    resolver: Arc<CertResolver>,
     pub server_config: Arc<rustls::ServerConfig>,
-    pub http01: Option<Http01Responder>,
+    /// Current HTTP-01 answers; the plain listener's responder reads through this, so a new ACME source is
+    /// answered without restarting that listener.
+    http01: Arc<ArcSwapOption<Http01Tokens>>,
+    events: Arc<dyn CertEvents>,
+    source: Source,
+    /// Stops the current source's background tasks (file watcher, ACME loop).
+    tasks: CancellationToken,
+    shutdown: CancellationToken,
 }
 
-/// Sets up certificates and spawns their background tasks (file watcher, ACME) on the current runtime.
-pub fn start(
-    config: &Config,
-    metrics: &Arc<Metrics>,
-    health: &Arc<Health>,
-    cancel: &CancellationToken,
-) -> anyhow::Result<FrontDoor> {
-    let resolver = Arc::new(CertResolver::new(CertTable::new()));
-    let events: Arc<dyn CertEvents> = Arc::new(MetricsEvents(metrics.clone()));
-    let hosts = config.certificate_hosts();
-    let storage = &config.tls.storage;
-    let mut http01 = None;
-    match &config.tls.source {
-        TlsSource::SelfSigned => {
-            let cert = mirrorgate_tls::self_signed(&hosts, storage).with_context(|| {
-                format!(
-                    "making the self-signed certificate under {}",
-                    storage.display()
-                )
-            })?;
-            install_default(&resolver, &cert, events.as_ref());
-            tracing::warn!(
-                cert = %storage.join("self-signed.pem").display(),
-                "serving a self-signed certificate: clients must trust this file (or configure [tls] cert/key or [tls.acme])"
-            );
+impl TlsManager {
+    /// Sets up certificates from `config` and spawns their background tasks on the current runtime.
+    pub fn start(
+        config: &Config,
+        metrics: &Arc<Metrics>,
+        health: &Arc<Health>,
+        shutdown: &CancellationToken,
+    ) -> anyhow::Result<Self> {
+        let resolver = Arc::new(CertResolver::new(CertTable::new()));
+        let server_config = mirrorgate_tls::server_config(resolver.clone())
+            .context("building the TLS server config")?;
+        let mut manager = TlsManager {
+            resolver,
+            server_config,
+            http01: Arc::new(ArcSwapOption::empty()),
+            events: Arc::new(MetricsEvents(metrics.clone())),
+            source: Source {
+                tls: config.tls.clone(),
+                hosts: config.certificate_hosts(),
+            },
+            tasks: shutdown.child_token(),
+            shutdown: shutdown.clone(),
+        };
+        let tasks = manager.tasks.clone();
+        manager.start_source(config, &tasks)?;
+        health.set_certificate_ready(true);
+        Ok(manager)
+    }
+
+    /// The HTTP-01 responder for the plain listener (answers nothing unless ACME with HTTP-01 runs).
+    pub fn http01_responder(&self) -> Http01Responder {
+        let current = self.http01.clone();
+        Arc::new(move |token: &str| current.load().as_ref().and_then(|t| t.get(token)))
+    }
+
+    /// Applies a reloaded config: a changed `[tls]` or host set starts the new source first; if it fails, the
+    /// old source keeps running and the error is returned (the reload is refused).
+    pub fn apply(&mut self, config: &Config) -> anyhow::Result<bool> {
+        let source = Source {
+            tls: config.tls.clone(),
+            hosts: config.certificate_hosts(),
+        };
+        if source == self.source {
+            return Ok(false);
         }
-        TlsSource::Files { cert, key } => {
-            let mut watcher = FileWatcher::new(cert, key, resolver.clone()).events(events.clone());
-            watcher
-                .load_initial()
-                .with_context(|| format!("loading {} and {}", cert.display(), key.display()))?;
-            tokio::spawn(watcher.run(cancel.clone()));
+        let tasks = self.shutdown.child_token();
+        if let Err(e) = self.start_source(config, &tasks) {
+            tasks.cancel();
+            return Err(e);
         }
-        TlsSource::Acme(acme) => {
-            // Until ACME delivers, the self-signed certificate keeps the listener usable.
-            let fallback = mirrorgate_tls::self_signed(&hosts, storage).with_context(|| {
-                format!(
-                    "making the self-signed certificate under {}",
-                    storage.display()
-                )
-            })?;
-            install_default(&resolver, &fallback, events.as_ref());
-            let mut spec = AcmeSpec::new(acme.directory.clone(), hosts.clone(), storage.clone());
-            spec.contact = acme.contact.clone();
-            spec.directory_ca = acme.directory_ca.clone();
-            spec.challenge = match acme.challenge {
-                AcmeChallenge::Http01 => ChallengeKind::Http01,
-                AcmeChallenge::TlsAlpn01 => ChallengeKind::TlsAlpn01,
-            };
-            if spec.challenge == ChallengeKind::Http01 && config.server.http.is_none() {
-                anyhow::bail!("tls.acme.challenge = \"http-01\" needs server.http (the CA validates over plain HTTP)");
+        std::mem::replace(&mut self.tasks, tasks).cancel();
+        self.source = source;
+        Ok(true)
+    }
+
+    fn start_source(&mut self, config: &Config, tasks: &CancellationToken) -> anyhow::Result<()> {
+        let hosts = config.certificate_hosts();
+        let storage = &config.tls.storage;
+        match &config.tls.source {
+            TlsSource::SelfSigned => {
+                let cert = self_signed(&hosts, storage)?;
+                self.install_only(&cert);
+                self.http01.store(None);
+                tracing::warn!(
+                    cert = %storage.join("self-signed.pem").display(),
+                    "serving a self-signed certificate: clients must trust this file (or configure [tls] cert/key or [tls.acme])"
+                );
             }
-            let manager = AcmeManager::new(spec, resolver.clone())
-                .context("setting up ACME")?
-                .events(events.clone());
-            let tokens = manager.http01_tokens();
-            http01 = Some(Arc::new(move |token: &str| tokens.get(token)) as Http01Responder);
-            tokio::spawn(manager.run(cancel.clone()));
+            TlsSource::Files { cert, key } => {
+                let mut watcher =
+                    FileWatcher::new(cert, key, self.resolver.clone()).events(self.events.clone());
+                // Start from an empty table so hosts of a previous certificate do not linger.
+                let previous = self.resolver.table();
+                self.resolver.replace(CertTable::new());
+                if let Err(e) = watcher.load_initial() {
+                    self.resolver.replace((*previous).clone());
+                    return Err(anyhow::Error::new(e).context(format!(
+                        "loading {} and {}",
+                        cert.display(),
+                        key.display()
+                    )));
+                }
+                self.http01.store(None);
+                tokio::spawn(watcher.run(tasks.clone()));
+            }
+            TlsSource::Acme(acme) => {
+                if acme.challenge == AcmeChallenge::Http01 && config.server.http.is_none() {
+                    anyhow::bail!("tls.acme.challenge = \"http-01\" needs server.http (the CA validates over plain HTTP)");
+                }
+                let mut spec =
+                    AcmeSpec::new(acme.directory.clone(), hosts.clone(), storage.clone());
+                spec.contact = acme.contact.clone();
+                spec.directory_ca = acme.directory_ca.clone();
+                spec.challenge = match acme.challenge {
+                    AcmeChallenge::Http01 => ChallengeKind::Http01,
+                    AcmeChallenge::TlsAlpn01 => ChallengeKind::TlsAlpn01,
+                };
+                // Until ACME delivers, the self-signed certificate keeps the listener usable; a stored ACME
+                // certificate (loaded by the manager) replaces it at once.
+                let fallback = self_signed(&hosts, storage)?;
+                self.install_only(&fallback);
+                let manager = AcmeManager::new(spec, self.resolver.clone())
+                    .context("setting up ACME")?
+                    .events(self.events.clone());
+                self.http01.store(Some(Arc::new(manager.http01_tokens())));
+                tokio::spawn(manager.run(tasks.clone()));
+            }
+        }
+        Ok(())
+    }
+
+    /// Serves `cert` alone (and as the default for unknown names).
+    fn install_only(&self, cert: &LoadedCert) {
+        let mut table = CertTable::new();
+        table.insert_cert(cert);
+        table.set_default(cert.key.clone());
+        self.resolver.replace(table);
+        for host in &cert.info.hosts {
+            self.events.on_loaded(host, cert.info.not_after);
         }
     }
-    health.set_certificate_ready(true);
-    let server_config =
-        mirrorgate_tls::server_config(resolver).context("building the TLS server config")?;
-    Ok(FrontDoor {
-        server_config,
-        http01,
-    })
 }
 
-fn install_default(
-    resolver: &CertResolver,
-    cert: &mirrorgate_tls::LoadedCert,
-    events: &dyn CertEvents,
-) {
-    let mut table = CertTable::new();
-    table.insert_cert(cert);
-    table.set_default(cert.key.clone());
-    resolver.replace(table);
-    for host in &cert.info.hosts {
-        events.on_loaded(host, cert.info.not_after);
-    }
+fn self_signed(hosts: &[String], storage: &std::path::Path) -> anyhow::Result<LoadedCert> {
+    mirrorgate_tls::self_signed(hosts, storage).with_context(|| {
+        format!(
+            "making the self-signed certificate under {}",
+            storage.display()
+        )
+    })
 }
