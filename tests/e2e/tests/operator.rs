@@ -455,3 +455,78 @@ fn htpasswd_command_output_is_accepted_by_the_gateway() {
         assert!(resp.header("www-authenticate").is_some());
     }
 }
+
+// Reload moves what used to need a restart: the https listener to a new port (the old one stops accepting),
+// and the anonymous rate limit (a tight limit answers 429 right after the reload).
+#[test]
+fn reload_moves_the_listener_and_applies_new_limits() {
+    let s = Stage::new("op-reload-listener");
+    let (a, _) = s.upstream("upstream-a");
+    let docker = route("docker.test", &a.url(), "");
+    let gw = s.gateway(&docker);
+    assert_eq!(
+        s.http
+            .send(&s.get("docker.test", HELLO_MANIFEST))
+            .unwrap()
+            .status,
+        200
+    );
+
+    let new_port = loop {
+        let p = free_port();
+        if p != s.ports.https && p != s.ports.http && p != s.ports.admin {
+            break p;
+        }
+    };
+    let moved = s
+        .config(&docker)
+        .replace(
+            &format!("127.0.0.1:{}\"", s.ports.https),
+            &format!("127.0.0.1:{new_port}\""),
+        )
+        .replace(
+            "requests_per_second = 10000\nburst = 10000",
+            "requests_per_second = 1\nburst = 1",
+        );
+    assert!(
+        moved.contains(&new_port.to_string()) && moved.contains("burst = 1\n"),
+        "{moved}"
+    );
+    rewrite(gw.config_path(), &moved);
+    let pid = gw.pid().to_string();
+    assert!(Command::new("kill")
+        .args(["-HUP", &pid])
+        .status()
+        .unwrap()
+        .success());
+
+    let on_new_port = |path: &str| {
+        let req = RawRequest::h1(new_port, "docker.test", path)
+            .with_host(&format!("docker.test:{new_port}"))
+            .with_header("accept", MT_MANIFEST);
+        s.http.send(&req)
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let first = loop {
+        match on_new_port(HELLO_MANIFEST) {
+            Ok(r) => break r,
+            Err(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(100)),
+            Err(e) => panic!(
+                "the new listener never answered: {e}\n{}",
+                strip_ansi(&gw.log())
+            ),
+        }
+    };
+    assert_eq!(first.status, 200, "{}", first.text());
+    let second = on_new_port(HELLO_MANIFEST).unwrap();
+    assert_eq!(
+        second.status, 429,
+        "the new limit (1 req/s, burst 1) was not applied"
+    );
+    assert!(second.header("retry-after").is_some());
+    assert!(
+        s.http.send(&s.get("docker.test", HELLO_MANIFEST)).is_err(),
+        "the old listener still accepts connections"
+    );
+    assert!(strip_ansi(&gw.log()).contains("listener moved"));
+}
