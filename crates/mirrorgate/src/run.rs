@@ -162,10 +162,16 @@ async fn serve(path: PathBuf, checked: check::Checked) -> anyhow::Result<()> {
             }
             _ = poll.tick() => {
                 let now = fingerprint(&server.path);
-                if now != seen && now.is_some() {
-                    seen = now;
+                if now == seen {
+                    continue;
+                }
+                if now.is_none() {
+                    // Deleted (or mid-replace): say so once; the last config keeps serving until a file is back.
+                    tracing::warn!(config = %server.path.display(), "the config file is gone; the last config keeps serving");
+                } else {
                     server.reload().await;
                 }
+                seen = now;
             }
             _ = term.recv() => break,
             _ = int.recv() => break,

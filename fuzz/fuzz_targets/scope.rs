@@ -1,0 +1,20 @@
+//! Token scopes from clients and upstreams: `Scope::parse` (registry) and the token server's `Scope::parse`
+//! (auth) must never panic, and a parsed scope must re-parse from its `Display` unchanged.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use mirrorgate_registry::Scope;
+
+fuzz_target!(|data: &[u8]| {
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    if let Ok(scope) = Scope::parse(text) {
+        assert!(!scope.resource_type.is_empty() && !scope.name.is_empty());
+        let shown = scope.to_string();
+        assert_eq!(Scope::parse(&shown).ok(), Some(scope));
+    }
+    if let Ok(scope) = mirrorgate_auth::Scope::parse(text) {
+        assert!(!scope.kind.is_empty() && !scope.name.is_empty());
+    }
+});

@@ -1,0 +1,874 @@
+//! Faults the gateway must survive without lying to clients or falling over: an upstream that dies in the
+//! middle of a blob, one that accepts TCP and never answers, a backend cache answering 500s, a dead token
+//! realm, redis unreachable at start, an ACME storage folder that cannot be written, and the config file
+//! deleted under a running gateway. Each scenario asserts the protective behaviour itself (an error instead of
+//! a short body, a 504 in time, a fallback, fail-open, the old certificate kept, the last config kept), so
+//! removing the protection fails it. Real processes on loopback throughout (docs: design.md, config.md).
+
+// The whole file is test code: a failed unwrap is a failed scenario (clippy only exempts `#[test]` fns).
+#![allow(clippy::unwrap_used)]
+
+use std::convert::Infallible;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use mirrorgate_e2e::{
+    free_port, push, require, require_hosts, runtime, Gateway, HttpCheck, Leaf, OciImage, Pebble,
+    Ports, Pushed, RawRequest, RawResponse, Registry, RegistryMode, TestCa, TestDir, TokenIssuer,
+    TokenIssuerOptions,
+};
+use sha2::{Digest, Sha256};
+
+/// Every name the gateway's certificate covers.
+const HOSTS: &[&str] = &["docker.test", "gcr.test"];
+const MT_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+/// Generous anonymous limits: limits are not the subject of these scenarios.
+const LIMITS: &str =
+    "[limits]\nrequests_per_second = 10000\nburst = 10000\nbytes_per_second = \"10GiB\"\n\n";
+/// The user that pushes test images to token-mode upstreams.
+const PUSHER: (&str, &str) = ("pusher", "push-secret");
+/// The blob cut in half by a dying upstream: far more than every socket buffer between the processes, so the
+/// kill lands while most of it is still unsent.
+const BIG: usize = 128 << 20;
+/// How much of the big blob the client reads before the upstream is killed.
+const CUT_AFTER: u64 = 4 << 20;
+/// `[server] upstream_timeout` for the hanging-upstream scenario, and the slack allowed on top of it.
+const UPSTREAM_TIMEOUT: Duration = Duration::from_secs(3);
+const TIMEOUT_MARGIN: Duration = Duration::from_secs(4);
+/// What the ACME manager logs when an attempt fails and it keeps the current certificate.
+const FAILED_ATTEMPT: &str = "ACME attempt failed";
+
+/// A scenario's fixed parts: scratch dir, CA + gateway certificate for [`HOSTS`], ports, a client trusting
+/// the CA.
+struct Stage {
+    t: TestDir,
+    leaf: Leaf,
+    ports: Ports,
+    http: HttpCheck,
+}
+
+impl Stage {
+    fn new(name: &str) -> Self {
+        require_hosts();
+        let t = TestDir::new(name).unwrap();
+        let ca = TestCa::new(&t.sub("ca").unwrap()).unwrap();
+        let leaf = ca.issue("site", HOSTS).unwrap();
+        Self {
+            http: HttpCheck::new(&ca).unwrap(),
+            ports: distinct_ports(),
+            leaf,
+            t,
+        }
+    }
+
+    /// `[server]` (plus `server_extra` lines), the static certificate, then `rest` ([limits], routes, …).
+    fn config(&self, server_extra: &str, rest: &str) -> String {
+        format!(
+            "{server}{server_extra}\n[tls]\ncert = {cert:?}\nkey = {key:?}\n\n{rest}",
+            server = self.ports.server_toml(),
+            cert = self.leaf.cert.display().to_string(),
+            key = self.leaf.key.display().to_string(),
+        )
+    }
+
+    fn gateway(&self, server_extra: &str, rest: &str) -> Gateway {
+        Gateway::start(self.t.path(), &self.config(server_extra, rest)).unwrap()
+    }
+
+    /// A GET of `path` for `host` over TLS (SNI and Host agree), asking for OCI manifests.
+    fn get(&self, host: &str, path: &str) -> RawRequest {
+        RawRequest::h1(self.ports.https, host, path)
+            .with_host(&format!("{host}:{}", self.ports.https))
+            .with_header("accept", MT_MANIFEST)
+    }
+
+    fn send(&self, req: &RawRequest) -> RawResponse {
+        self.http.send(req).unwrap()
+    }
+
+    /// The admin listener's `/metrics` text.
+    fn metrics(&self) -> String {
+        let port = self.ports.admin;
+        let resp = self.send(&RawRequest::plain(
+            port,
+            &format!("127.0.0.1:{port}"),
+            "/metrics",
+        ));
+        assert_eq!(resp.status, 200, "/metrics: {}", resp.text());
+        resp.text()
+    }
+
+    /// Writes a single-arch image of `bytes` layer bytes.
+    fn image(&self, name: &str, bytes: usize) -> OciImage {
+        OciImage::write_layout(
+            &self.t.sub(&format!("image-{name}")).unwrap(),
+            name,
+            "latest",
+            bytes,
+        )
+        .unwrap()
+    }
+}
+
+/// Free listener ports, all different (the gateway rightly refuses one address twice).
+fn distinct_ports() -> Ports {
+    loop {
+        let p = Ports::free();
+        if p.https != p.http && p.https != p.admin && p.http != p.admin {
+            return p;
+        }
+    }
+}
+
+/// An anonymous `[[route]]` for `host`: `upstream`, and `endpoints` tried before it.
+fn route(host: &str, upstream: &str, endpoints: &[String]) -> String {
+    let mut r = format!("[[route]]\nhost = {host:?}\nupstream = {upstream:?}\nanonymous = true\n");
+    if !endpoints.is_empty() {
+        let list: Vec<String> = endpoints.iter().map(|e| format!("{e:?}")).collect();
+        r.push_str(&format!("endpoints = [{}]\n", list.join(", ")));
+    }
+    r.push('\n');
+    r
+}
+
+fn manifest_path(pushed: &Pushed) -> String {
+    let (repo, tag) = pushed.reference.split_once(':').unwrap();
+    format!("/v2/{repo}/manifests/{tag}")
+}
+
+fn sha256(bytes: &[u8]) -> String {
+    format!("sha256:{:x}", Sha256::digest(bytes))
+}
+
+/// The sum of every sample of `name` whose label set contains each of `labels` (`key="value"` strings).
+fn metric(text: &str, name: &str, labels: &[&str]) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let (series, value) = l.rsplit_once(' ')?;
+            let (metric, rest) = series.split_once('{').unwrap_or((series, ""));
+            (metric == name && labels.iter().all(|want| rest.contains(want)))
+                .then(|| value.parse::<f64>().ok())
+                .flatten()
+        })
+        .sum()
+}
+
+/// The log without terminal colour sequences (`ESC [ … m`), so `key=value` can be matched.
+fn strip_ansi(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// A TCP server that accepts connections and never answers (a wedged upstream); counts accepts.
+struct Hang {
+    port: u16,
+    accepted: Arc<AtomicU64>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Hang {
+    fn start() -> Self {
+        let listener = runtime()
+            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+            .unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let accepted = Arc::new(AtomicU64::new(0));
+        let count = accepted.clone();
+        let task = runtime().spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((stream, _)) = listener.accept().await {
+                count.fetch_add(1, Ordering::Relaxed);
+                held.push(stream);
+            }
+        });
+        Self {
+            port,
+            accepted,
+            task,
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for Hang {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// An HTTP server answering every request with 500 and an OCI error body (a broken backend cache).
+struct Failing {
+    port: u16,
+    hits: Arc<AtomicU64>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Failing {
+    fn start() -> Self {
+        let listener = runtime()
+            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+            .unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let hits = Arc::new(AtomicU64::new(0));
+        let count = hits.clone();
+        let task = runtime().spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let count = count.clone();
+                tokio::spawn(async move {
+                    let svc = hyper::service::service_fn(move |_req: http::Request<Incoming>| {
+                        count.fetch_add(1, Ordering::Relaxed);
+                        async {
+                            let mut resp = http::Response::new(Full::new(Bytes::from_static(
+                                br#"{"errors":[{"code":"UNKNOWN","message":"cache storage broken"}]}"#,
+                            )));
+                            *resp.status_mut() = http::StatusCode::INTERNAL_SERVER_ERROR;
+                            resp.headers_mut().insert(
+                                http::header::CONTENT_TYPE,
+                                http::HeaderValue::from_static("application/json"),
+                            );
+                            Ok::<_, Infallible>(resp)
+                        }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), svc)
+                        .await;
+                });
+            }
+        });
+        Self { port, hits, task }
+    }
+
+    fn origin(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for Failing {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// A TCP relay on a fixed port in front of a token issuer, so the realm can go down (connection refused, open
+/// connections cut) and come back on the same URL, which the registry's challenge names.
+struct Relay {
+    port: u16,
+    task: tokio::task::JoinHandle<()>,
+    conns: Arc<Mutex<Vec<tokio::task::AbortHandle>>>,
+}
+
+impl Relay {
+    fn start(port: u16, to: u16) -> Self {
+        // The port was just released by the previous relay: retry briefly (tokio sets SO_REUSEADDR).
+        let start = Instant::now();
+        let listener = loop {
+            match runtime().block_on(tokio::net::TcpListener::bind(("127.0.0.1", port))) {
+                Ok(l) => break l,
+                Err(e) if start.elapsed() > Duration::from_secs(5) => {
+                    panic!("cannot bind the realm relay on {port} again: {e}")
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(50)),
+            }
+        };
+        let conns: Arc<Mutex<Vec<tokio::task::AbortHandle>>> = Arc::default();
+        let handles = conns.clone();
+        let task = runtime().spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                let conn = tokio::spawn(async move {
+                    if let Ok(mut outbound) =
+                        tokio::net::TcpStream::connect(("127.0.0.1", to)).await
+                    {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    }
+                });
+                handles.lock().unwrap().push(conn.abort_handle());
+            }
+        });
+        Self { port, task, conns }
+    }
+
+    /// Stops accepting and cuts every relayed connection (the realm is down).
+    fn stop(self) {
+        self.task.abort();
+        for c in self.conns.lock().unwrap().drain(..) {
+            c.abort();
+        }
+        // Let the aborted tasks drop their sockets before the caller probes the port.
+        let port = self.port;
+        let start = Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            assert!(
+                start.elapsed() < Duration::from_secs(5),
+                "the realm relay on {port} still accepts after stop"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+/// Makes a folder immutable (`chattr +i`): as root, `chmod 0500` does not stop writes, the immutable flag does.
+/// Cleared on drop so the scratch dir can be removed.
+struct Immutable(PathBuf);
+
+impl Immutable {
+    fn set(dir: &Path) -> Self {
+        require("chattr", "e2fsprogs");
+        let out = Command::new("chattr").arg("+i").arg(dir).output().unwrap();
+        assert!(
+            out.status.success(),
+            "chattr +i {} failed (a filesystem without the immutable flag?): {}",
+            dir.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let guard = Self(dir.to_path_buf());
+        let probe = dir.join(".write-probe");
+        let write = std::fs::write(&probe, b"x");
+        assert!(
+            write.is_err(),
+            "{} is still writable after chattr +i; the scenario would prove nothing",
+            dir.display()
+        );
+        guard
+    }
+}
+
+impl Drop for Immutable {
+    fn drop(&mut self) {
+        let _ = Command::new("chattr").arg("-i").arg(&self.0).status();
+    }
+}
+
+// An upstream killed in the middle of a 128 MiB blob: the client sees the body fail (HTTP/1.1: the connection
+// ends before Content-Length; h2: the stream is reset), never a complete-looking short body; the next request
+// falls back from the dead backend cache to the upstream and gets the whole blob.
+#[test]
+fn upstream_killed_mid_blob_is_an_error_then_falls_back() {
+    let s = Stage::new("fault-midblob");
+    let image = s.image("big", BIG);
+    let mut cache_a = Registry::open(s.t.path(), "cache-a").unwrap();
+    let mut cache_c = Registry::open(s.t.path(), "cache-c").unwrap();
+    let upstream = Registry::open(s.t.path(), "upstream").unwrap();
+    for r in [&cache_a, &cache_c, &upstream] {
+        push(&image, r, "library/big:latest", None).unwrap();
+    }
+    let routes = format!(
+        "{}{}",
+        route("docker.test", &upstream.url(), &[cache_a.url()]),
+        route("gcr.test", &upstream.url(), &[cache_c.url()]),
+    );
+    let gw = s.gateway("", &format!("{LIMITS}{routes}"));
+    let digest = image.layer_digest().to_string();
+    let size = image.layers[0].size;
+    let blob = format!("/v2/library/big/blobs/{digest}");
+
+    for (proto, host, h2, cache) in [
+        ("http/1.1", "docker.test", false, &mut cache_a),
+        ("h2", "gcr.test", true, &mut cache_c),
+    ] {
+        let mut req = s.get(host, &blob);
+        if h2 {
+            req.h2 = true;
+        }
+        let outcome =
+            s.http
+                .download_with_pause(&req, CUT_AFTER, Duration::from_millis(500), || {
+                    cache.stop();
+                    Ok(())
+                });
+        match outcome {
+            Ok((status, n, got)) if n == size && got == digest => panic!(
+                "{proto}: status {status} and the whole {size}-byte blob was delivered although its endpoint was killed after \
+                 {CUT_AFTER} bytes: it was already in flight, so nothing was cut (raise BIG)"
+            ),
+            Ok((status, n, got)) => panic!(
+                "{proto}: the client saw a complete-looking body after the upstream died: status {status}, \
+                 {n} of {size} bytes, {got}\n{}",
+                gw.log()
+            ),
+            Err(e) => {
+                let e = format!("{e:#}");
+                assert!(
+                    e.contains("body cut after"),
+                    "{proto}: the request failed before the body ({e}); expected a 200 whose body breaks"
+                );
+                eprintln!("{proto}: upstream killed mid-blob → client error: {e}");
+            }
+        }
+
+        let served_before = upstream.requests(&digest);
+        let resp = s.send(&req);
+        assert_eq!(
+            resp.status,
+            200,
+            "{proto}: the request after the kill did not fall back: {}",
+            resp.text()
+        );
+        assert_eq!(
+            resp.body.len() as u64,
+            size,
+            "{proto}: fallback body length"
+        );
+        assert_eq!(sha256(&resp.body), digest, "{proto}: fallback body digest");
+        assert!(
+            upstream.requests(&digest) > served_before,
+            "{proto}: the fallback blob did not come from the upstream registry"
+        );
+    }
+    let failed = strip_ansi(&gw.log())
+        .lines()
+        .filter(|l| l.contains("mirrorgate::access") && l.contains("completion=Failed"))
+        .count();
+    eprintln!("access-log lines with completion=Failed: {failed}");
+}
+
+// A hanging upstream (TCP accepted, no answer) with `upstream_timeout = "3s"`: 504 UNAVAILABLE after ~3 s,
+// not a hung client; with a second endpoint the same wait ends in a fallback and a 200.
+#[test]
+fn hanging_upstream_times_out_or_falls_back() {
+    let s = Stage::new("fault-hang");
+    let hang_only = Hang::start();
+    let hang_cache = Hang::start();
+    let upstream = Registry::open(s.t.path(), "upstream").unwrap();
+    let pushed = push(
+        &s.image("small", 16 * 1024),
+        &upstream,
+        "library/small:latest",
+        None,
+    )
+    .unwrap();
+    let routes = format!(
+        "{}{}",
+        route("docker.test", &hang_only.url(), &[]),
+        route("gcr.test", &upstream.url(), &[hang_cache.url()]),
+    );
+    let gw = s.gateway(
+        &format!("upstream_timeout = \"{}s\"\n", UPSTREAM_TIMEOUT.as_secs()),
+        &format!("{LIMITS}{routes}"),
+    );
+    let path = manifest_path(&pushed);
+
+    let start = Instant::now();
+    let resp = s.send(&s.get("docker.test", &path));
+    let took = start.elapsed();
+    assert_eq!(resp.status, 504, "hanging upstream: {}", resp.text());
+    assert_eq!(
+        resp.oci_error_codes().unwrap(),
+        vec!["UNAVAILABLE".to_string()]
+    );
+    assert!(
+        took >= UPSTREAM_TIMEOUT.mul_f64(0.8) && took <= UPSTREAM_TIMEOUT + TIMEOUT_MARGIN,
+        "504 after {took:?}; expected ~{UPSTREAM_TIMEOUT:?} (+{TIMEOUT_MARGIN:?})"
+    );
+    assert!(
+        hang_only.accepted.load(Ordering::Relaxed) >= 1,
+        "the hanging upstream was never contacted"
+    );
+    eprintln!("hanging upstream: 504 after {took:?}");
+
+    let start = Instant::now();
+    let resp = s.send(&s.get("gcr.test", &path));
+    let took = start.elapsed();
+    assert_eq!(
+        resp.status,
+        200,
+        "hanging cache, live upstream: {}\n{}",
+        resp.text(),
+        gw.log()
+    );
+    assert_eq!(
+        resp.header("docker-content-digest"),
+        Some(pushed.manifest_digest.as_str())
+    );
+    assert!(
+        hang_cache.accepted.load(Ordering::Relaxed) >= 1,
+        "the hanging cache was never tried"
+    );
+    assert!(
+        took <= UPSTREAM_TIMEOUT + TIMEOUT_MARGIN,
+        "fallback took {took:?}"
+    );
+    eprintln!("hanging cache: fallback 200 after {took:?}");
+}
+
+// A backend cache answering 500 is skipped: the request is served by the upstream (200, right digest), and
+// `mirrorgate_upstream_fallbacks_total` counts the move away from the cache.
+#[test]
+fn failing_backend_cache_falls_back_to_upstream() {
+    let s = Stage::new("fault-500");
+    let cache = Failing::start();
+    let upstream = Registry::open(s.t.path(), "upstream").unwrap();
+    let pushed = push(
+        &s.image("small", 16 * 1024),
+        &upstream,
+        "library/small:latest",
+        None,
+    )
+    .unwrap();
+    let _gw = s.gateway(
+        "",
+        &format!(
+            "{LIMITS}{}",
+            route("docker.test", &upstream.url(), &[cache.origin()])
+        ),
+    );
+    let from = format!("from_endpoint=\"{}\"", cache.origin());
+    let before = metric(
+        &s.metrics(),
+        "mirrorgate_upstream_fallbacks_total",
+        &[&from],
+    );
+
+    let resp = s.send(&s.get("docker.test", &manifest_path(&pushed)));
+    assert_eq!(
+        resp.status,
+        200,
+        "backend cache answering 500: {}",
+        resp.text()
+    );
+    assert_eq!(
+        resp.header("docker-content-digest"),
+        Some(pushed.manifest_digest.as_str())
+    );
+    assert!(
+        cache.hits.load(Ordering::Relaxed) >= 1,
+        "the failing cache was never asked"
+    );
+    let metrics = s.metrics();
+    let after = metric(&metrics, "mirrorgate_upstream_fallbacks_total", &[&from]);
+    assert!(
+        after >= before + 1.0,
+        "mirrorgate_upstream_fallbacks_total{{{from}}} went {before} → {after}; metrics:\n{}",
+        metrics
+            .lines()
+            .filter(|l| l.contains("fallbacks"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+}
+
+// A token-mode upstream whose realm is down: 502 UNAVAILABLE as OCI JSON, the gateway keeps running; the realm
+// back on the same URL → 200; down again → a new scope fails (502) while a cached token still serves.
+#[test]
+fn token_realm_down_is_502_then_recovers() {
+    let s = Stage::new("fault-realm");
+    let issuer = TokenIssuer::start(
+        &s.t.sub("issuer").unwrap(),
+        TokenIssuerOptions {
+            users: vec![(PUSHER.0.into(), PUSHER.1.into())],
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let realm_port = free_port();
+    let relay = Relay::start(realm_port, issuer.port());
+    let mode = RegistryMode::Token {
+        bundle: issuer.cert_bundle().to_path_buf(),
+        realm: format!("http://127.0.0.1:{realm_port}/token"),
+        service: issuer.service().to_string(),
+        issuer: issuer.issuer().to_string(),
+    };
+    let upstream = Registry::start(s.t.path(), "upstream", mode, None).unwrap();
+    let hello = push(
+        &s.image("hello", 16 * 1024),
+        &upstream,
+        "library/hello:latest",
+        Some(PUSHER),
+    )
+    .unwrap();
+    let other = push(
+        &s.image("other", 16 * 1024),
+        &upstream,
+        "library/other:latest",
+        Some(PUSHER),
+    )
+    .unwrap();
+    relay.stop();
+    let mut gw = s.gateway(
+        "",
+        &format!("{LIMITS}{}", route("docker.test", &upstream.url(), &[])),
+    );
+
+    let resp = s.send(&s.get("docker.test", &manifest_path(&hello)));
+    assert_eq!(resp.status, 502, "realm down: {}", resp.text());
+    assert_eq!(resp.header("content-type"), Some("application/json"));
+    assert_eq!(
+        resp.oci_error_codes().unwrap(),
+        vec!["UNAVAILABLE".to_string()]
+    );
+    assert!(
+        Path::new(&format!("/proc/{}", gw.pid())).exists(),
+        "the gateway died"
+    );
+    assert_eq!(
+        s.send(&s.get("docker.test", "/v2/")).status,
+        200,
+        "ping while the realm is down"
+    );
+
+    let relay = Relay::start(realm_port, issuer.port());
+    let resp = s.send(&s.get("docker.test", &manifest_path(&hello)));
+    assert_eq!(
+        resp.status,
+        200,
+        "realm back: {}\n{}",
+        resp.text(),
+        gw.log()
+    );
+    assert_eq!(
+        resp.header("docker-content-digest"),
+        Some(hello.manifest_digest.as_str())
+    );
+
+    relay.stop();
+    let resp = s.send(&s.get("docker.test", &manifest_path(&other)));
+    assert_eq!(
+        resp.status,
+        502,
+        "realm down again, uncached scope: {}",
+        resp.text()
+    );
+    let resp = s.send(&s.get("docker.test", &manifest_path(&hello)));
+    assert_eq!(
+        resp.status,
+        200,
+        "realm down again, cached scope: {}",
+        resp.text()
+    );
+    gw.stop().unwrap();
+}
+
+// `[limits] redis` pointing at a dead port: the gateway still starts, reports ready, and serves (fail open).
+#[test]
+fn redis_down_at_start_fails_open() {
+    let s = Stage::new("fault-redis");
+    let upstream = Registry::open(s.t.path(), "upstream").unwrap();
+    let pushed = push(
+        &s.image("small", 16 * 1024),
+        &upstream,
+        "library/small:latest",
+        None,
+    )
+    .unwrap();
+    let dead = free_port();
+    let limits = format!(
+        "[limits]\nrequests_per_second = 100\nburst = 100\nbytes_per_second = \"1GiB\"\n\
+         redis = \"redis://127.0.0.1:{dead}\"\n\n"
+    );
+    let config = s.config(
+        "",
+        &format!("{limits}{}", route("docker.test", &upstream.url(), &[])),
+    );
+    let gw = Gateway::start(s.t.path(), &config)
+        .unwrap_or_else(|e| panic!("the gateway did not start with redis down: {e:#}"));
+    let statuses: Vec<u16> = (0..5)
+        .map(|_| {
+            s.send(&s.get("docker.test", &manifest_path(&pushed)))
+                .status
+        })
+        .collect();
+    assert_eq!(
+        statuses,
+        vec![200; 5],
+        "requests right after start with redis down\n{}",
+        gw.log()
+    );
+    // Once the background probe has found redis unreachable (and said so), limited requests still pass.
+    let start = Instant::now();
+    let said = loop {
+        let log = strip_ansi(&gw.log());
+        if let Some(line) = log
+            .lines()
+            .find(|l| l.contains("redis") && l.contains("unreachable"))
+        {
+            break line.to_string();
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "the gateway never logged that redis is unreachable; log:\n{log}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    eprintln!("gateway on redis: {said}");
+    let statuses: Vec<u16> = (0..5)
+        .map(|_| {
+            s.send(&s.get("docker.test", &manifest_path(&pushed)))
+                .status
+        })
+        .collect();
+    assert_eq!(
+        statuses,
+        vec![200; 5],
+        "requests with redis known to be down\n{}",
+        gw.log()
+    );
+}
+
+// ACME storage that cannot be written (`chattr +i` on `certs/`; chmod does not stop root) when renewal is due:
+// the renewal fails on the write, the failure is logged, and the old certificate keeps being served.
+#[test]
+fn acme_storage_unwritable_keeps_the_old_certificate() {
+    require_hosts();
+    let validity = Duration::from_secs(30);
+    let t = TestDir::new("fault-acme").unwrap();
+    let ports = distinct_ports();
+    let pebble = Pebble::start(
+        &t.sub("pebble").unwrap(),
+        ports.http,
+        ports.https,
+        Some(validity),
+    )
+    .unwrap();
+    let client = pebble.client().unwrap();
+    let config = format!(
+        "{}\n{}\n{LIMITS}{}",
+        ports.server_toml(),
+        pebble.tls_toml("certs", "tls-alpn-01"),
+        route("docker.test", "http://127.0.0.1:9", &[]),
+    );
+    let gw = Gateway::start(t.path(), &config).unwrap();
+    let issued = client
+        .wait_trusted(ports.https, "docker.test", Duration::from_secs(60))
+        .unwrap_or_else(|e| panic!("{e:#}\n{}", gw.log()));
+    let issued_at = Instant::now();
+    let storage = t.path().join("certs");
+    let failures_before = gw.log().matches(FAILED_ATTEMPT).count();
+    let _frozen = Immutable::set(&storage);
+
+    // Renewal is due at 2/3 of the lifetime (20 s); the certificate stays valid until 30 s.
+    let deadline = issued_at + validity - Duration::from_secs(3);
+    let storage_text = storage.display().to_string();
+    let line = loop {
+        let log = strip_ansi(&gw.log());
+        let storage_failure = log
+            .lines()
+            .filter(|l| l.contains(FAILED_ATTEMPT))
+            .skip(failures_before)
+            .find(|l| {
+                l.contains(&storage_text) || l.contains("not permitted") || l.contains("ermission")
+            })
+            .map(str::to_string);
+        if let Some(line) = storage_failure {
+            break line;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no failed renewal naming the storage was logged before the certificate's last seconds; log:\n{log}"
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    };
+    eprintln!("renewal into unwritable storage: {line}");
+    let served = client.handshake(ports.https, "docker.test").unwrap();
+    assert_eq!(
+        served, issued,
+        "the certificate changed although it could not be stored"
+    );
+    let mut conn = client.keep_open(ports.https, "docker.test", false).unwrap();
+    assert_eq!(conn.get("/v2/").unwrap(), 200);
+}
+
+// The config file deleted while running: requests keep being served with the last config, the gateway says
+// so in its log, and a valid file written again is picked up (a new route starts answering).
+#[test]
+fn config_deleted_keeps_serving_then_recreated_is_picked_up() {
+    let s = Stage::new("fault-config");
+    let upstream = Registry::open(s.t.path(), "upstream").unwrap();
+    let pushed = push(
+        &s.image("small", 16 * 1024),
+        &upstream,
+        "library/small:latest",
+        None,
+    )
+    .unwrap();
+    let first = s.config(
+        "",
+        &format!("{LIMITS}{}", route("docker.test", &upstream.url(), &[])),
+    );
+    let gw = Gateway::start(s.t.path(), &first).unwrap();
+    let path = manifest_path(&pushed);
+    assert_eq!(s.send(&s.get("docker.test", &path)).status, 200);
+    let unrouted = s.send(&s.get("gcr.test", &path)).status;
+    assert_ne!(unrouted, 200, "gcr.test has no route yet");
+
+    let mut problems = Vec::new();
+    let log_before = gw.log().len();
+    std::fs::remove_file(gw.config_path()).unwrap();
+    // Two config polls (2 s each) and some.
+    std::thread::sleep(Duration::from_secs(5));
+    let statuses: Vec<u16> = (0..3)
+        .map(|_| s.send(&s.get("docker.test", &path)).status)
+        .collect();
+    if statuses != vec![200; 3] {
+        problems.push(format!(
+            "with the config file deleted, requests answered {statuses:?}"
+        ));
+    }
+    let log = gw.log();
+    let since = strip_ansi(log.get(log_before..).unwrap_or_default());
+    let config_name = gw.config_path().display().to_string();
+    let said: Vec<&str> = since
+        .lines()
+        .filter(|l| l.contains(&config_name) || l.contains("mirrorgate.toml"))
+        .collect();
+    if !said
+        .iter()
+        .any(|l| l.contains("WARN") || l.contains("ERROR"))
+    {
+        problems.push(format!(
+            "no WARN/ERROR line about the deleted {config_name} within 5 s; lines naming it: {said:?}"
+        ));
+    }
+
+    let second = format!("{first}\n{}", route("gcr.test", &upstream.url(), &[]));
+    let tmp = s.t.path().join("mirrorgate.toml.new");
+    std::fs::write(&tmp, &second).unwrap();
+    std::fs::rename(&tmp, gw.config_path()).unwrap();
+    let start = Instant::now();
+    let mut last = 0;
+    while start.elapsed() < Duration::from_secs(15) {
+        last = s.send(&s.get("gcr.test", &path)).status;
+        if last == 200 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    if last != 200 {
+        problems.push(format!(
+            "the recreated config (adding gcr.test) was not picked up within 15 s: gcr.test answers {last}"
+        ));
+    }
+    let still = s.send(&s.get("docker.test", &path)).status;
+    if still != 200 {
+        problems.push(format!(
+            "docker.test answers {still} after the config came back"
+        ));
+    }
+    assert!(
+        problems.is_empty(),
+        "{}\n--- gateway log since the deletion ---\n{}",
+        problems.join("\n"),
+        strip_ansi(gw.log().get(log_before..).unwrap_or_default())
+    );
+}
