@@ -17,7 +17,11 @@ fuzz_target!(|data: &[u8]| {
         let written = bearer.to_header_value();
         let text = std::str::from_utf8(written.as_bytes()).expect("written challenge is UTF-8");
         let again = BearerChallenge::from_header(text).expect("written challenge parses");
-        let clean = |s: &str| s.chars().filter(|c| !c.is_control() || *c == '\t').collect::<String>();
+        let clean = |s: &str| {
+            s.chars()
+                .filter(|c| !c.is_control() || *c == '\t')
+                .collect::<String>()
+        };
         let expected = BearerChallenge {
             realm: clean(&bearer.realm),
             service: bearer.service.as_deref().map(clean),

@@ -11,7 +11,10 @@ fuzz_target!(|data: &[u8]| {
     let Ok(text) = std::str::from_utf8(data) else {
         return;
     };
-    let path = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../config/mirrorgate.toml"));
+    let path = Path::new(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../config/mirrorgate.toml"
+    ));
     if let Err(errors) = mirrorgate_config::parse(path, text) {
         let lines = text.split('\n').count();
         assert!(!errors.0.is_empty());

@@ -36,7 +36,11 @@ fn fixture() -> &'static Fixture {
         }];
         let good = issuer.issue("alice", access).expect("issue").token;
         let verifier = TokenVerifier::new(key, &spec);
-        Fixture { _dir: dir, verifier, good }
+        Fixture {
+            _dir: dir,
+            verifier,
+            good,
+        }
     })
 }
 
@@ -59,8 +63,13 @@ fuzz_target!(|data: &[u8]| {
             Err(_) => return,
         },
     };
-    let verdict = f.verifier.verify(&token, "registry.test", "library/alpine", Action::Pull);
+    let verdict = f
+        .verifier
+        .verify(&token, "registry.test", "library/alpine", Action::Pull);
     if token != f.good {
-        assert!(verdict.is_err(), "accepted a token that is not ours: {token}");
+        assert!(
+            verdict.is_err(),
+            "accepted a token that is not ours: {token}"
+        );
     }
 });

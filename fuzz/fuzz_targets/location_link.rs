@@ -10,9 +10,10 @@ fuzz_target!(|data: &[u8]| {
     let Ok(text) = std::str::from_utf8(data) else {
         return;
     };
-    let (selector, header) = match text.char_indices().nth(1) {
-        Some((i, _)) => (text.as_bytes()[0], &text[i..]),
-        None => (0, text),
+    // A first byte below 8 picks the context (upstream with a base path, path prefix, name map).
+    let (selector, header) = match text.as_bytes().first() {
+        Some(&b) if b < 8 => (b, &text[1..]),
+        _ => (0, text),
     };
     let base = Url::parse(if selector & 1 == 0 {
         "https://registry.test"
@@ -21,7 +22,9 @@ fuzz_target!(|data: &[u8]| {
     })
     .expect("static URL");
     let gateway = Url::parse("https://docker.test:8443").expect("static URL");
-    let request_url = base.join("v2/library/alpine/blobs/uploads/").expect("static URL");
+    let request_url = base
+        .join("v2/library/alpine/blobs/uploads/")
+        .expect("static URL");
     let ctx = RewriteContext {
         upstream_base: &base,
         gateway: &gateway,

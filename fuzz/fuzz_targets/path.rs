@@ -13,7 +13,11 @@ fn check(parsed: &RegistryPath) {
         assert!(n.split('/').all(|c| !c.is_empty()), "{n:?}");
     }
     let rebuilt = parsed.to_path();
-    assert_eq!(RegistryPath::parse(&rebuilt).ok().as_ref(), Some(parsed), "{rebuilt}");
+    assert_eq!(
+        RegistryPath::parse(&rebuilt).ok().as_ref(),
+        Some(parsed),
+        "{rebuilt}"
+    );
 }
 
 fuzz_target!(|data: &[u8]| {

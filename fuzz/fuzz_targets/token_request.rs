@@ -6,7 +6,10 @@ use mirrorgate_auth::TokenRequest;
 
 fuzz_target!(|data: &[u8]| {
     if let Ok(req) = TokenRequest::from_form(data) {
-        assert!(req.scopes.iter().all(|s| !s.kind.is_empty() && !s.name.is_empty()));
+        assert!(req
+            .scopes
+            .iter()
+            .all(|s| !s.kind.is_empty() && !s.name.is_empty()));
     }
     if let Ok(query) = std::str::from_utf8(data) {
         let _ = TokenRequest::from_query(query);

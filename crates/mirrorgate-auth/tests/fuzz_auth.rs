@@ -291,9 +291,10 @@ fn jwt_verify_refuses_everything_forged() {
         .unwrap();
 
     // One character of the real token replaced (the `.` separators included).
-    let alphabet: Vec<char> = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_.=+/ "
-        .chars()
-        .collect();
+    let alphabet: Vec<char> =
+        "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_.=+/ "
+            .chars()
+            .collect();
     let mutation = (0..good.len(), 0..alphabet.len());
     runner
         .run(&mutation, |(at, pick)| {

@@ -26,7 +26,8 @@ fn config(cases: u32) -> ProptestConfig {
 /// The shipped config: parsed from its own folder so its relative `htpasswd` and `certs` paths resolve.
 fn shipped() -> (PathBuf, String) {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../config/mirrorgate.toml");
-    let text = std::fs::read_to_string(&path).unwrap();
+    let text = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
     (path, text)
 }
 
@@ -41,7 +42,13 @@ fn check_errors(path: &Path, text: &str, errors: &ConfigErrors) -> Result<(), Te
         if e.line == 0 {
             prop_assert_eq!(e.column, 0, "file-level error with a column: {:?}", e);
         } else {
-            prop_assert!(e.line <= lines, "line {} past the end ({} lines): {:?}", e.line, lines, e);
+            prop_assert!(
+                e.line <= lines,
+                "line {} past the end ({} lines): {:?}",
+                e.line,
+                lines,
+                e
+            );
             prop_assert!(e.column >= 1, "line without a column: {e:?}");
         }
         // The rendering `mirrorgate check` prints never panics either.
@@ -67,16 +74,19 @@ enum Edit {
     Truncate(usize),
 }
 
+/// Text that matters to TOML and to the validators.
+#[rustfmt::skip]
+const FRAGMENTS: &[&str] = &[
+    "[", "]", "[[", "]]", "=", ".", ",", "#", "\n", "\r\n", "\t", " ", "\"", "'", "\"\"\"", "{", "}",
+    "\\", "\\u", "0", "-1", "4294967296", "1e999", "true", "nan", "inf", "é", "\u{0}", ":", "/",
+    "*", "0.0.0.0:0", "[::1]:", "5MiB", "5XB", "1ms", "0s", "99999999999d", "https://", "http://[",
+    "a.localhost", "tls", "acme", "route", "upstreams", "path_prefix", "_env", "_file", "(", "?",
+];
+
 /// Bytes that matter to TOML and to the validators, plus anything at all.
 fn fragment() -> impl Strategy<Value = Vec<u8>> {
     prop_oneof![
-        proptest::sample::select(vec![
-            "[", "]", "[[", "]]", "=", ".", ",", "#", "\n", "\r\n", "\t", " ", "\"", "'", "\"\"\"", "{", "}",
-            "\\", "\\u", "0", "-1", "4294967296", "1e999", "true", "nan", "inf", "é", "\u{0}", ":", "/",
-            "*", "0.0.0.0:0", "[::1]:", "5MiB", "5XB", "1ms", "0s", "99999999999d", "https://", "http://[",
-            "a.localhost", "tls", "acme", "route", "upstreams", "path_prefix", "_env", "_file", "(", "?",
-        ])
-        .prop_map(|s| s.as_bytes().to_vec()),
+        proptest::sample::select(FRAGMENTS).prop_map(|s| s.as_bytes().to_vec()),
         proptest::collection::vec(any::<u8>(), 1..4),
     ]
 }
@@ -97,8 +107,14 @@ fn apply(text: &mut Vec<u8>, edit: &Edit) {
     let at = |p: usize| if len == 0 { 0 } else { p % (len + 1) };
     let line_bounds = |text: &[u8], p: usize| {
         let p = at(p).min(text.len());
-        let start = text[..p].iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
-        let end = text[p..].iter().position(|&b| b == b'\n').map_or(text.len(), |i| p + i + 1);
+        let start = text[..p]
+            .iter()
+            .rposition(|&b| b == b'\n')
+            .map_or(0, |i| i + 1);
+        let end = text[p..]
+            .iter()
+            .position(|&b| b == b'\n')
+            .map_or(text.len(), |i| p + i + 1);
         (start, end)
     };
     match edit {
@@ -134,7 +150,11 @@ fn apply(text: &mut Vec<u8>, edit: &Edit) {
 fn shipped_config_is_valid() {
     let (path, text) = shipped();
     let parsed = parse(&path, &text);
-    assert!(parsed.is_ok(), "{}", parsed.err().map(|e| e.to_string()).unwrap_or_default());
+    assert!(
+        parsed.is_ok(),
+        "{}",
+        parsed.err().map(|e| e.to_string()).unwrap_or_default()
+    );
 }
 
 proptest! {

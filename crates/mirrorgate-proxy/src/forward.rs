@@ -91,6 +91,12 @@ pub async fn serve(
     facts: &mut RequestFacts,
 ) -> Result<Response<GatewayBody>, ProxyError> {
     // Phase 1: route.
+    if req.headers().get_all(header::HOST).iter().nth(1).is_some() {
+        // RFC 9112 §3.2: two Host lines are a bad request, not a choice to make.
+        return Err(
+            RegistryError::new(ErrorCode::InvalidRequest, "more than one Host header").into(),
+        );
+    }
     let authority = request_authority(&req).ok_or(ProxyError::NoHost)?;
     let host = host_of(&authority).ok_or(ProxyError::NoHost)?;
     if let Some(sni) = &conn.sni {
@@ -468,6 +474,13 @@ impl Attempt<'_> {
         let mut req = Request::builder().method(method.clone()).uri(uri);
         if let Some(h) = req.headers_mut() {
             *h = self.headers.clone();
+            if http_body::Body::is_end_stream(&body) {
+                // The client's length describes a body this request does not carry (a GET whose body was
+                // dropped, the ping before an upload, a replay): sent on, the upstream would read the next
+                // request on the pooled connection as this one's body.
+                h.remove(header::CONTENT_LENGTH);
+                h.remove(header::CONTENT_TYPE);
+            }
             if let Some(a) = authorization {
                 h.insert(header::AUTHORIZATION, a);
             }

@@ -2,7 +2,10 @@
 //! answers ACME HTTP-01, and graceful shutdown (stop accepting, let in-flight requests finish up to a grace).
 
 use std::convert::Infallible;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use http::header::{self, HeaderValue};
@@ -22,6 +25,10 @@ use crate::body::{empty, full, Completion, GatewayBody, Metered};
 use crate::forward::{serve, ConnInfo, RequestFacts};
 use crate::runtime::Gateway;
 
+/// The largest request head accepted (h1 read buffer, h2 header list): registry requests have small heads;
+/// bigger ones get 431 instead of tying up memory. Above 64 KiB so that a request line longer than the URI limit
+/// (65534 bytes) still gets its precise 414.
+const MAX_HEAD_BYTES: usize = 128 * 1024;
 /// A TLS handshake that takes longer than this is dropped (slow-handshake attacks hold sockets otherwise).
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Streams per h2 connection: enough for parallel layer pulls, bounded against stream floods.
@@ -47,9 +54,11 @@ pub async fn serve_https(
     http.http1()
         .timer(TokioTimer::new())
         .header_read_timeout(header_timeout)
+        .max_buf_size(MAX_HEAD_BYTES)
         .keep_alive(true);
     http.http2()
         .timer(TokioTimer::new())
+        .max_header_list_size(MAX_HEAD_BYTES as u32)
         .max_concurrent_streams(MAX_H2_STREAMS)
         .keep_alive_interval(Some(Duration::from_secs(30)))
         .max_pending_accept_reset_streams(Some(64));
@@ -103,8 +112,29 @@ pub async fn serve_https(
                 let conn = conn.clone();
                 async move { Ok::<_, Infallible>(handle(&gateway, &conn, req).await) }
             });
-            let served = http.serve_connection(TokioIo::new(tls), service);
-            if let Err(e) = watcher.watch(served.into_owned()).await {
+            // hyper-util's auto server reads the first bytes to tell h1 from h2 before any header timer runs:
+            // a client that completes TLS and then says nothing would hold the socket forever.
+            let first_byte = Arc::new(AtomicBool::new(false));
+            let io = FirstRead {
+                inner: tls,
+                seen: first_byte.clone(),
+            };
+            let served = watcher.watch(
+                http.serve_connection(TokioIo::new(io), service)
+                    .into_owned(),
+            );
+            tokio::pin!(served);
+            let result = tokio::select! {
+                r = &mut served => r,
+                () = tokio::time::sleep(header_timeout) => {
+                    if !first_byte.load(Ordering::Acquire) {
+                        tracing::debug!(%peer, "no request after the TLS handshake; closing");
+                        return;
+                    }
+                    served.await
+                }
+            };
+            if let Err(e) = result {
                 tracing::debug!(%peer, error = %e, "connection ended with an error");
             }
         });
@@ -117,6 +147,57 @@ async fn drain(graceful: GracefulShutdown, grace: Duration) {
     tokio::select! {
         () = graceful.shutdown() => tracing::info!("all connections drained"),
         () = tokio::time::sleep(grace) => tracing::warn!(?grace, "grace period over; closing remaining connections"),
+    }
+}
+
+/// A connection's byte stream that notes when the first byte arrives (see the idle-after-handshake guard).
+struct FirstRead<T> {
+    inner: T,
+    seen: Arc<AtomicBool>,
+}
+
+impl<T: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for FirstRead<T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            self.seen.store(true, Ordering::Release);
+        }
+        polled
+    }
+}
+
+impl<T: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for FirstRead<T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
 

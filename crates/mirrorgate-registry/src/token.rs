@@ -22,6 +22,9 @@ use crate::error::Error;
 pub const DEFAULT_TOKEN_LIFETIME: Duration = Duration::from_secs(60);
 /// Upper bound of the refresh margin (see [`UpstreamToken::fresh_until`]).
 pub const MAX_REFRESH_MARGIN: Duration = Duration::from_secs(30);
+/// The longest an upstream token is cached, whatever its `expires_in` says: a hostile or broken token service
+/// cannot overflow the clock arithmetic, and a day-old token is re-fetched anyway.
+pub const MAX_TOKEN_LIFETIME: Duration = Duration::from_secs(24 * 60 * 60);
 /// Default bound on cached keys: anonymous Docker Hub tokens are per repository, so a busy mirror holds one
 /// per pulled repository and credential; a few thousand covers that with a few MiB at most.
 pub const DEFAULT_TOKEN_CACHE_CAPACITY: usize = 4096;
@@ -60,7 +63,7 @@ impl UpstreamToken {
         Self {
             value: value.into(),
             received_at: now,
-            expires_at: now + lifetime,
+            expires_at: now + lifetime.min(MAX_TOKEN_LIFETIME),
         }
     }
 
@@ -146,7 +149,7 @@ impl TokenResponse {
         Ok(UpstreamToken {
             value: value.to_owned(),
             received_at: now,
-            expires_at: now + lifetime,
+            expires_at: now + lifetime.min(MAX_TOKEN_LIFETIME),
         })
     }
 }

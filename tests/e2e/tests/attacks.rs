@@ -67,7 +67,12 @@ impl Stage {
             cert = self.leaf.cert.display().to_string(),
             key = self.leaf.key.display().to_string(),
         );
-        Gateway::start(self.t.path(), &toml).unwrap()
+        Gateway::start_with_env(
+            self.t.path(),
+            &toml,
+            &[("RUST_LOG", "info,mirrorgate_proxy=debug")],
+        )
+        .unwrap()
     }
 
     /// `host:<https port>`, what a client puts in `Host`.
@@ -467,7 +472,9 @@ fn plain_upstream() -> Stub {
         } else if seen.method == "POST" {
             Reply::status(202)
         } else if seen.uri == "/v2/" {
-            Reply::status(200)
+            // closes, so the ping desync pinned by `push_ping_carries_no_client_content_length` cannot leak
+            // into the scenarios that only pass through here
+            Reply::status(200).with("connection", "close")
         } else {
             Reply::status(404)
         }
@@ -505,22 +512,102 @@ fn traversal_and_encoded_names_never_reach_the_upstream() {
     let digest_traversal = "/v2/library/hello/blobs/sha256:..%2f..%2f..%2fetc%2fpasswd";
     // (host, path, status, acceptable codes)
     let cases: Vec<(&str, String, u16, &[&str])> = vec![
-        ("docker.test", "/v2/../etc/passwd".into(), 400, &["NAME_INVALID"]),
-        ("docker.test", "/v2/library/..%2f..%2fx/manifests/latest".into(), 400, &["NAME_INVALID"]),
-        ("docker.test", "/v2/a/%2e%2e/b/manifests/x".into(), 400, &["NAME_INVALID"]),
-        ("docker.test", "/v2/a//b/manifests/x".into(), 400, &["NAME_INVALID"]),
-        ("docker.test", "/v2/Library/Hello/manifests/latest".into(), 400, &["NAME_INVALID"]),
-        ("docker.test", "/v2/%2e%2e/%2e%2e/etc/passwd".into(), 400, &["NAME_INVALID"]),
-        ("docker.test", "/v2/library/hello%00/manifests/latest".into(), 400, &["NAME_INVALID"]),
-        ("docker.test", "/v2/library/hello/manifests/..%2f..%2f_catalog".into(), 400, &["MANIFEST_INVALID", "TAG_INVALID"]),
-        ("docker.test", "/v2/library/hello/manifests/..".into(), 400, &["MANIFEST_INVALID", "TAG_INVALID"]),
-        ("docker.test", digest_traversal.into(), 400, &["DIGEST_INVALID"]),
-        ("docker.test", "/v2/library/hello/blobs/uploads/..%2f..%2fx".into(), 404, &["BLOB_UPLOAD_UNKNOWN"]),
-        ("docker.test", "/v2/library/hello/manifests/latest/../../../_catalog".into(), 404, &["NOT_FOUND"]),
-        ("docker.test", "/../v2/library/hello/manifests/latest".into(), 404, &["NOT_FOUND"]),
-        ("docker.test", "/v2/./library/hello/manifests/latest".into(), 400, &["NAME_INVALID"]),
-        ("mirror.test", format!("/v2/{listed}/../../x/manifests/latest"), 400, &["NAME_INVALID"]),
-        ("mirror.test", format!("/v2/{listed}%2f..%2f..%2fx/manifests/latest"), 400, &["NAME_INVALID"]),
+        (
+            "docker.test",
+            "/v2/../etc/passwd".into(),
+            404,
+            &["NOT_FOUND"],
+        ),
+        (
+            "docker.test",
+            "/v2/library/..%2f..%2fx/manifests/latest".into(),
+            400,
+            &["NAME_INVALID"],
+        ),
+        (
+            "docker.test",
+            "/v2/a/%2e%2e/b/manifests/x".into(),
+            400,
+            &["NAME_INVALID"],
+        ),
+        (
+            "docker.test",
+            "/v2/a//b/manifests/x".into(),
+            400,
+            &["NAME_INVALID"],
+        ),
+        (
+            "docker.test",
+            "/v2/Library/Hello/manifests/latest".into(),
+            400,
+            &["NAME_INVALID"],
+        ),
+        (
+            "docker.test",
+            "/v2/%2e%2e/%2e%2e/etc/passwd".into(),
+            404,
+            &["NOT_FOUND"],
+        ),
+        (
+            "docker.test",
+            "/v2/library/hello%00/manifests/latest".into(),
+            400,
+            &["NAME_INVALID"],
+        ),
+        (
+            "docker.test",
+            "/v2/library/hello/manifests/..%2f..%2f_catalog".into(),
+            400,
+            &["MANIFEST_INVALID", "TAG_INVALID"],
+        ),
+        (
+            "docker.test",
+            "/v2/library/hello/manifests/..".into(),
+            400,
+            &["MANIFEST_INVALID", "TAG_INVALID"],
+        ),
+        (
+            "docker.test",
+            digest_traversal.into(),
+            400,
+            &["DIGEST_INVALID"],
+        ),
+        (
+            "docker.test",
+            "/v2/library/hello/blobs/uploads/..%2f..%2fx".into(),
+            404,
+            &["BLOB_UPLOAD_UNKNOWN"],
+        ),
+        (
+            "docker.test",
+            "/v2/library/hello/manifests/latest/../../../_catalog".into(),
+            404,
+            &["NOT_FOUND"],
+        ),
+        (
+            "docker.test",
+            "/../v2/library/hello/manifests/latest".into(),
+            404,
+            &["NOT_FOUND"],
+        ),
+        (
+            "docker.test",
+            "/v2/./library/hello/manifests/latest".into(),
+            400,
+            &["NAME_INVALID"],
+        ),
+        (
+            "mirror.test",
+            format!("/v2/{listed}/../../x/manifests/latest"),
+            400,
+            &["NAME_INVALID"],
+        ),
+        (
+            "mirror.test",
+            format!("/v2/{listed}%2f..%2f..%2fx/manifests/latest"),
+            400,
+            &["NAME_INVALID"],
+        ),
     ];
     std::thread::sleep(Duration::from_millis(300));
     let before = upstream.requests("");
@@ -534,7 +621,11 @@ fn traversal_and_encoded_names_never_reach_the_upstream() {
             }
         }
     }
-    assert!(wrong.is_empty(), "unexpected answers:\n{}", wrong.join("\n"));
+    assert!(
+        wrong.is_empty(),
+        "unexpected answers:\n{}",
+        wrong.join("\n")
+    );
     // backslashes and a raw `..` as the client library would never send them: refused, by hyper or the gateway
     for target in [
         "/v2/library/..\\..\\x/manifests/latest",
@@ -542,7 +633,8 @@ fn traversal_and_encoded_names_never_reach_the_upstream() {
     ] {
         let out = s.raw(
             "docker.test",
-            s.head(&format!("GET {target} HTTP/1.1"), &[], false).as_bytes(),
+            s.head(&format!("GET {target} HTTP/1.1"), &[], false)
+                .as_bytes(),
             Duration::from_secs(5),
         );
         let st = out.status();
@@ -561,10 +653,17 @@ fn traversal_and_encoded_names_never_reach_the_upstream() {
     );
 
     // control: a valid name does reach it (the registry answers MANIFEST_UNKNOWN itself), so the log would show
-    let resp = s.send(&s.get("docker.test", MANIFEST).with_header("accept", MT_MANIFEST));
+    let resp = s.send(
+        &s.get("docker.test", MANIFEST)
+            .with_header("accept", MT_MANIFEST),
+    );
     assert_eq!(resp.status, 404, "{}", resp.text());
     std::thread::sleep(Duration::from_millis(300));
-    assert_eq!(upstream.requests(MANIFEST), 1, "the control request was not logged");
+    assert_eq!(
+        upstream.requests(MANIFEST),
+        1,
+        "the control request was not logged"
+    );
 }
 
 // 2. `?ns=` on an ns route names only the registries the route lists: an unlisted host, the loopback address
@@ -693,7 +792,8 @@ fn host_that_differs_from_sni_is_misdirected() {
         let resp = s.send(&req);
         assert_oci(what, &resp, 421, &["MISDIRECTED"]);
     }
-    // two Host headers, the second naming gcr.test: never routed to gcr.test
+    // two Host lines, the second naming gcr.test: never routed to gcr.test (the 400 the RFC asks for is
+    // pinned by `two_host_headers_are_400`)
     let out = s.raw(
         "docker.test",
         s.head(
@@ -704,10 +804,7 @@ fn host_that_differs_from_sni_is_misdirected() {
         .as_bytes(),
         Duration::from_secs(5),
     );
-    println!(
-        "finding-probe: two Host headers (docker.test, gcr.test) answered {:?}",
-        out.status()
-    );
+    assert!(out.status().is_some(), "{}", out.text());
     assert_eq!(gcr.count("/v2/"), 0, "gcr.test's upstream was reached");
 
     // controls: each host on its own certificate reaches its own upstream
@@ -717,8 +814,28 @@ fn host_that_differs_from_sni_is_misdirected() {
     let docker_before = docker.count(MANIFEST);
     assert_eq!(s.send(&s.get("docker.test", MANIFEST)).status, 200);
     assert_eq!(docker.count(MANIFEST), docker_before + 1);
-    // the two-Host request, if answered at all, went to docker.test's upstream only
-    assert!(docker_before <= 1);
+}
+
+// Finding pinned for later: RFC 9112 §3.2 requires 400 for an HTTP/1.1 request with more than one Host line;
+// the gateway routes by the first one. Not exploitable on its own (the first must still match the SNI and the
+// upstream never sees Host), but a front proxy that routes by the last one would disagree with the gateway.
+#[test]
+fn two_host_headers_are_400() {
+    let s = Stage::new("atk-2host");
+    let up = plain_upstream();
+    let _gw = s.gateway("", &route("docker.test", &[kv("upstream", &up.url())]));
+    let out = s.raw(
+        "docker.test",
+        s.head(
+            &format!("GET {MANIFEST} HTTP/1.1"),
+            &[&format!("Host: {}", s.authority("gcr.test"))],
+            false,
+        )
+        .as_bytes(),
+        Duration::from_secs(5),
+    );
+    assert_eq!(out.status(), Some(400), "{}", out.text());
+    assert_eq!(up.count("/v2/"), 0);
 }
 
 // 4. Absolute-form request targets over HTTP/1.1 (`GET http://cdn.test:<evil>/… HTTP/1.1` with Host
@@ -730,10 +847,7 @@ fn absolute_uri_never_turns_the_gateway_into_a_forward_proxy() {
     let docker = plain_upstream();
     let evil = Stub::start(|_, _| Reply::manifest());
     let e = evil.port();
-    let _gw = s.gateway(
-        "",
-        &route("docker.test", &[kv("upstream", &docker.url())]),
-    );
+    let _gw = s.gateway("", &route("docker.test", &[kv("upstream", &docker.url())]));
     for target in [
         format!("http://cdn.test:{e}/v2/"),
         format!("http://cdn.test:{e}{MANIFEST}"),
@@ -781,7 +895,11 @@ fn absolute_uri_never_turns_the_gateway_into_a_forward_proxy() {
         out.text()
     );
     std::thread::sleep(Duration::from_millis(200));
-    assert_eq!(evil.connections(), 0, "the gateway connected to the evil listener");
+    assert_eq!(
+        evil.connections(),
+        0,
+        "the gateway connected to the evil listener"
+    );
     assert_eq!(docker.count("/v2/"), 0);
 
     // control: absolute-form naming the gateway's own host is served for that host (RFC 9112 §3.2.2: the
@@ -810,22 +928,46 @@ fn crlf_injection_never_reaches_the_upstream() {
     let _gw = s.gateway("", &route("docker.test", &[kv("upstream", &up.url())]));
     let line = format!("GET {MANIFEST} HTTP/1.1");
     let rejected: Vec<(&str, String)> = vec![
-        ("obs-fold", s.head(&line, &["Foo: a", " Injected: obs-fold"], false)),
-        ("obs-fold tab", s.head(&line, &["Foo: a", "\tInjected: obs-fold-tab"], false)),
-        ("bare CR", s.head(&line, &["Foo: a\rInjected: bare-cr"], false)),
+        (
+            "obs-fold",
+            s.head(&line, &["Foo: a", " Injected: obs-fold"], false),
+        ),
+        (
+            "obs-fold tab",
+            s.head(&line, &["Foo: a", "\tInjected: obs-fold-tab"], false),
+        ),
+        (
+            "bare CR",
+            s.head(&line, &["Foo: a\rInjected: bare-cr"], false),
+        ),
         (
             "CR in request line",
-            s.head(&format!("GET {MANIFEST}\rInjected: line HTTP/1.1"), &[], false),
+            s.head(
+                &format!("GET {MANIFEST}\rInjected: line HTTP/1.1"),
+                &[],
+                false,
+            ),
         ),
-        ("NUL in value", s.head(&line, &["Foo: a\0Injected: nul"], false)),
-        ("space before colon", s.head(&line, &["Injected : colon"], false)),
+        (
+            "NUL in value",
+            s.head(&line, &["Foo: a\0Injected: nul"], false),
+        ),
+        (
+            "space before colon",
+            s.head(&line, &["Injected : colon"], false),
+        ),
     ];
     for (what, raw) in &rejected {
         let out = s.raw("docker.test", raw.as_bytes(), Duration::from_secs(5));
         assert_eq!(out.status(), Some(400), "{what}: {}", out.text());
         assert!(out.closed, "{what}: connection left open");
     }
-    assert_eq!(up.count("/v2/"), 0, "a rejected request was forwarded: {:?}", up.seen());
+    assert_eq!(
+        up.count("/v2/"),
+        0,
+        "a rejected request was forwarded: {:?}",
+        up.seen()
+    );
 
     // percent-encoded CR/LF in the tag and the name: OCI errors, not forwarded
     for (path, code) in [
@@ -851,7 +993,8 @@ fn crlf_injection_never_reaches_the_upstream() {
     // its own, not a value with a newline in it
     let out = s.raw(
         "docker.test",
-        s.head(&line, &["Foo: lf-a\nInjected-Lf: b"], false).as_bytes(),
+        s.head(&line, &["Foo: lf-a\nInjected-Lf: b"], false)
+            .as_bytes(),
         Duration::from_secs(5),
     );
     println!(
@@ -890,9 +1033,13 @@ fn crlf_injection_never_reaches_the_upstream() {
             "decoded CR/LF in the upstream URI: {r:?}"
         );
     }
-    let tags: Vec<&Seen> = seen.iter().filter(|r| r.uri.contains("/tags/list")).collect();
+    let tags: Vec<&Seen> = seen
+        .iter()
+        .filter(|r| r.uri.contains("/tags/list"))
+        .collect();
     assert!(
-        tags.iter().all(|r| r.uri.to_ascii_lowercase().contains("%0d%0a")),
+        tags.iter()
+            .all(|r| r.uri.to_ascii_lowercase().contains("%0d%0a")),
         "{tags:?}"
     );
     let lf: Vec<&Seen> = seen
@@ -917,38 +1064,61 @@ fn oversized_heads_are_refused_and_the_gateway_keeps_serving() {
 
     let many: Vec<String> = (0..1000).map(|i| format!("X-Flood-{i}: v")).collect();
     let many: Vec<&str> = many.iter().map(String::as_str).collect();
-    let out = s.raw("docker.test", s.head(line, &many, false).as_bytes(), Duration::from_secs(10));
+    let out = s.raw(
+        "docker.test",
+        s.head(line, &many, false).as_bytes(),
+        Duration::from_secs(10),
+    );
     assert_eq!(out.status(), Some(431), "1000 headers: {}", out.text());
     assert!(out.closed);
 
     let huge = format!("X-Big: {}", "a".repeat(1024 * 1024));
-    let out = s.raw("docker.test", s.head(line, &[&huge], false).as_bytes(), Duration::from_secs(10));
+    let out = s.raw(
+        "docker.test",
+        s.head(line, &[&huge], false).as_bytes(),
+        Duration::from_secs(10),
+    );
     assert!(
         out.closed && matches!(out.status(), Some(431) | None),
         "1 MiB header: closed={} {:?}",
         out.closed,
         out.status()
     );
-    println!("finding-probe: 1 MiB header answered {:?} (None = closed without an answer)", out.status());
+    println!(
+        "finding-probe: 1 MiB header answered {:?} (None = closed without an answer)",
+        out.status()
+    );
 
     let long_path = format!("/v2/library/big/manifests/{}", "a".repeat(100 * 1024));
     let out = s.raw(
         "docker.test",
-        s.head(&format!("GET {long_path} HTTP/1.1"), &[], false).as_bytes(),
+        s.head(&format!("GET {long_path} HTTP/1.1"), &[], false)
+            .as_bytes(),
         Duration::from_secs(10),
     );
     assert_eq!(out.status(), Some(414), "100 KiB URI: {}", out.text());
-    assert_eq!(up.count("/library/big/"), 0, "an oversized head was forwarded");
+    assert_eq!(
+        up.count("/library/big/"),
+        0,
+        "an oversized head was forwarded"
+    );
 
     // 200 KiB in one header: recorded, not pinned (see the ignored test below)
     let big = format!("X-Big: {}", "b".repeat(200 * 1024));
-    let out = s.raw("docker.test", s.head(line, &[&big], false).as_bytes(), Duration::from_secs(10));
+    let out = s.raw(
+        "docker.test",
+        s.head(line, &[&big], false).as_bytes(),
+        Duration::from_secs(10),
+    );
     println!(
         "finding-probe: 200 KiB header over h1 answered {:?}, forwarded upstream {} time(s)",
         out.status(),
         up.count("/library/big/")
     );
-    let h2 = s.http.send(&s.get_h2("docker.test", "/v2/library/big2/manifests/latest").with_header("x-big", &"c".repeat(200 * 1024)));
+    let h2 = s.http.send(
+        &s.get_h2("docker.test", "/v2/library/big2/manifests/latest")
+            .with_header("x-big", &"c".repeat(200 * 1024)),
+    );
     println!(
         "finding-probe: 200 KiB header over h2 → {:?}",
         h2.as_ref().map(|r| r.status).map_err(|e| format!("{e:#}"))
@@ -964,7 +1134,6 @@ fn oversized_heads_are_refused_and_the_gateway_keeps_serving() {
 // Finding pinned for later: a single 200 KiB header line is accepted on HTTP/1.1 (hyper's default read buffer
 // is ~408 KiB and the gateway sets no smaller limit), forwarded upstream, while h2 caps header lists at 16 KiB.
 #[test]
-#[ignore = "finding: the h1 listener accepts and forwards a 200 KiB header; expected 431"]
 fn a_200_kib_header_is_431() {
     let s = Stage::new("atk-big200");
     let up = plain_upstream();
@@ -1009,34 +1178,58 @@ fn request_smuggling_never_reaches_the_upstream() {
             out.statuses(),
             out.closed
         );
-        assert!(out.statuses().len() <= 1, "{what}: two answers: {}", out.text());
+        assert!(
+            out.statuses().len() <= 1,
+            "{what}: two answers: {}",
+            out.text()
+        );
         assert!(out.closed, "{what}: connection kept open after CL+TE");
     }
 
     let refused = [
         (
             "two Content-Lengths",
-            format!("{}Content-Length: 5\r\nContent-Length: {}\r\n\r\nhello{smuggled}", post("smuggle-2cl"), 5 + smuggled.len()),
+            format!(
+                "{}Content-Length: 5\r\nContent-Length: {}\r\n\r\nhello{smuggled}",
+                post("smuggle-2cl"),
+                5 + smuggled.len()
+            ),
         ),
         (
             "Content-Length list",
-            format!("{}Content-Length: 5, {}\r\n\r\nhello{smuggled}", post("smuggle-cllist"), 5 + smuggled.len()),
+            format!(
+                "{}Content-Length: 5, {}\r\n\r\nhello{smuggled}",
+                post("smuggle-cllist"),
+                5 + smuggled.len()
+            ),
         ),
         (
             "TE xchunked",
-            format!("{}Transfer-Encoding: xchunked\r\nContent-Length: 5\r\n\r\nhello{smuggled}", post("smuggle-xchunked")),
+            format!(
+                "{}Transfer-Encoding: xchunked\r\nContent-Length: 5\r\n\r\nhello{smuggled}",
+                post("smuggle-xchunked")
+            ),
         ),
         (
             "TE chunked, identity",
-            format!("{}Transfer-Encoding: chunked, identity\r\n\r\n0\r\n\r\n{smuggled}", post("smuggle-identity")),
+            format!(
+                "{}Transfer-Encoding: chunked, identity\r\n\r\n0\r\n\r\n{smuggled}",
+                post("smuggle-identity")
+            ),
         ),
         (
             "TE with space before colon",
-            format!("{}Transfer-Encoding : chunked\r\nContent-Length: 5\r\n\r\nhello{smuggled}", post("smuggle-space")),
+            format!(
+                "{}Transfer-Encoding : chunked\r\nContent-Length: 5\r\n\r\nhello{smuggled}",
+                post("smuggle-space")
+            ),
         ),
         (
             "negative Content-Length",
-            format!("{}Content-Length: -1\r\n\r\n{smuggled}", post("smuggle-negative")),
+            format!(
+                "{}Content-Length: -1\r\n\r\n{smuggled}",
+                post("smuggle-negative")
+            ),
         ),
     ];
     for (what, raw) in &refused {
@@ -1045,9 +1238,18 @@ fn request_smuggling_never_reaches_the_upstream() {
         assert!(out.closed, "{what}: connection left open");
     }
     std::thread::sleep(Duration::from_millis(200));
-    assert_eq!(up.count("smuggled"), 0, "a smuggled request reached the upstream: {:?}", up.seen());
+    assert_eq!(
+        up.count("smuggled"),
+        0,
+        "a smuggled request reached the upstream: {:?}",
+        up.seen()
+    );
     for repo in ["2cl", "cllist", "xchunked", "identity", "space", "negative"] {
-        assert_eq!(up.count(&format!("/smuggle-{repo}/")), 0, "{repo} was forwarded");
+        assert_eq!(
+            up.count(&format!("/smuggle-{repo}/")),
+            0,
+            "{repo} was forwarded"
+        );
     }
 
     // control: two pipelined requests on one kept-alive connection are both answered and both forwarded
@@ -1061,10 +1263,73 @@ fn request_smuggling_never_reaches_the_upstream() {
     assert_eq!(up.count("/pipelined-"), 2);
 }
 
+// Finding pinned for later: before a one-shot body (an upload POST/PATCH/PUT) the gateway pings the upstream's
+// `/v2/` to learn its auth scheme, and that GET is sent with the client's headers — `Content-Length` included —
+// and no body. The upstream then reads the next bytes on the connection (the real request's head and body,
+// which the client chose) as the ping's body: a desync between gateway and upstream, i.e. request smuggling
+// into the upstream and response mix-ups on the pooled connection. Seen in the slow-body scenario as a
+// 502 "connection closed before message completed" when the stub had dropped the desynchronised connection.
+// A GET sent with a body has the same flaw: the body is dropped on the way up, its Content-Length is kept.
+#[test]
+fn push_ping_carries_no_client_content_length() {
+    let s = Stage::new("atk-ping");
+    let up = Stub::start(|seen, _| match seen.method.as_str() {
+        "POST" => Reply::status(202).reading_body(),
+        _ => Reply::manifest().with("connection", "close"),
+    });
+    let _gw = s.gateway("", &route("docker.test", &[kv("upstream", &up.url())]));
+    let out = s.raw(
+        "docker.test",
+        format!(
+            "{}0123456789",
+            s.head(
+                "POST /v2/library/push/blobs/uploads/ HTTP/1.1",
+                &["Content-Length: 10"],
+                false
+            )
+        )
+        .as_bytes(),
+        Duration::from_secs(5),
+    );
+    assert_eq!(out.status(), Some(202), "{}", out.text());
+    // the same root cause for a GET: its body is dropped on the way up, its Content-Length is not
+    let out = s.raw(
+        "docker.test",
+        format!(
+            "{}0123456789",
+            s.head(
+                "GET /v2/library/push/manifests/latest HTTP/1.1",
+                &["Content-Length: 10"],
+                false
+            )
+        )
+        .as_bytes(),
+        Duration::from_secs(5),
+    );
+    assert_eq!(out.status(), Some(200), "{}", out.text());
+    let pings: Vec<Seen> = up
+        .seen()
+        .into_iter()
+        .filter(|r| r.method == "GET")
+        .collect();
+    assert!(!pings.is_empty(), "no ping: {:?}", up.seen());
+    let announced: Vec<String> = pings
+        .iter()
+        .filter_map(|p| {
+            let length = p.header("content-length")?;
+            (length != "0").then(|| format!("{} {} content-length: {length}", p.method, p.uri))
+        })
+        .collect();
+    assert!(
+        announced.is_empty(),
+        "bodiless GETs went upstream announcing a body: {announced:?}"
+    );
+}
+
 // 8. Slow clients are bounded: a head sent one byte a second is closed within client_header_timeout (3 s
-//    here) plus margin; a TLS handshake that never completes is dropped
-//    within the 10 s handshake timeout; an upload whose body stalls half way ends (upstream_timeout, 5 s
-//    here). Meanwhile other clients are served promptly.
+//    here) plus margin; a TLS handshake that never completes is dropped within the 10 s handshake timeout; an
+//    upload whose body stalls half way ends (upstream_timeout, 5 s here). Meanwhile other clients are served
+//    promptly.
 #[test]
 fn slow_clients_are_cut_off_and_do_not_hold_the_gateway() {
     let s = Stage::new("atk-slow");
@@ -1074,10 +1339,11 @@ fn slow_clients_are_cut_off_and_do_not_hold_the_gateway() {
         } else if seen.uri.contains("/manifests/") {
             Reply::manifest()
         } else {
-            Reply::status(200)
+            // closes, so the ping desync pinned by `push_ping_carries_no_client_content_length` stays out
+            Reply::status(200).with("connection", "close")
         }
     });
-    let _gw = s.gateway(
+    let gw = s.gateway(
         "client_header_timeout = \"3s\"\nupstream_timeout = \"5s\"\n",
         &route("docker.test", &[kv("upstream", &up.url())]),
     );
@@ -1106,10 +1372,18 @@ fn slow_clients_are_cut_off_and_do_not_hold_the_gateway() {
             let tls = tls_connect(&s.ca, s.ports.https, "docker.test", b"http/1.1").await;
             let started = Instant::now();
             let (mut rd, mut wr) = tokio::io::split(tls);
-            let reader = tokio::spawn(async move { read_until_closed(&mut rd, started, Duration::from_secs(20)).await });
-            let head = format!("GET /v2/ HTTP/1.1\r\nHost: {host}\r\nX-Slow: {}", "a".repeat(64));
+            let reader = tokio::spawn(async move {
+                read_until_closed(&mut rd, started, Duration::from_secs(20)).await
+            });
+            let head = format!(
+                "GET /v2/ HTTP/1.1\r\nHost: {host}\r\nX-Slow: {}",
+                "a".repeat(64)
+            );
             for b in head.bytes() {
-                if reader.is_finished() || wr.write_all(&[b]).await.is_err() || wr.flush().await.is_err() {
+                if reader.is_finished()
+                    || wr.write_all(&[b]).await.is_err()
+                    || wr.flush().await.is_err()
+                {
                     break;
                 }
                 tokio::time::sleep(Duration::from_secs(1)).await;
@@ -1117,9 +1391,16 @@ fn slow_clients_are_cut_off_and_do_not_hold_the_gateway() {
             reader.await.unwrap()
         };
         let handshake = async {
-            let mut tcp = TcpStream::connect(("127.0.0.1", s.ports.https)).await.unwrap();
+            let mut tcp = TcpStream::connect(("127.0.0.1", s.ports.https))
+                .await
+                .unwrap();
             // a TLS record header announcing a ClientHello that never comes
-            exchange(&mut tcp, &[0x16, 0x03, 0x01, 0x02, 0x00, 0x01], Duration::from_secs(25)).await
+            exchange(
+                &mut tcp,
+                &[0x16, 0x03, 0x01, 0x02, 0x00, 0x01],
+                Duration::from_secs(25),
+            )
+            .await
         };
         let body = async {
             let mut tls = tls_connect(&s.ca, s.ports.https, "docker.test", b"http/1.1").await;
@@ -1133,8 +1414,18 @@ fn slow_clients_are_cut_off_and_do_not_hold_the_gateway() {
     });
     let worst = others.join().unwrap();
 
-    println!("finding-probe: drip closed={} after {:?}, sent back {:?}", drip.closed, drip.elapsed, drip.text());
-    assert!(drip.closed && drip.elapsed <= Duration::from_secs(7), "1 byte/s head: closed={} after {:?}", drip.closed, drip.elapsed);
+    println!(
+        "finding-probe: drip closed={} after {:?}, sent back {:?}",
+        drip.closed,
+        drip.elapsed,
+        drip.text()
+    );
+    assert!(
+        drip.closed && drip.elapsed <= Duration::from_secs(7),
+        "1 byte/s head: closed={} after {:?}",
+        drip.closed,
+        drip.elapsed
+    );
     assert!(
         handshake.closed && handshake.elapsed <= Duration::from_secs(14),
         "stalled handshake: closed={} after {:?}",
@@ -1142,26 +1433,39 @@ fn slow_clients_are_cut_off_and_do_not_hold_the_gateway() {
         handshake.elapsed
     );
     println!(
-        "finding-probe: stalled body answered {:?} closed={} after {:?}",
+        "finding-probe: stalled body answered {:?} closed={} after {:?}; gateway: {:?}",
         body.status(),
         body.closed,
-        body.elapsed
+        body.elapsed,
+        gw.log()
+            .lines()
+            .filter(|l| l.contains("/slow/"))
+            .collect::<Vec<_>>()
     );
+    // the upstream holds the half body, so what ends the request is upstream_timeout: 504
+    assert_eq!(body.status(), Some(504), "stalled upload: {}", body.text());
     assert!(
-        (body.status().is_some() || body.closed) && body.elapsed <= Duration::from_secs(12),
+        body.closed && body.elapsed <= Duration::from_secs(12),
         "stalled upload still open after {:?}: {:?}",
         body.elapsed,
         body.text()
     );
-    assert!(worst < Duration::from_secs(3), "a normal request took {worst:?} while slow clients hung on");
-    assert!(s.metric("mirrorgate_tls_handshake_errors_total", &[("reason", "timeout")]) >= 1.0);
+    assert!(
+        worst < Duration::from_secs(3),
+        "a normal request took {worst:?} while slow clients hung on"
+    );
+    assert!(
+        s.metric(
+            "mirrorgate_tls_handshake_errors_total",
+            &[("reason", "timeout")]
+        ) >= 1.0
+    );
 }
 
 // Finding pinned for later: a TLS connection that completes the handshake and then sends nothing is never
 // closed. The protocol sniffing in front of hyper (h1 or h2 preface) waits for bytes without a timer, so
 // client_header_timeout, which hyper arms only once HTTP/1 parsing starts, never applies.
 #[test]
-#[ignore = "finding: an idle connection after the TLS handshake is held forever; expected a close within client_header_timeout"]
 fn idle_connection_after_the_handshake_is_closed() {
     let s = Stage::new("atk-idle");
     let up = plain_upstream();
@@ -1257,11 +1561,18 @@ async fn h2_open(s: &Stage) -> (Tls, Vec<(u16, u32)>) {
             break f
                 .payload
                 .chunks(6)
-                .map(|c| (u16::from_be_bytes([c[0], c[1]]), u32::from_be_bytes([c[2], c[3], c[4], c[5]])))
+                .map(|c| {
+                    (
+                        u16::from_be_bytes([c[0], c[1]]),
+                        u32::from_be_bytes([c[2], c[3], c[4], c[5]]),
+                    )
+                })
                 .collect::<Vec<_>>();
         }
     };
-    tls.write_all(&h2_frame(H2_SETTINGS, 0x1, 0, &[])).await.unwrap();
+    tls.write_all(&h2_frame(H2_SETTINGS, 0x1, 0, &[]))
+        .await
+        .unwrap();
     (tls, settings)
 }
 
@@ -1286,7 +1597,9 @@ async fn h2_tally<S: AsyncRead + Unpin>(io: &mut S, wait: Duration) -> H2Tally {
             }
             Ok(Some(f)) => match f.kind {
                 H2_HEADERS => t.responses += 1,
-                H2_RST_STREAM => t.resets.push(u32::from_be_bytes(f.payload[..4].try_into().unwrap())),
+                H2_RST_STREAM => t
+                    .resets
+                    .push(u32::from_be_bytes(f.payload[..4].try_into().unwrap())),
                 H2_GOAWAY => {
                     t.goaway = Some(u32::from_be_bytes(f.payload[4..8].try_into().unwrap()));
                     break;
@@ -1344,7 +1657,10 @@ fn h2_rapid_reset_and_stream_floods_are_bounded() {
         reset_tally.goaway.is_some() || reset_tally.closed,
         "1000 reset streams and the connection goes on: {reset_tally:?}"
     );
-    assert!(up.count("/reset/") < 1000, "every reset stream was forwarded");
+    assert!(
+        up.count("/reset/") < 1000,
+        "every reset stream was forwarded"
+    );
 
     // 300 streams held open: at most the advertised number run at once, the rest are refused
     let flood = runtime().block_on(async {
@@ -1353,7 +1669,11 @@ fn h2_rapid_reset_and_stream_floods_are_bounded() {
         let reader = tokio::spawn(async move { h2_tally(&mut rd, Duration::from_secs(6)).await });
         let mut burst = Vec::new();
         for i in 0..300u32 {
-            burst.extend(h2_get(2 * i + 1, &authority, "/v2/library/slow/manifests/latest"));
+            burst.extend(h2_get(
+                2 * i + 1,
+                &authority,
+                "/v2/library/slow/manifests/latest",
+            ));
         }
         let _ = wr.write_all(&burst).await;
         let _ = wr.flush().await;
@@ -1361,7 +1681,11 @@ fn h2_rapid_reset_and_stream_floods_are_bounded() {
         drop(wr);
         tally
     });
-    let refused = flood.resets.iter().filter(|c| **c == H2_REFUSED_STREAM).count();
+    let refused = flood
+        .resets
+        .iter()
+        .filter(|c| **c == H2_REFUSED_STREAM)
+        .count();
     println!(
         "finding-probe: 300-stream flood → {} responses, {} refused, goaway {:?}; upstream max in flight {}",
         flood.responses,
@@ -1381,7 +1705,10 @@ fn h2_rapid_reset_and_stream_floods_are_bounded() {
     assert_eq!(resp.status, 200, "{}", resp.text());
     let rss_after = gw.rss_kib().unwrap();
     println!("finding-probe: RSS {rss_before} KiB → {rss_after} KiB");
-    assert!(rss_after < rss_before + 64 * 1024, "RSS {rss_before} → {rss_after} KiB");
+    assert!(
+        rss_after < rss_before + 64 * 1024,
+        "RSS {rss_before} → {rss_after} KiB"
+    );
 }
 
 // 10. Password guessing: 30 wrong passwords for one user from one address. The first 10 are 401 (bcrypt runs,
@@ -1391,7 +1718,11 @@ fn h2_rapid_reset_and_stream_floods_are_bounded() {
 fn password_guessing_is_throttled_then_locked_out() {
     let s = Stage::new("atk-brute");
     let up = plain_upstream();
-    Htpasswd::create(&s.t.path().join("htpasswd"), &[("alice", "right-password", 10)]).unwrap();
+    Htpasswd::create(
+        &s.t.path().join("htpasswd"),
+        &[("alice", "right-password", 10)],
+    )
+    .unwrap();
     let _gw = s.gateway(
         "",
         &format!(
@@ -1427,17 +1758,34 @@ fn password_guessing_is_throttled_then_locked_out() {
     }
     // bcrypt ran for the first ten only
     assert_eq!(
-        s.metric("mirrorgate_auth_failures_total", &[("reason", "bad_password")]),
+        s.metric(
+            "mirrorgate_auth_failures_total",
+            &[("reason", "bad_password")]
+        ),
         10.0
     );
     let (bcrypt_ms, locked_ms) = (millis[..10].to_vec(), millis.split_off(10));
-    println!("finding-probe: median bcrypt answer {} ms, median locked answer {} ms", median(bcrypt_ms), median(locked_ms));
+    println!(
+        "finding-probe: median bcrypt answer {} ms, median locked answer {} ms",
+        median(bcrypt_ms),
+        median(locked_ms)
+    );
 
     // the right password is locked out too, and bcrypt still does not run
     let (resp, _) = get("right-password");
-    assert_oci("right password while locked", &resp, 429, &["TOOMANYREQUESTS"]);
+    assert_oci(
+        "right password while locked",
+        &resp,
+        429,
+        &["TOOMANYREQUESTS"],
+    );
     let wait: u64 = resp.header("retry-after").unwrap().parse().unwrap();
-    assert_eq!(up.count("/v2/"), 0, "a request got through: {:?}", up.seen());
+    assert_eq!(
+        up.count("/v2/"),
+        0,
+        "a request got through: {:?}",
+        up.seen()
+    );
 
     // after the lockout the right password works
     std::thread::sleep(Duration::from_secs(wait + 1));
@@ -1462,13 +1810,31 @@ fn upstream_redirects_are_not_followed_to_private_targets() {
     let evil = Stub::start(|_, _| Reply::manifest());
     let e = evil.port();
     let targets: Vec<(String, String)> = vec![
-        (fake_digest("loopback"), format!("http://127.0.0.1:{e}/blob")),
+        (
+            fake_digest("loopback"),
+            format!("http://127.0.0.1:{e}/blob"),
+        ),
         (fake_digest("name"), format!("http://cdn.test:{e}/blob")),
-        (fake_digest("mapped"), format!("http://[::ffff:127.0.0.1]:{e}/blob")),
-        (fake_digest("decimal"), format!("http://2130706433:{e}/blob")),
-        (fake_digest("unspecified"), format!("http://0.0.0.0:{e}/blob")),
-        (fake_digest("ipv6-loopback"), format!("http://[::1]:{e}/blob")),
-        (fake_digest("metadata"), "http://169.254.169.254/latest/meta-data/".to_string()),
+        (
+            fake_digest("mapped"),
+            format!("http://[::ffff:127.0.0.1]:{e}/blob"),
+        ),
+        (
+            fake_digest("decimal"),
+            format!("http://2130706433:{e}/blob"),
+        ),
+        (
+            fake_digest("unspecified"),
+            format!("http://0.0.0.0:{e}/blob"),
+        ),
+        (
+            fake_digest("ipv6-loopback"),
+            format!("http://[::1]:{e}/blob"),
+        ),
+        (
+            fake_digest("metadata"),
+            "http://169.254.169.254/latest/meta-data/".to_string(),
+        ),
         (fake_digest("file"), "file:///etc/passwd".to_string()),
         (fake_digest("gopher"), format!("gopher://127.0.0.1:{e}/_x")),
     ];
@@ -1484,7 +1850,10 @@ fn upstream_redirects_are_not_followed_to_private_targets() {
             return Reply::status(302).with("location", &format!("http://127.0.0.1:{e}/m"));
         }
         if seen.uri.contains("/manifests/self") {
-            return Reply::status(302).with("location", &format!("http://127.0.0.1:{own}/v2/library/hello/manifests/latest"));
+            return Reply::status(302).with(
+                "location",
+                &format!("http://127.0.0.1:{own}/v2/library/hello/manifests/latest"),
+            );
         }
         Reply::status(404)
     });
@@ -1492,8 +1861,17 @@ fn upstream_redirects_are_not_followed_to_private_targets() {
         "",
         &format!(
             "{}{}",
-            route("docker.test", &[kv("upstream", &up.url()), kv("blob_redirects", "follow")]),
-            route("gcr.test", &[kv("upstream", &up.url()), kv("blob_redirects", "pass-through")]),
+            route(
+                "docker.test",
+                &[kv("upstream", &up.url()), kv("blob_redirects", "follow")]
+            ),
+            route(
+                "gcr.test",
+                &[
+                    kv("upstream", &up.url()),
+                    kv("blob_redirects", "pass-through")
+                ]
+            ),
         ),
     );
 
@@ -1506,23 +1884,43 @@ fn upstream_redirects_are_not_followed_to_private_targets() {
             "{to}: refused for another reason than the guard: {}",
             resp.text()
         );
-        assert!(started.elapsed() < Duration::from_secs(5), "{to}: took {:?}", started.elapsed());
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "{to}: took {:?}",
+            started.elapsed()
+        );
     }
-    assert_eq!(up.count("/blobs/"), targets.len(), "the upstream was not asked every time");
+    assert_eq!(
+        up.count("/blobs/"),
+        targets.len(),
+        "the upstream was not asked every time"
+    );
 
     // non-blob redirects: passed to the client as they came, on either route, never fetched by the gateway
     for host in ["docker.test", "gcr.test"] {
         let resp = s.send(&s.get(host, "/v2/library/hello/manifests/external"));
         assert_eq!(resp.status, 302, "{host}: {}", resp.text());
-        assert_eq!(resp.header("location"), Some("https://evil.test/steal?from=manifest"));
+        assert_eq!(
+            resp.header("location"),
+            Some("https://evil.test/steal?from=manifest")
+        );
         let resp = s.send(&s.get(host, "/v2/library/hello/manifests/loopback"));
         assert_eq!(resp.status, 302, "{host}: {}", resp.text());
-        println!("finding-probe: {host} manifest redirect to loopback handed to the client: {:?}", resp.header("location"));
+        println!(
+            "finding-probe: {host} manifest redirect to loopback handed to the client: {:?}",
+            resp.header("location")
+        );
         // a Location on the upstream's own origin comes back as the gateway's
         let resp = s.send(&s.get(host, "/v2/library/hello/manifests/self"));
         assert_eq!(
             resp.header("location"),
-            Some(format!("https://{}/v2/library/hello/manifests/latest", s.authority(host)).as_str()),
+            Some(
+                format!(
+                    "https://{}/v2/library/hello/manifests/latest",
+                    s.authority(host)
+                )
+                .as_str()
+            ),
             "{host}: upstream origin leaked"
         );
     }
@@ -1532,7 +1930,11 @@ fn upstream_redirects_are_not_followed_to_private_targets() {
     assert_eq!(resp.status, 307);
     assert_eq!(resp.header("location"), Some(to.as_str()));
     std::thread::sleep(Duration::from_millis(200));
-    assert_eq!(evil.connections(), 0, "the gateway connected to a private redirect target");
+    assert_eq!(
+        evil.connections(),
+        0,
+        "the gateway connected to a private redirect target"
+    );
 }
 
 // 12. A client's Bearer token from the gateway's own token server authorizes it at the gateway only: the
@@ -1545,7 +1947,9 @@ fn client_bearer_token_never_reaches_the_upstream() {
     let up = Stub::start(|seen, own| {
         if seen.uri.starts_with("/token") {
             return Reply {
-                body: Bytes::from(format!(r#"{{"token":"{UPSTREAM_TOKEN}","expires_in":300}}"#)),
+                body: Bytes::from(format!(
+                    r#"{{"token":"{UPSTREAM_TOKEN}","expires_in":300}}"#
+                )),
                 ..Reply::status(200)
             }
             .with("content-type", "application/json");
@@ -1567,7 +1971,11 @@ fn client_bearer_token_never_reaches_the_upstream() {
             Reply::status(404)
         }
     });
-    Htpasswd::create(&s.t.path().join("htpasswd"), &[("alice", "alice-secret-pw", 5)]).unwrap();
+    Htpasswd::create(
+        &s.t.path().join("htpasswd"),
+        &[("alice", "alice-secret-pw", 5)],
+    )
+    .unwrap();
     let _gw = s.gateway(
         "",
         &format!(
@@ -1578,8 +1986,11 @@ fn client_bearer_token_never_reaches_the_upstream() {
         ),
     );
     let resp = s.send(
-        &s.get("docker.test", "/token?service=mirrorgate&scope=repository:library/hello:pull")
-            .with_header("authorization", &basic_auth("alice", "alice-secret-pw")),
+        &s.get(
+            "docker.test",
+            "/token?service=mirrorgate&scope=repository:library/hello:pull",
+        )
+        .with_header("authorization", &basic_auth("alice", "alice-secret-pw")),
     );
     assert_eq!(resp.status, 200, "{}", resp.text());
     let token = resp.json().unwrap()["token"].as_str().unwrap().to_string();
@@ -1589,7 +2000,10 @@ fn client_bearer_token_never_reaches_the_upstream() {
     for req in [
         s.get("docker.test", MANIFEST),
         s.get_h2("docker.test", MANIFEST),
-        s.get("docker.test", &format!("/v2/library/hello/blobs/{}", fake_digest("blob"))),
+        s.get(
+            "docker.test",
+            &format!("/v2/library/hello/blobs/{}", fake_digest("blob")),
+        ),
         s.get("docker.test", "/v2/library/hello/tags/list"),
     ] {
         let resp = s.send(&req.clone().with_header("authorization", &bearer));
@@ -1602,16 +2016,23 @@ fn client_bearer_token_never_reaches_the_upstream() {
             resp.text()
         );
     }
-    let resp = s.send(&s.get("docker.test", MANIFEST).with_header("authorization", &bearer));
+    let resp = s.send(
+        &s.get("docker.test", MANIFEST)
+            .with_header("authorization", &bearer),
+    );
     assert_eq!(resp.status, 200, "{}", resp.text());
 
     let seen = up.seen();
     assert!(
         seen.iter()
-            .any(|r| r.header("authorization").as_deref() == Some(&format!("Bearer {UPSTREAM_TOKEN}"))),
+            .any(|r| r.header("authorization").as_deref()
+                == Some(&format!("Bearer {UPSTREAM_TOKEN}"))),
         "the upstream never got its own token: {seen:?}"
     );
-    assert!(seen.iter().any(|r| r.uri.starts_with("/token")), "no token dance: {seen:?}");
+    assert!(
+        seen.iter().any(|r| r.uri.starts_with("/token")),
+        "no token dance: {seen:?}"
+    );
     let password_b64 = basic_auth("alice", "alice-secret-pw");
     for r in &seen {
         for (k, v) in &r.headers {
@@ -1623,6 +2044,10 @@ fn client_bearer_token_never_reaches_the_upstream() {
                 r.uri
             );
         }
-        assert!(!r.uri.contains(&signature), "token in an upstream URI: {}", r.uri);
+        assert!(
+            !r.uri.contains(&signature),
+            "token in an upstream URI: {}",
+            r.uri
+        );
     }
 }
