@@ -53,6 +53,9 @@ pub struct ServerConfig {
     /// How long in-flight requests may run after SIGTERM before connections are closed (default 30 s).
     pub shutdown_grace: Duration,
     pub log_format: LogFormat,
+    /// Label request metrics by user too (off by default: user names are personal data and, with many users,
+    /// the largest cardinality cost; capped at 1000 values even when on).
+    pub metrics_user_labels: bool,
 }
 
 /// Access and diagnostic log format.

@@ -39,6 +39,7 @@ pub(crate) struct RawServer {
     pub client_header_timeout: Option<S<String>>,
     pub shutdown_grace: Option<S<String>>,
     pub log_format: Option<S<String>>,
+    pub metrics_user_labels: Option<S<bool>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -291,6 +291,7 @@ fn server(v: &mut Validator<'_>, raw: &S<RawServer>) -> Option<ServerConfig> {
         client_header_timeout,
         shutdown_grace,
         log_format,
+        metrics_user_labels: r.metrics_user_labels.as_ref().is_some_and(|b| *b.get_ref()),
     })
 }
 

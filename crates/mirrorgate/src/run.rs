@@ -93,7 +93,11 @@ async fn serve(path: PathBuf, checked: check::Checked) -> anyhow::Result<()> {
     } = checked;
     let shutdown = CancellationToken::new();
     // 2. Metrics and health, so every later step can report.
-    let metrics = Metrics::new(MetricsOptions::default()).context("registering metrics")?;
+    let metrics = Metrics::new(MetricsOptions {
+        per_user_labels: config.server.metrics_user_labels,
+        ..MetricsOptions::default()
+    })
+    .context("registering metrics")?;
     let health = Arc::new(Health::new());
     metrics.config_reload(Outcome::Success);
     health.set_config_loaded(true);
