@@ -40,7 +40,22 @@ impl CertEvents for MetricsEvents {
 #[derive(PartialEq)]
 struct Source {
     tls: TlsConfig,
+    /// The route hosts a made certificate must cover (self-signed, ACME); empty for static files, which cover
+    /// what they cover whatever the routes say.
     hosts: Vec<String>,
+}
+
+impl Source {
+    fn of(config: &Config) -> Self {
+        let hosts = match config.tls.source {
+            TlsSource::Files { .. } => Vec::new(),
+            TlsSource::SelfSigned | TlsSource::Acme(_) => config.certificate_hosts(),
+        };
+        Source {
+            tls: config.tls.clone(),
+            hosts,
+        }
+    }
 }
 
 /// The resolver, the rustls config built on it, and the running certificate source.
@@ -73,10 +88,7 @@ impl TlsManager {
             server_config,
             http01: Arc::new(ArcSwapOption::empty()),
             events: Arc::new(MetricsEvents(metrics.clone())),
-            source: Source {
-                tls: config.tls.clone(),
-                hosts: config.certificate_hosts(),
-            },
+            source: Source::of(config),
             tasks: shutdown.child_token(),
             shutdown: shutdown.clone(),
         };
@@ -95,10 +107,7 @@ impl TlsManager {
     /// Applies a reloaded config: a changed `[tls]` or host set starts the new source first; if it fails, the
     /// old source keeps running and the error is returned (the reload is refused).
     pub fn apply(&mut self, config: &Config) -> anyhow::Result<bool> {
-        let source = Source {
-            tls: config.tls.clone(),
-            hosts: config.certificate_hosts(),
-        };
+        let source = Source::of(config);
         if source == self.source {
             return Ok(false);
         }
@@ -126,19 +135,14 @@ impl TlsManager {
                 );
             }
             TlsSource::Files { cert, key } => {
+                let context = || format!("loading {} and {}", cert.display(), key.display());
+                // Load first, then swap the whole table at once: a handshake never sees an empty table, and
+                // hosts of a previous certificate do not linger.
+                let loaded = mirrorgate_tls::load_pem_pair(cert, key).with_context(context)?;
+                self.install_only(&loaded);
                 let mut watcher =
                     FileWatcher::new(cert, key, self.resolver.clone()).events(self.events.clone());
-                // Start from an empty table so hosts of a previous certificate do not linger.
-                let previous = self.resolver.table();
-                self.resolver.replace(CertTable::new());
-                if let Err(e) = watcher.load_initial() {
-                    self.resolver.replace((*previous).clone());
-                    return Err(anyhow::Error::new(e).context(format!(
-                        "loading {} and {}",
-                        cert.display(),
-                        key.display()
-                    )));
-                }
+                watcher.load_initial().with_context(context)?;
                 self.http01.store(None);
                 tokio::spawn(watcher.run(tasks.clone()));
             }

@@ -25,6 +25,8 @@ pub struct Ports {
 }
 
 impl Ports {
+    /// Three free ports, all different: [`free_port`] never hands a port out twice in one process, and the
+    /// gateway rightly refuses a config naming one address twice.
     pub fn free() -> Self {
         Self {
             https: free_port(),
@@ -174,6 +176,18 @@ impl Gateway {
         self.proc.log()
     }
 
+    /// How many access-log lines are for a path containing `path_part` and answered `status` (the log is
+    /// plain text off a terminal, so `status=200` matches as written).
+    pub fn access_count(&self, path_part: &str, status: u16) -> usize {
+        let status = format!("status={status}");
+        self.log()
+            .lines()
+            .filter(|l| {
+                l.contains("mirrorgate::access") && l.contains(path_part) && l.contains(&status)
+            })
+            .count()
+    }
+
     /// Resident memory in KiB (`VmRSS` in /proc/<pid>/status).
     pub fn rss_kib(&self) -> anyhow::Result<u64> {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()))
@@ -206,5 +220,22 @@ impl Gateway {
             );
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // The three listeners never share a port, however many stages a test binary makes.
+    #[test]
+    fn free_ports_are_distinct() {
+        let mut seen = std::collections::HashSet::new();
+        for _ in 0..50 {
+            let p = Ports::free();
+            for port in [p.https, p.http, p.admin] {
+                assert!(seen.insert(port), "port {port} handed out twice");
+            }
+        }
     }
 }

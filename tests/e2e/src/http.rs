@@ -73,6 +73,12 @@ impl RawRequest {
         self
     }
 
+    /// The same request with ALPN `h2` forced.
+    pub fn with_h2(mut self) -> Self {
+        self.h2 = true;
+        self
+    }
+
     pub fn with_host(mut self, host: &str) -> Self {
         self.host = host.to_string();
         self

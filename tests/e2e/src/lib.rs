@@ -11,7 +11,8 @@
 //! program or host mapping is a loud failure, never a skip: a green run must mean the scenario ran.
 //!
 //! Helpers return `anyhow::Result` with context naming what failed; scenarios unwrap them, so a failure is
-//! a panic with the whole chain, and every [`Proc`] prints its log tail when the test panics.
+//! a panic with the whole chain, and every [`Proc`] prints its log tail when the test panics. [`Stage`], the
+//! set-up most gateway scenarios share, panics itself: it only ever runs inside a scenario.
 
 mod ca;
 mod containerd;
@@ -23,6 +24,7 @@ mod podman;
 mod proc;
 mod registry;
 mod skopeo;
+mod stage;
 mod token;
 
 pub use ca::{Leaf, TestCa};
@@ -35,6 +37,9 @@ pub use podman::Podman;
 pub use proc::{free_port, wait_for_http, wait_for_port, Proc};
 pub use registry::{push, Pushed, Registry, RegistryMode};
 pub use skopeo::{layer_digests_in_layout, Outcome, Skopeo};
+pub use stage::{
+    endpoints, kv, metric, rewrite, route, route_lines, sha256, Stage, GENEROUS_LIMITS, TEST_HOSTS,
+};
 pub use token::{TokenIssuer, TokenIssuerOptions};
 
 pub mod htpasswd;

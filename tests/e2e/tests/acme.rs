@@ -12,10 +12,11 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use mirrorgate_e2e::{require_hosts, Gateway, Pebble, Ports, RootClient, Served, TestDir};
+use mirrorgate_e2e::{
+    require_hosts, sha256, Gateway, Pebble, Ports, RootClient, Served, TestDir, GENEROUS_LIMITS,
+};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::CertificateDer;
-use sha2::{Digest, Sha256};
 
 /// The route hosts; one ACME certificate must cover both.
 const HOSTS: [&str; 2] = ["docker.test", "gcr.test"];
@@ -55,7 +56,7 @@ impl Stage {
     /// here), and anonymous routes for both hosts whose `/v2/` ping the gateway answers itself.
     fn config(&self, challenge: &str) -> String {
         let mut toml = format!(
-            "{server}\n{tls}\n[limits]\nrequests_per_second = 10000\nburst = 10000\nbytes_per_second = \"10GiB\"\n\n",
+            "{server}\n{tls}\n{GENEROUS_LIMITS}\n",
             server = self.ports.server_toml(),
             tls = self.pebble.tls_toml(STORAGE, challenge),
         );
@@ -108,7 +109,7 @@ fn stored_pair(storage: &Path, leaf: &Served) -> (std::path::PathBuf, u32, u32) 
         let Some(Ok(first)) = CertificateDer::pem_slice_iter(&pem).next() else {
             continue;
         };
-        let fp = format!("sha256:{:x}", Sha256::digest(first.as_ref()));
+        let fp = sha256(first.as_ref());
         if fp == leaf.leaf {
             let key = path.with_extension("key");
             let key_mode = std::fs::metadata(&key)

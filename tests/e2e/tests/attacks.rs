@@ -20,82 +20,39 @@ use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use mirrorgate_e2e::htpasswd::{basic_auth, Htpasswd};
 use mirrorgate_e2e::{
-    require_hosts, runtime, Gateway, HttpCheck, Leaf, Ports, RawRequest, RawResponse, Registry,
-    TestCa, TestDir,
+    kv, metric, route_lines, runtime, sha256, RawRequest, RawResponse, Registry, Stage, TestCa,
 };
 use rustls_pki_types::ServerName;
-use sha2::{Digest, Sha256};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-/// Every name the gateway's certificate covers.
-const HOSTS: &[&str] = &["docker.test", "gcr.test", "mirror.test"];
 const MANIFEST: &str = "/v2/library/hello/manifests/latest";
 const MT_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
 
-/// A scenario's fixed parts: scratch dir, CA + gateway certificate, ports, a client trusting the CA.
-struct Stage {
-    t: TestDir,
-    ca: TestCa,
-    leaf: Leaf,
-    ports: Ports,
-    http: HttpCheck,
+/// The shared stage, its gateways logging the proxy at debug level (what an attack did shows there).
+fn stage(name: &str) -> Stage {
+    Stage::new(name).env("RUST_LOG", "info,mirrorgate_proxy=debug")
 }
 
-impl Stage {
-    fn new(name: &str) -> Self {
-        require_hosts();
-        let t = TestDir::new(name).unwrap();
-        let ca = TestCa::new(&t.sub("ca").unwrap()).unwrap();
-        let leaf = ca.issue("site", HOSTS).unwrap();
-        Self {
-            http: HttpCheck::new(&ca).unwrap(),
-            ports: distinct_ports(),
-            ca,
-            t,
-            leaf,
-        }
-    }
+/// What attack scenarios add to the shared stage: h2 requests, raw bytes on a TLS connection, and metrics.
+trait AttackStage {
+    /// A GET over h2 for `host` (`:authority` = host:port).
+    fn get_h2(&self, host: &str, path: &str) -> RawRequest;
+    /// Sends `bytes` on a fresh TLS connection (SNI `sni`, ALPN http/1.1) and reads until the server closes
+    /// or `wait` runs out.
+    fn raw(&self, sni: &str, bytes: &[u8], wait: Duration) -> RawOutcome;
+    /// One raw HTTP/1.1 request head: `request_line`, `Host: docker.test:<port>`, the extra `lines`, and
+    /// `Connection: close` unless `keep_alive`.
+    fn head(&self, request_line: &str, lines: &[&str], keep_alive: bool) -> String;
+    /// The sum of a metric's samples on the admin listener whose labels include all of `labels`.
+    fn metric(&self, name: &str, labels: &[(&str, &str)]) -> f64;
+}
 
-    /// Listeners (plus `server_extra` lines in `[server]`), the static certificate, generous anonymous limits,
-    /// then `rest` (`[auth]`, tenants, routes).
-    fn gateway(&self, server_extra: &str, rest: &str) -> Gateway {
-        let toml = format!(
-            "{server}{server_extra}\n[tls]\ncert = {cert:?}\nkey = {key:?}\n\n[limits]\nrequests_per_second = 10000\n\
-             burst = 10000\nbytes_per_second = \"10GiB\"\n\n{rest}",
-            server = self.ports.server_toml(),
-            cert = self.leaf.cert.display().to_string(),
-            key = self.leaf.key.display().to_string(),
-        );
-        Gateway::start_with_env(
-            self.t.path(),
-            &toml,
-            &[("RUST_LOG", "info,mirrorgate_proxy=debug")],
-        )
-        .unwrap()
-    }
-
-    /// `host:<https port>`, what a client puts in `Host`.
-    fn authority(&self, host: &str) -> String {
-        format!("{host}:{}", self.ports.https)
-    }
-
-    /// A GET of `path` over TLS + HTTP/1.1 for `host` (SNI and Host agree).
-    fn get(&self, host: &str, path: &str) -> RawRequest {
-        RawRequest::h1(self.ports.https, host, path).with_host(&self.authority(host))
-    }
-
-    /// The same over h2 (`:authority` = host:port).
+impl AttackStage for Stage {
     fn get_h2(&self, host: &str, path: &str) -> RawRequest {
         RawRequest::h2(self.ports.https, host, path).with_host(&self.authority(host))
     }
 
-    fn send(&self, req: &RawRequest) -> RawResponse {
-        self.http.send(req).unwrap()
-    }
-
-    /// Sends `bytes` on a fresh TLS connection (SNI `sni`, ALPN http/1.1) and reads until the server closes or
-    /// `wait` runs out.
     fn raw(&self, sni: &str, bytes: &[u8], wait: Duration) -> RawOutcome {
         runtime().block_on(async {
             let mut tls = tls_connect(&self.ca, self.ports.https, sni, b"http/1.1").await;
@@ -103,8 +60,6 @@ impl Stage {
         })
     }
 
-    /// One raw HTTP/1.1 request head: `request_line`, `Host: docker.test:<port>`, the extra `lines`, and
-    /// `Connection: close` unless `keep_alive`.
     fn head(&self, request_line: &str, lines: &[&str], keep_alive: bool) -> String {
         let mut s = format!(
             "{request_line}\r\nHost: {}\r\n",
@@ -121,56 +76,15 @@ impl Stage {
         s
     }
 
-    /// The sum of a metric's samples on the admin listener whose labels include all of `labels`.
     fn metric(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
-        let resp = self.send(&RawRequest::plain(
-            self.ports.admin,
-            &format!("127.0.0.1:{}", self.ports.admin),
-            "/metrics",
-        ));
-        assert_eq!(resp.status, 200, "{}", resp.text());
-        resp.text()
-            .lines()
-            .filter(|l| l.starts_with(&format!("{name}{{")) || l.starts_with(&format!("{name} ")))
-            .filter(|l| {
-                labels
-                    .iter()
-                    .all(|(k, v)| l.contains(&format!("{k}=\"{v}\"")))
-            })
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum()
+        let labels: Vec<String> = labels.iter().map(|(k, v)| format!("{k}=\"{v}\"")).collect();
+        let labels: Vec<&str> = labels.iter().map(String::as_str).collect();
+        metric(&self.metrics(), name, &labels)
     }
-}
-
-/// Free listener ports, all different (the gateway rightly refuses one address twice).
-fn distinct_ports() -> Ports {
-    loop {
-        let p = Ports::free();
-        if p.https != p.http && p.https != p.admin && p.http != p.admin {
-            return p;
-        }
-    }
-}
-
-/// A `[[route]]` table: `host` plus the given `key = value` lines, anonymous unless a line says otherwise.
-fn route(host: &str, lines: &[String]) -> String {
-    let anonymous = if lines.iter().any(|l| l.starts_with("anonymous")) {
-        ""
-    } else {
-        "anonymous = true\n"
-    };
-    format!(
-        "[[route]]\nhost = {host:?}\n{anonymous}{}\n\n",
-        lines.join("\n")
-    )
-}
-
-fn kv(key: &str, value: &str) -> String {
-    format!("{key} = {value:?}")
 }
 
 fn fake_digest(seed: &str) -> String {
-    format!("sha256:{:x}", Sha256::digest(seed.as_bytes()))
+    sha256(seed.as_bytes())
 }
 
 /// Asserts an OCI error answer: `status`, JSON content type, and one of `codes` in the body.
@@ -486,29 +400,26 @@ fn plain_upstream() -> Stub {
 //    routing, and the upstream registry (distribution, whose own log is the witness) never sees them.
 #[test]
 fn traversal_and_encoded_names_never_reach_the_upstream() {
-    let s = Stage::new("atk-path");
+    let s = stage("atk-path");
     let upstream = Registry::open(s.t.path(), "upstream").unwrap();
     let listed = format!("upstream.test:{}", upstream.port());
-    let _gw = s.gateway(
-        "",
-        &format!(
-            "{}{}",
-            route(
-                "docker.test",
-                &[
-                    kv("upstream", &upstream.url()),
-                    "docker_hub_library = true".into()
-                ]
-            ),
-            route(
-                "mirror.test",
-                &[
-                    "path_prefix = true".into(),
-                    format!("upstreams = {{ {listed:?} = {:?} }}", upstream.url()),
-                ]
-            ),
+    let _gw = s.gateway(&format!(
+        "{}{}",
+        route_lines(
+            "docker.test",
+            &[
+                kv("upstream", &upstream.url()),
+                "docker_hub_library = true".into()
+            ]
         ),
-    );
+        route_lines(
+            "mirror.test",
+            &[
+                "path_prefix = true".into(),
+                format!("upstreams = {{ {listed:?} = {:?} }}", upstream.url()),
+            ]
+        ),
+    ));
     let digest_traversal = "/v2/library/hello/blobs/sha256:..%2f..%2f..%2fetc%2fpasswd";
     // (host, path, status, acceptable codes)
     let cases: Vec<(&str, String, u16, &[&str])> = vec![
@@ -671,33 +582,30 @@ fn traversal_and_encoded_names_never_reach_the_upstream() {
 //    that registry never sees a request; path-prefix routes refuse the same names.
 #[test]
 fn ns_to_unlisted_registries_is_refused_and_never_proxied() {
-    let s = Stage::new("atk-ns");
+    let s = stage("atk-ns");
     let listed = plain_upstream();
     let unlisted = Registry::open(s.t.path(), "unlisted").unwrap();
     let listed_name = format!("upstream.test:{}", listed.port());
     let b = unlisted.port();
-    let _gw = s.gateway(
-        "",
-        &format!(
-            "{}{}",
-            route(
-                "docker.test",
-                &[
-                    kv("upstream", &listed.url()),
-                    "docker_hub_library = true".into(),
-                    "ns = true".into(),
-                    format!("upstreams = {{ {listed_name:?} = {:?} }}", listed.url()),
-                ]
-            ),
-            route(
-                "mirror.test",
-                &[
-                    "path_prefix = true".into(),
-                    format!("upstreams = {{ {listed_name:?} = {:?} }}", listed.url()),
-                ]
-            ),
+    let _gw = s.gateway(&format!(
+        "{}{}",
+        route_lines(
+            "docker.test",
+            &[
+                kv("upstream", &listed.url()),
+                "docker_hub_library = true".into(),
+                "ns = true".into(),
+                format!("upstreams = {{ {listed_name:?} = {:?} }}", listed.url()),
+            ]
         ),
-    );
+        route_lines(
+            "mirror.test",
+            &[
+                "path_prefix = true".into(),
+                format!("upstreams = {{ {listed_name:?} = {:?} }}", listed.url()),
+            ]
+        ),
+    ));
     std::thread::sleep(Duration::from_millis(300));
     let before = unlisted.requests("");
     let refused = [
@@ -759,17 +667,14 @@ fn ns_to_unlisted_registries_is_refused_and_never_proxied() {
 //    and never reaches the other route's upstream (connection reuse across certificates, or spoofing).
 #[test]
 fn host_that_differs_from_sni_is_misdirected() {
-    let s = Stage::new("atk-sni");
+    let s = stage("atk-sni");
     let docker = plain_upstream();
     let gcr = plain_upstream();
-    let _gw = s.gateway(
-        "",
-        &format!(
-            "{}{}",
-            route("docker.test", &[kv("upstream", &docker.url())]),
-            route("gcr.test", &[kv("upstream", &gcr.url())]),
-        ),
-    );
+    let _gw = s.gateway(&format!(
+        "{}{}",
+        route_lines("docker.test", &[kv("upstream", &docker.url())]),
+        route_lines("gcr.test", &[kv("upstream", &gcr.url())]),
+    ));
     let gcr_host = s.authority("gcr.test");
     for (what, req) in [
         (
@@ -821,9 +726,9 @@ fn host_that_differs_from_sni_is_misdirected() {
 // upstream never sees Host), but a front proxy that routes by the last one would disagree with the gateway.
 #[test]
 fn two_host_headers_are_400() {
-    let s = Stage::new("atk-2host");
+    let s = stage("atk-2host");
     let up = plain_upstream();
-    let _gw = s.gateway("", &route("docker.test", &[kv("upstream", &up.url())]));
+    let _gw = s.gateway(&route_lines("docker.test", &[kv("upstream", &up.url())]));
     let out = s.raw(
         "docker.test",
         s.head(
@@ -843,11 +748,14 @@ fn two_host_headers_are_400() {
 //    no connection. The plain-HTTP redirector builds its Location from Host, never from the target.
 #[test]
 fn absolute_uri_never_turns_the_gateway_into_a_forward_proxy() {
-    let s = Stage::new("atk-absolute");
+    let s = stage("atk-absolute");
     let docker = plain_upstream();
     let evil = Stub::start(|_, _| Reply::manifest());
     let e = evil.port();
-    let _gw = s.gateway("", &route("docker.test", &[kv("upstream", &docker.url())]));
+    let _gw = s.gateway(&route_lines(
+        "docker.test",
+        &[kv("upstream", &docker.url())],
+    ));
     for target in [
         format!("http://cdn.test:{e}/v2/"),
         format!("http://cdn.test:{e}{MANIFEST}"),
@@ -923,9 +831,9 @@ fn absolute_uri_never_turns_the_gateway_into_a_forward_proxy() {
 //    encoded. No header the attacker tried to inject reaches the upstream, and no forwarded value holds CR/LF.
 #[test]
 fn crlf_injection_never_reaches_the_upstream() {
-    let s = Stage::new("atk-crlf");
+    let s = stage("atk-crlf");
     let up = plain_upstream();
-    let _gw = s.gateway("", &route("docker.test", &[kv("upstream", &up.url())]));
+    let _gw = s.gateway(&route_lines("docker.test", &[kv("upstream", &up.url())]));
     let line = format!("GET {MANIFEST} HTTP/1.1");
     let rejected: Vec<(&str, String)> = vec![
         (
@@ -1057,9 +965,9 @@ fn crlf_injection_never_reaches_the_upstream() {
 //    close), a 100 KiB URI is 414, and none of them reaches the upstream; the gateway serves afterwards.
 #[test]
 fn oversized_heads_are_refused_and_the_gateway_keeps_serving() {
-    let s = Stage::new("atk-big");
+    let s = stage("atk-big");
     let up = plain_upstream();
-    let gw = s.gateway("", &route("docker.test", &[kv("upstream", &up.url())]));
+    let gw = s.gateway(&route_lines("docker.test", &[kv("upstream", &up.url())]));
     let line = "GET /v2/library/big/manifests/latest HTTP/1.1";
 
     let many: Vec<String> = (0..1000).map(|i| format!("X-Flood-{i}: v")).collect();
@@ -1135,9 +1043,9 @@ fn oversized_heads_are_refused_and_the_gateway_keeps_serving() {
 // is ~408 KiB and the gateway sets no smaller limit), forwarded upstream, while h2 caps header lists at 16 KiB.
 #[test]
 fn a_200_kib_header_is_431() {
-    let s = Stage::new("atk-big200");
+    let s = stage("atk-big200");
     let up = plain_upstream();
-    let _gw = s.gateway("", &route("docker.test", &[kv("upstream", &up.url())]));
+    let _gw = s.gateway(&route_lines("docker.test", &[kv("upstream", &up.url())]));
     let big = format!("X-Big: {}", "b".repeat(200 * 1024));
     let out = s.raw(
         "docker.test",
@@ -1155,9 +1063,9 @@ fn a_200_kib_header_is_431() {
 //    a second request on a kept-alive connection *would* be served and recorded.
 #[test]
 fn request_smuggling_never_reaches_the_upstream() {
-    let s = Stage::new("atk-smuggle");
+    let s = stage("atk-smuggle");
     let up = plain_upstream();
-    let _gw = s.gateway("", &route("docker.test", &[kv("upstream", &up.url())]));
+    let _gw = s.gateway(&route_lines("docker.test", &[kv("upstream", &up.url())]));
     let host = s.authority("docker.test");
     let smuggled = format!("GET /v2/smuggled/manifests/x HTTP/1.1\r\nHost: {host}\r\n\r\n");
     let post = |repo: &str| format!("POST /v2/{repo}/blobs/uploads/ HTTP/1.1\r\nHost: {host}\r\n");
@@ -1272,12 +1180,12 @@ fn request_smuggling_never_reaches_the_upstream() {
 // A GET sent with a body has the same flaw: the body is dropped on the way up, its Content-Length is kept.
 #[test]
 fn push_ping_carries_no_client_content_length() {
-    let s = Stage::new("atk-ping");
+    let s = stage("atk-ping");
     let up = Stub::start(|seen, _| match seen.method.as_str() {
         "POST" => Reply::status(202).reading_body(),
         _ => Reply::manifest().with("connection", "close"),
     });
-    let _gw = s.gateway("", &route("docker.test", &[kv("upstream", &up.url())]));
+    let _gw = s.gateway(&route_lines("docker.test", &[kv("upstream", &up.url())]));
     let out = s.raw(
         "docker.test",
         format!(
@@ -1332,7 +1240,7 @@ fn push_ping_carries_no_client_content_length() {
 //    promptly.
 #[test]
 fn slow_clients_are_cut_off_and_do_not_hold_the_gateway() {
-    let s = Stage::new("atk-slow");
+    let s = stage("atk-slow");
     let up = Stub::start(|seen, _| {
         if seen.method == "POST" {
             Reply::status(202).reading_body()
@@ -1343,9 +1251,9 @@ fn slow_clients_are_cut_off_and_do_not_hold_the_gateway() {
             Reply::status(200).with("connection", "close")
         }
     });
-    let gw = s.gateway(
+    let gw = s.gateway_with(
         "client_header_timeout = \"3s\"\nupstream_timeout = \"5s\"\n",
-        &route("docker.test", &[kv("upstream", &up.url())]),
+        &route_lines("docker.test", &[kv("upstream", &up.url())]),
     );
     let host = s.authority("docker.test");
 
@@ -1467,11 +1375,11 @@ fn slow_clients_are_cut_off_and_do_not_hold_the_gateway() {
 // client_header_timeout, which hyper arms only once HTTP/1 parsing starts, never applies.
 #[test]
 fn idle_connection_after_the_handshake_is_closed() {
-    let s = Stage::new("atk-idle");
+    let s = stage("atk-idle");
     let up = plain_upstream();
-    let _gw = s.gateway(
+    let _gw = s.gateway_with(
         "client_header_timeout = \"3s\"\n",
-        &route("docker.test", &[kv("upstream", &up.url())]),
+        &route_lines("docker.test", &[kv("upstream", &up.url())]),
     );
     for alpn in [&b"http/1.1"[..], &b"h2"[..]] {
         let idle = runtime().block_on(async {
@@ -1617,7 +1525,7 @@ async fn h2_tally<S: AsyncRead + Unpin>(io: &mut S, wait: Duration) -> H2Tally {
 //    connection is served normally.
 #[test]
 fn h2_rapid_reset_and_stream_floods_are_bounded() {
-    let s = Stage::new("atk-h2");
+    let s = stage("atk-h2");
     let up = Stub::start(|seen, _| {
         if seen.uri.contains("/slow/") {
             Reply::manifest().delayed(Duration::from_secs(3))
@@ -1625,7 +1533,7 @@ fn h2_rapid_reset_and_stream_floods_are_bounded() {
             Reply::manifest()
         }
     });
-    let gw = s.gateway("", &route("docker.test", &[kv("upstream", &up.url())]));
+    let gw = s.gateway(&route_lines("docker.test", &[kv("upstream", &up.url())]));
     assert_eq!(s.send(&s.get_h2("docker.test", MANIFEST)).status, 200);
     let rss_before = gw.rss_kib().unwrap();
     let authority = s.authority("docker.test");
@@ -1716,24 +1624,21 @@ fn h2_rapid_reset_and_stream_floods_are_bounded() {
 //     right password is 429 too while locked, and works again once the lockout (60 s by default) is over.
 #[test]
 fn password_guessing_is_throttled_then_locked_out() {
-    let s = Stage::new("atk-brute");
+    let s = stage("atk-brute");
     let up = plain_upstream();
     Htpasswd::create(
         &s.t.path().join("htpasswd"),
         &[("alice", "right-password", 10)],
     )
     .unwrap();
-    let _gw = s.gateway(
-        "",
-        &format!(
-            "[auth]\nhtpasswd = \"htpasswd\"\n\n[[tenant]]\nname = \"team\"\nusers = [\"alice\"]\n\
+    let _gw = s.gateway(&format!(
+        "[auth]\nhtpasswd = \"htpasswd\"\n\n[[tenant]]\nname = \"team\"\nusers = [\"alice\"]\n\
              allow = [\"docker.test/library/*\"]\n\n{}",
-            route(
-                "docker.test",
-                &["anonymous = false".into(), kv("upstream", &up.url())]
-            )
-        ),
-    );
+        route_lines(
+            "docker.test",
+            &["anonymous = false".into(), kv("upstream", &up.url())]
+        )
+    ));
     let get = |password: &str| {
         let started = Instant::now();
         let resp = s.send(
@@ -1806,7 +1711,7 @@ fn median(mut v: Vec<u128>) -> u128 {
 //     Location on the upstream's own origin is mapped back to the gateway.
 #[test]
 fn upstream_redirects_are_not_followed_to_private_targets() {
-    let s = Stage::new("atk-redirect");
+    let s = stage("atk-redirect");
     let evil = Stub::start(|_, _| Reply::manifest());
     let e = evil.port();
     let targets: Vec<(String, String)> = vec![
@@ -1857,23 +1762,20 @@ fn upstream_redirects_are_not_followed_to_private_targets() {
         }
         Reply::status(404)
     });
-    let _gw = s.gateway(
-        "",
-        &format!(
-            "{}{}",
-            route(
-                "docker.test",
-                &[kv("upstream", &up.url()), kv("blob_redirects", "follow")]
-            ),
-            route(
-                "gcr.test",
-                &[
-                    kv("upstream", &up.url()),
-                    kv("blob_redirects", "pass-through")
-                ]
-            ),
+    let _gw = s.gateway(&format!(
+        "{}{}",
+        route_lines(
+            "docker.test",
+            &[kv("upstream", &up.url()), kv("blob_redirects", "follow")]
         ),
-    );
+        route_lines(
+            "gcr.test",
+            &[
+                kv("upstream", &up.url()),
+                kv("blob_redirects", "pass-through")
+            ]
+        ),
+    ));
 
     for (digest, to) in &targets {
         let started = Instant::now();
@@ -1942,7 +1844,7 @@ fn upstream_redirects_are_not_followed_to_private_targets() {
 //     or password, on h1 and h2, for manifests, blobs and tags.
 #[test]
 fn client_bearer_token_never_reaches_the_upstream() {
-    let s = Stage::new("atk-bearer");
+    let s = stage("atk-bearer");
     const UPSTREAM_TOKEN: &str = "upstream-token-e2e";
     let up = Stub::start(|seen, own| {
         if seen.uri.starts_with("/token") {
@@ -1976,13 +1878,11 @@ fn client_bearer_token_never_reaches_the_upstream() {
         &[("alice", "alice-secret-pw", 5)],
     )
     .unwrap();
-    let _gw = s.gateway(
-        "",
-        &format!(
+    let _gw = s.gateway(&format!(
             "[auth]\nhtpasswd = \"htpasswd\"\n\n[auth.token]\nkey = \"token-key.pem\"\nissuer = \"mirrorgate\"\n\
              service = \"mirrorgate\"\nttl = \"5m\"\n\n[[tenant]]\nname = \"team\"\nusers = [\"alice\"]\n\
              allow = [\"docker.test/library/*\"]\n\n{}",
-            route("docker.test", &["anonymous = false".into(), kv("upstream", &up.url())])
+            route_lines("docker.test", &["anonymous = false".into(), kv("upstream", &up.url())])
         ),
     );
     let resp = s.send(

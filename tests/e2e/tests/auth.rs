@@ -16,12 +16,11 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
 use mirrorgate_e2e::htpasswd::{basic_auth, Htpasswd};
 use mirrorgate_e2e::{
-    push, require_hosts, runtime, Gateway, HttpCheck, Leaf, OciImage, Ports, Pushed, RawRequest,
-    RawResponse, Registry, RegistryMode, Skopeo, TestCa, TestDir,
+    push, runtime, Gateway, OciImage, Pushed, RawRequest, RawResponse, Registry, RegistryMode,
+    TestCa,
 };
 use serde_json::json;
 
-const HOSTS: &[&str] = &["docker.test", "gcr.test"];
 const ALICE: (&str, &str) = ("alice", "pw-alice");
 /// bob's line uses bcrypt cost 10 (the common default), alice's cost 5.
 const BOB: (&str, &str) = ("bob", "pw-bob");
@@ -48,27 +47,27 @@ users = ["alice", "bob", "carol"]
 allow = ["docker.test/library/*"]
 "#;
 
-/// A scenario's fixed parts: scratch dir, CA + gateway certificate, ports, clients trusting the CA, an
-/// upstream holding `library/hello:latest` and `other/thing:latest`, and the htpasswd file.
+/// The shared stage plus an upstream holding `library/hello:latest` and `other/thing:latest`, and the
+/// htpasswd file.
 struct Stage {
-    t: TestDir,
-    ca: TestCa,
-    leaf: Leaf,
-    ports: Ports,
-    certs: std::path::PathBuf,
-    http: HttpCheck,
+    base: mirrorgate_e2e::Stage,
     upstream: Registry,
     hello: Pushed,
     users: Htpasswd,
 }
 
+impl std::ops::Deref for Stage {
+    type Target = mirrorgate_e2e::Stage;
+
+    fn deref(&self) -> &Self::Target {
+        &self.base
+    }
+}
+
 impl Stage {
     fn new(name: &str) -> Self {
-        require_hosts();
-        let t = TestDir::new(name).unwrap();
-        let ca = TestCa::new(&t.sub("ca").unwrap()).unwrap();
-        let leaf = ca.issue("site", HOSTS).unwrap();
-        let certs = ca.cert_dir(&t.sub("skopeo-certs").unwrap()).unwrap();
+        let base = mirrorgate_e2e::Stage::new(name);
+        let t = &base.t;
         let upstream = Registry::open(t.path(), "upstream").unwrap();
         let image =
             OciImage::write_layout(&t.sub("hello").unwrap(), "hello", "latest", 64 * 1024).unwrap();
@@ -86,33 +85,19 @@ impl Stage {
         )
         .unwrap();
         Self {
-            http: HttpCheck::new(&ca).unwrap(),
-            ports: Ports::free(),
-            t,
-            ca,
-            leaf,
-            certs,
+            base,
             upstream,
             hello,
             users,
         }
     }
 
-    fn skopeo(&self) -> Skopeo {
-        Skopeo::new().cert_dir(&self.certs)
-    }
-
-    /// Listeners, the static certificate, generous anonymous limits, `auth` and one private route
-    /// docker.test → the upstream.
+    /// The shared config with `auth` and one private route docker.test → the upstream.
     fn config(&self, auth: &str) -> String {
-        format!(
-            "{server}\n[tls]\ncert = {cert:?}\nkey = {key:?}\n\n[limits]\nrequests_per_second = 10000\nburst = 10000\n\
-             bytes_per_second = \"10GiB\"\n{auth}\n[[route]]\nhost = \"docker.test\"\nupstream = {up:?}\nanonymous = false\n",
-            server = self.ports.server_toml(),
-            cert = self.leaf.cert.display().to_string(),
-            key = self.leaf.key.display().to_string(),
-            up = self.upstream.url(),
-        )
+        self.base.config(&format!(
+            "{auth}\n[[route]]\nhost = \"docker.test\"\nupstream = {:?}\nanonymous = false\n",
+            self.upstream.url()
+        ))
     }
 
     fn gateway(&self, auth: &str) -> Gateway {
@@ -121,18 +106,19 @@ impl Stage {
 
     /// `docker://docker.test:<https>/<repo>`.
     fn image(&self, repo: &str) -> String {
-        format!("docker://docker.test:{}/{repo}", self.ports.https)
+        self.via("docker.test", repo)
     }
 
     /// A GET on docker.test with an optional `Authorization`.
     fn get(&self, path: &str, authorization: Option<&str>) -> RawResponse {
-        let mut req =
-            RawRequest::h1(self.ports.https, "docker.test", path).with_header("accept", OCI_ACCEPT);
-        req.host = format!("docker.test:{}", self.ports.https);
+        let mut req = self
+            .base
+            .get("docker.test", path)
+            .with_header("accept", OCI_ACCEPT);
         if let Some(a) = authorization {
             req = req.with_header("authorization", a);
         }
-        self.http.send(&req).unwrap()
+        self.send(&req)
     }
 
     /// `GET /token?service=mirrorgate&scope=…` with Basic `user:password`; the token on a 200.

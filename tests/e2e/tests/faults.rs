@@ -20,18 +20,12 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use mirrorgate_e2e::{
-    free_port, push, require, require_hosts, runtime, Gateway, HttpCheck, Leaf, OciImage, Pebble,
-    Ports, Pushed, RawRequest, RawResponse, Registry, RegistryMode, TestCa, TestDir, TokenIssuer,
-    TokenIssuerOptions,
+    endpoints, free_port, metric, push, require, require_hosts, rewrite, runtime, sha256, Gateway,
+    OciImage, Pebble, Ports, Pushed, Registry, RegistryMode, Stage, TestDir, TokenIssuer,
+    TokenIssuerOptions, GENEROUS_LIMITS,
 };
-use sha2::{Digest, Sha256};
 
-/// Every name the gateway's certificate covers.
-const HOSTS: &[&str] = &["docker.test", "gcr.test"];
 const MT_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
-/// Generous anonymous limits: limits are not the subject of these scenarios.
-const LIMITS: &str =
-    "[limits]\nrequests_per_second = 10000\nburst = 10000\nbytes_per_second = \"10GiB\"\n\n";
 /// The user that pushes test images to token-mode upstreams.
 const PUSHER: (&str, &str) = ("pusher", "push-secret");
 /// The blob cut in half by a dying upstream: far more than every socket buffer between the processes, so the
@@ -45,138 +39,30 @@ const TIMEOUT_MARGIN: Duration = Duration::from_secs(4);
 /// What the ACME manager logs when an attempt fails and it keeps the current certificate.
 const FAILED_ATTEMPT: &str = "ACME attempt failed";
 
-/// A scenario's fixed parts: scratch dir, CA + gateway certificate for [`HOSTS`], ports, a client trusting
-/// the CA.
-struct Stage {
-    t: TestDir,
-    leaf: Leaf,
-    ports: Ports,
-    http: HttpCheck,
+/// The shared stage, asking for OCI manifests on every [`Stage::get`].
+fn stage(name: &str) -> Stage {
+    Stage::new(name).accept(MT_MANIFEST)
 }
 
-impl Stage {
-    fn new(name: &str) -> Self {
-        require_hosts();
-        let t = TestDir::new(name).unwrap();
-        let ca = TestCa::new(&t.sub("ca").unwrap()).unwrap();
-        let leaf = ca.issue("site", HOSTS).unwrap();
-        Self {
-            http: HttpCheck::new(&ca).unwrap(),
-            ports: distinct_ports(),
-            leaf,
-            t,
-        }
-    }
-
-    /// `[server]` (plus `server_extra` lines), the static certificate, then `rest` ([limits], routes, …).
-    fn config(&self, server_extra: &str, rest: &str) -> String {
-        format!(
-            "{server}{server_extra}\n[tls]\ncert = {cert:?}\nkey = {key:?}\n\n{rest}",
-            server = self.ports.server_toml(),
-            cert = self.leaf.cert.display().to_string(),
-            key = self.leaf.key.display().to_string(),
-        )
-    }
-
-    fn gateway(&self, server_extra: &str, rest: &str) -> Gateway {
-        Gateway::start(self.t.path(), &self.config(server_extra, rest)).unwrap()
-    }
-
-    /// A GET of `path` for `host` over TLS (SNI and Host agree), asking for OCI manifests.
-    fn get(&self, host: &str, path: &str) -> RawRequest {
-        RawRequest::h1(self.ports.https, host, path)
-            .with_host(&format!("{host}:{}", self.ports.https))
-            .with_header("accept", MT_MANIFEST)
-    }
-
-    fn send(&self, req: &RawRequest) -> RawResponse {
-        self.http.send(req).unwrap()
-    }
-
-    /// The admin listener's `/metrics` text.
-    fn metrics(&self) -> String {
-        let port = self.ports.admin;
-        let resp = self.send(&RawRequest::plain(
-            port,
-            &format!("127.0.0.1:{port}"),
-            "/metrics",
-        ));
-        assert_eq!(resp.status, 200, "/metrics: {}", resp.text());
-        resp.text()
-    }
-
-    /// Writes a single-arch image of `bytes` layer bytes.
-    fn image(&self, name: &str, bytes: usize) -> OciImage {
-        OciImage::write_layout(
-            &self.t.sub(&format!("image-{name}")).unwrap(),
-            name,
-            "latest",
-            bytes,
-        )
-        .unwrap()
-    }
+/// Writes a single-arch image of `bytes` layer bytes.
+fn image(s: &Stage, name: &str, bytes: usize) -> OciImage {
+    OciImage::write_layout(
+        &s.t.sub(&format!("image-{name}")).unwrap(),
+        name,
+        "latest",
+        bytes,
+    )
+    .unwrap()
 }
 
-/// Free listener ports, all different (the gateway rightly refuses one address twice).
-fn distinct_ports() -> Ports {
-    loop {
-        let p = Ports::free();
-        if p.https != p.http && p.https != p.admin && p.http != p.admin {
-            return p;
-        }
-    }
-}
-
-/// An anonymous `[[route]]` for `host`: `upstream`, and `endpoints` tried before it.
-fn route(host: &str, upstream: &str, endpoints: &[String]) -> String {
-    let mut r = format!("[[route]]\nhost = {host:?}\nupstream = {upstream:?}\nanonymous = true\n");
-    if !endpoints.is_empty() {
-        let list: Vec<String> = endpoints.iter().map(|e| format!("{e:?}")).collect();
-        r.push_str(&format!("endpoints = [{}]\n", list.join(", ")));
-    }
-    r.push('\n');
-    r
+/// An anonymous `[[route]]` for `host`: `upstream`, and `urls` tried before it.
+fn route(host: &str, upstream: &str, urls: &[String]) -> String {
+    mirrorgate_e2e::route(host, upstream, &endpoints(urls))
 }
 
 fn manifest_path(pushed: &Pushed) -> String {
     let (repo, tag) = pushed.reference.split_once(':').unwrap();
     format!("/v2/{repo}/manifests/{tag}")
-}
-
-fn sha256(bytes: &[u8]) -> String {
-    format!("sha256:{:x}", Sha256::digest(bytes))
-}
-
-/// The sum of every sample of `name` whose label set contains each of `labels` (`key="value"` strings).
-fn metric(text: &str, name: &str, labels: &[&str]) -> f64 {
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter_map(|l| {
-            let (series, value) = l.rsplit_once(' ')?;
-            let (metric, rest) = series.split_once('{').unwrap_or((series, ""));
-            (metric == name && labels.iter().all(|want| rest.contains(want)))
-                .then(|| value.parse::<f64>().ok())
-                .flatten()
-        })
-        .sum()
-}
-
-/// The log without terminal colour sequences (`ESC [ … m`), so `key=value` can be matched.
-fn strip_ansi(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    let mut chars = text.chars();
-    while let Some(c) = chars.next() {
-        if c == '\u{1b}' {
-            for c in chars.by_ref() {
-                if c.is_ascii_alphabetic() {
-                    break;
-                }
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    out
 }
 
 /// A TCP server that accepts connections and never answers (a wedged upstream); counts accepts.
@@ -366,8 +252,8 @@ impl Drop for Immutable {
 // falls back from the dead backend cache to the upstream and gets the whole blob.
 #[test]
 fn upstream_killed_mid_blob_is_an_error_then_falls_back() {
-    let s = Stage::new("fault-midblob");
-    let image = s.image("big", BIG);
+    let s = stage("fault-midblob");
+    let image = image(&s, "big", BIG);
     let mut cache_a = Registry::open(s.t.path(), "cache-a").unwrap();
     let mut cache_c = Registry::open(s.t.path(), "cache-c").unwrap();
     let upstream = Registry::open(s.t.path(), "upstream").unwrap();
@@ -379,7 +265,7 @@ fn upstream_killed_mid_blob_is_an_error_then_falls_back() {
         route("docker.test", &upstream.url(), &[cache_a.url()]),
         route("gcr.test", &upstream.url(), &[cache_c.url()]),
     );
-    let gw = s.gateway("", &format!("{LIMITS}{routes}"));
+    let gw = s.gateway(&routes);
     let digest = image.layer_digest().to_string();
     let size = image.layers[0].size;
     let blob = format!("/v2/library/big/blobs/{digest}");
@@ -437,7 +323,8 @@ fn upstream_killed_mid_blob_is_an_error_then_falls_back() {
             "{proto}: the fallback blob did not come from the upstream registry"
         );
     }
-    let failed = strip_ansi(&gw.log())
+    let failed = gw
+        .log()
         .lines()
         .filter(|l| l.contains("mirrorgate::access") && l.contains("completion=Failed"))
         .count();
@@ -448,12 +335,12 @@ fn upstream_killed_mid_blob_is_an_error_then_falls_back() {
 // not a hung client; with a second endpoint the same wait ends in a fallback and a 200.
 #[test]
 fn hanging_upstream_times_out_or_falls_back() {
-    let s = Stage::new("fault-hang");
+    let s = stage("fault-hang");
     let hang_only = Hang::start();
     let hang_cache = Hang::start();
     let upstream = Registry::open(s.t.path(), "upstream").unwrap();
     let pushed = push(
-        &s.image("small", 16 * 1024),
+        &image(&s, "small", 16 * 1024),
         &upstream,
         "library/small:latest",
         None,
@@ -464,9 +351,9 @@ fn hanging_upstream_times_out_or_falls_back() {
         route("docker.test", &hang_only.url(), &[]),
         route("gcr.test", &upstream.url(), &[hang_cache.url()]),
     );
-    let gw = s.gateway(
+    let gw = s.gateway_with(
         &format!("upstream_timeout = \"{}s\"\n", UPSTREAM_TIMEOUT.as_secs()),
-        &format!("{LIMITS}{routes}"),
+        &routes,
     );
     let path = manifest_path(&pushed);
 
@@ -517,23 +404,17 @@ fn hanging_upstream_times_out_or_falls_back() {
 // `mirrorgate_upstream_fallbacks_total` counts the move away from the cache.
 #[test]
 fn failing_backend_cache_falls_back_to_upstream() {
-    let s = Stage::new("fault-500");
+    let s = stage("fault-500");
     let cache = Failing::start();
     let upstream = Registry::open(s.t.path(), "upstream").unwrap();
     let pushed = push(
-        &s.image("small", 16 * 1024),
+        &image(&s, "small", 16 * 1024),
         &upstream,
         "library/small:latest",
         None,
     )
     .unwrap();
-    let _gw = s.gateway(
-        "",
-        &format!(
-            "{LIMITS}{}",
-            route("docker.test", &upstream.url(), &[cache.origin()])
-        ),
-    );
+    let _gw = s.gateway(&route("docker.test", &upstream.url(), &[cache.origin()]));
     let from = format!("from_endpoint=\"{}\"", cache.origin());
     let before = metric(
         &s.metrics(),
@@ -573,7 +454,7 @@ fn failing_backend_cache_falls_back_to_upstream() {
 // back on the same URL → 200; down again → a new scope fails (502) while a cached token still serves.
 #[test]
 fn token_realm_down_is_502_then_recovers() {
-    let s = Stage::new("fault-realm");
+    let s = stage("fault-realm");
     let issuer = TokenIssuer::start(
         &s.t.sub("issuer").unwrap(),
         TokenIssuerOptions {
@@ -592,24 +473,21 @@ fn token_realm_down_is_502_then_recovers() {
     };
     let upstream = Registry::start(s.t.path(), "upstream", mode, None).unwrap();
     let hello = push(
-        &s.image("hello", 16 * 1024),
+        &image(&s, "hello", 16 * 1024),
         &upstream,
         "library/hello:latest",
         Some(PUSHER),
     )
     .unwrap();
     let other = push(
-        &s.image("other", 16 * 1024),
+        &image(&s, "other", 16 * 1024),
         &upstream,
         "library/other:latest",
         Some(PUSHER),
     )
     .unwrap();
     relay.stop();
-    let mut gw = s.gateway(
-        "",
-        &format!("{LIMITS}{}", route("docker.test", &upstream.url(), &[])),
-    );
+    let mut gw = s.gateway(&route("docker.test", &upstream.url(), &[]));
 
     let resp = s.send(&s.get("docker.test", &manifest_path(&hello)));
     assert_eq!(resp.status, 502, "realm down: {}", resp.text());
@@ -663,10 +541,10 @@ fn token_realm_down_is_502_then_recovers() {
 // `[limits] redis` pointing at a dead port: the gateway still starts, reports ready, and serves (fail open).
 #[test]
 fn redis_down_at_start_fails_open() {
-    let s = Stage::new("fault-redis");
+    let s = stage("fault-redis");
     let upstream = Registry::open(s.t.path(), "upstream").unwrap();
     let pushed = push(
-        &s.image("small", 16 * 1024),
+        &image(&s, "small", 16 * 1024),
         &upstream,
         "library/small:latest",
         None,
@@ -675,12 +553,10 @@ fn redis_down_at_start_fails_open() {
     let dead = free_port();
     let limits = format!(
         "[limits]\nrequests_per_second = 100\nburst = 100\nbytes_per_second = \"1GiB\"\n\
-         redis = \"redis://127.0.0.1:{dead}\"\n\n"
+         redis = \"redis://127.0.0.1:{dead}\"\n"
     );
-    let config = s.config(
-        "",
-        &format!("{limits}{}", route("docker.test", &upstream.url(), &[])),
-    );
+    let s = s.limits(&limits);
+    let config = s.config(&route("docker.test", &upstream.url(), &[]));
     let gw = Gateway::start(s.t.path(), &config)
         .unwrap_or_else(|e| panic!("the gateway did not start with redis down: {e:#}"));
     let statuses: Vec<u16> = (0..5)
@@ -698,7 +574,7 @@ fn redis_down_at_start_fails_open() {
     // Once the background probe has found redis unreachable (and said so), limited requests still pass.
     let start = Instant::now();
     let said = loop {
-        let log = strip_ansi(&gw.log());
+        let log = gw.log();
         if let Some(line) = log
             .lines()
             .find(|l| l.contains("redis") && l.contains("unreachable"))
@@ -733,7 +609,7 @@ fn acme_storage_unwritable_keeps_the_old_certificate() {
     require_hosts();
     let validity = Duration::from_secs(30);
     let t = TestDir::new("fault-acme").unwrap();
-    let ports = distinct_ports();
+    let ports = Ports::free();
     let pebble = Pebble::start(
         &t.sub("pebble").unwrap(),
         ports.http,
@@ -743,7 +619,7 @@ fn acme_storage_unwritable_keeps_the_old_certificate() {
     .unwrap();
     let client = pebble.client().unwrap();
     let config = format!(
-        "{}\n{}\n{LIMITS}{}",
+        "{}\n{}\n{GENEROUS_LIMITS}\n{}",
         ports.server_toml(),
         pebble.tls_toml("certs", "tls-alpn-01"),
         route("docker.test", "http://127.0.0.1:9", &[]),
@@ -761,7 +637,7 @@ fn acme_storage_unwritable_keeps_the_old_certificate() {
     let deadline = issued_at + validity - Duration::from_secs(3);
     let storage_text = storage.display().to_string();
     let line = loop {
-        let log = strip_ansi(&gw.log());
+        let log = gw.log();
         let storage_failure = log
             .lines()
             .filter(|l| l.contains(FAILED_ATTEMPT))
@@ -793,19 +669,16 @@ fn acme_storage_unwritable_keeps_the_old_certificate() {
 // so in its log, and a valid file written again is picked up (a new route starts answering).
 #[test]
 fn config_deleted_keeps_serving_then_recreated_is_picked_up() {
-    let s = Stage::new("fault-config");
+    let s = stage("fault-config");
     let upstream = Registry::open(s.t.path(), "upstream").unwrap();
     let pushed = push(
-        &s.image("small", 16 * 1024),
+        &image(&s, "small", 16 * 1024),
         &upstream,
         "library/small:latest",
         None,
     )
     .unwrap();
-    let first = s.config(
-        "",
-        &format!("{LIMITS}{}", route("docker.test", &upstream.url(), &[])),
-    );
+    let first = s.config(&route("docker.test", &upstream.url(), &[]));
     let gw = Gateway::start(s.t.path(), &first).unwrap();
     let path = manifest_path(&pushed);
     assert_eq!(s.send(&s.get("docker.test", &path)).status, 200);
@@ -826,7 +699,7 @@ fn config_deleted_keeps_serving_then_recreated_is_picked_up() {
         ));
     }
     let log = gw.log();
-    let since = strip_ansi(log.get(log_before..).unwrap_or_default());
+    let since = log.get(log_before..).unwrap_or_default();
     let config_name = gw.config_path().display().to_string();
     let said: Vec<&str> = since
         .lines()
@@ -842,9 +715,7 @@ fn config_deleted_keeps_serving_then_recreated_is_picked_up() {
     }
 
     let second = format!("{first}\n{}", route("gcr.test", &upstream.url(), &[]));
-    let tmp = s.t.path().join("mirrorgate.toml.new");
-    std::fs::write(&tmp, &second).unwrap();
-    std::fs::rename(&tmp, gw.config_path()).unwrap();
+    rewrite(gw.config_path(), &second);
     let start = Instant::now();
     let mut last = 0;
     while start.elapsed() < Duration::from_secs(15) {
@@ -869,6 +740,6 @@ fn config_deleted_keeps_serving_then_recreated_is_picked_up() {
         problems.is_empty(),
         "{}\n--- gateway log since the deletion ---\n{}",
         problems.join("\n"),
-        strip_ansi(gw.log().get(log_before..).unwrap_or_default())
+        gw.log().get(log_before..).unwrap_or_default()
     );
 }

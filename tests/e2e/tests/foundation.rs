@@ -10,83 +10,11 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use mirrorgate_e2e::{
-    free_port, push, require_hosts, Gateway, HttpCheck, Leaf, OciImage, Ports, RawRequest,
-    Registry, Skopeo, TestCa, TestDir,
+    endpoints, free_port, push, route, sha256, Gateway, OciImage, RawRequest, Registry, Stage,
 };
-use sha2::{Digest, Sha256};
-
-/// Every name the gateway's certificate covers.
-const HOSTS: &[&str] = &[
-    "docker.test",
-    "gcr.test",
-    "ghcr.test",
-    "quay.test",
-    "k8s.test",
-    "mirror.test",
-];
 
 /// The gateway's memory bound while streaming a 256 MiB blob: a proxy that buffers blobs cannot stay under it.
 const RSS_BOUND_KIB: u64 = 64 * 1024;
-
-/// A scenario's fixed parts: scratch dir, CA + gateway certificate, ports, and clients trusting the CA.
-struct Stage {
-    t: TestDir,
-    leaf: Leaf,
-    ports: Ports,
-    skopeo: Skopeo,
-    http: HttpCheck,
-}
-
-impl Stage {
-    fn new(name: &str) -> Self {
-        require_hosts();
-        let t = TestDir::new(name).unwrap();
-        let ca = TestCa::new(&t.sub("ca").unwrap()).unwrap();
-        let leaf = ca.issue("site", HOSTS).unwrap();
-        let certs = ca.cert_dir(&t.sub("skopeo-certs").unwrap()).unwrap();
-        Self {
-            skopeo: Skopeo::new().cert_dir(&certs),
-            http: HttpCheck::new(&ca).unwrap(),
-            ports: Ports::free(),
-            t,
-            leaf,
-        }
-    }
-
-    /// The config contract: listeners, the static certificate, generous anonymous limits (these scenarios are
-    /// not about limits), and the given `[[route]]` tables.
-    fn config(&self, routes: &str) -> String {
-        format!(
-            "{server}\n[tls]\ncert = {cert:?}\nkey = {key:?}\n\n[limits]\nrequests_per_second = 10000\nburst = 10000\n\
-             bytes_per_second = \"10GiB\"\n\n{routes}",
-            server = self.ports.server_toml(),
-            cert = self.leaf.cert.display().to_string(),
-            key = self.leaf.key.display().to_string(),
-        )
-    }
-
-    fn gateway(&self, routes: &str) -> Gateway {
-        Gateway::start(self.t.path(), &self.config(routes)).unwrap()
-    }
-
-    /// `docker://docker.test:<https>/<repo>`.
-    fn via_gateway(&self, host: &str, repo: &str) -> String {
-        format!("docker://{host}:{}/{repo}", self.ports.https)
-    }
-}
-
-/// `[[route]]` for `host` → `upstream`, anonymous, with optional endpoints tried first.
-fn route(host: &str, upstream: &str, endpoints: &[String]) -> String {
-    let eps: Vec<String> = endpoints.iter().map(|e| format!("{e:?}")).collect();
-    format!(
-        "[[route]]\nhost = {host:?}\nupstream = {upstream:?}\nendpoints = [{}]\nanonymous = true\n\n",
-        eps.join(", ")
-    )
-}
-
-fn sha256(bytes: &[u8]) -> String {
-    format!("sha256:{:x}", Sha256::digest(bytes))
-}
 
 // A client pulling docker.test over verified TLS gets the upstream's image, byte for byte.
 #[test]
@@ -96,12 +24,12 @@ fn pull_through_tls_by_host() {
     let image =
         OciImage::write_layout(&s.t.sub("image").unwrap(), "hello", "latest", 512 * 1024).unwrap();
     let pushed = push(&image, &upstream, "library/hello:latest", None).unwrap();
-    let _gw = s.gateway(&route("docker.test", &upstream.url(), &[]));
+    let _gw = s.gateway(&route("docker.test", &upstream.url(), ""));
 
     let layers = s
-        .skopeo
+        .skopeo()
         .pull(
-            &s.via_gateway("docker.test", "library/hello:latest"),
+            &s.via("docker.test", "library/hello:latest"),
             &s.t.sub("pulled").unwrap(),
         )
         .unwrap();
@@ -111,8 +39,8 @@ fn pull_through_tls_by_host() {
     );
 
     let raw = s
-        .skopeo
-        .inspect_raw(&s.via_gateway("docker.test", "library/hello:latest"))
+        .skopeo()
+        .inspect_raw(&s.via("docker.test", "library/hello:latest"))
         .unwrap();
     assert_eq!(
         sha256(raw.check("inspect via gateway").unwrap().stdout.as_bytes()),
@@ -133,7 +61,7 @@ fn wrong_host_is_refused_and_never_proxied() {
     let image =
         OciImage::write_layout(&s.t.sub("image").unwrap(), "hello", "latest", 1024).unwrap();
     push(&image, &upstream, "library/hello:latest", None).unwrap();
-    let _gw = s.gateway(&route("docker.test", &upstream.url(), &[]));
+    let _gw = s.gateway(&route("docker.test", &upstream.url(), ""));
     let path = "/v2/library/hello/manifests/latest";
     let before = upstream.requests("/v2/library/hello");
     let wrong_host = format!("nope.test:{}", s.ports.https);
@@ -204,12 +132,16 @@ fn endpoint_fallback_then_upstream() {
     push(&image, &upstream, "library/hello:latest", None).unwrap();
     let upstream_before = upstream.requests("/manifests/");
     let dead = format!("http://127.0.0.1:{}", free_port());
-    let _gw = s.gateway(&route("docker.test", &upstream.url(), &[dead, cache.url()]));
+    let _gw = s.gateway(&route(
+        "docker.test",
+        &upstream.url(),
+        &endpoints(&[dead, cache.url()]),
+    ));
 
     let first = s
-        .skopeo
+        .skopeo()
         .pull(
-            &s.via_gateway("docker.test", "library/hello:latest"),
+            &s.via("docker.test", "library/hello:latest"),
             &s.t.sub("pull-1").unwrap(),
         )
         .unwrap();
@@ -226,9 +158,9 @@ fn endpoint_fallback_then_upstream() {
 
     cache.stop();
     let second = s
-        .skopeo
+        .skopeo()
         .pull(
-            &s.via_gateway("docker.test", "library/hello:latest"),
+            &s.via("docker.test", "library/hello:latest"),
             &s.t.sub("pull-2").unwrap(),
         )
         .unwrap();
@@ -248,7 +180,7 @@ fn large_blob_streams_in_bounded_memory() {
     let image =
         OciImage::write_layout(&s.t.sub("image").unwrap(), "big", "latest", 256 << 20).unwrap();
     let pushed = push(&image, &upstream, "library/big:latest", None).unwrap();
-    let gw = s.gateway(&route("docker.test", &upstream.url(), &[]));
+    let gw = s.gateway(&route("docker.test", &upstream.url(), ""));
 
     let done = AtomicBool::new(false);
     let peak = AtomicU64::new(0);
@@ -261,8 +193,8 @@ fn large_blob_streams_in_bounded_memory() {
                 std::thread::sleep(Duration::from_millis(50));
             }
         });
-        let r = s.skopeo.pull(
-            &s.via_gateway("docker.test", "library/big:latest"),
+        let r = s.skopeo().pull(
+            &s.via("docker.test", "library/big:latest"),
             &s.t.sub("pulled").unwrap(),
         );
         done.store(true, Ordering::Relaxed);
@@ -284,7 +216,7 @@ fn large_blob_streams_in_bounded_memory() {
 fn http_redirects_to_https() {
     let s = Stage::new("redirect");
     let upstream = Registry::open(s.t.path(), "upstream").unwrap();
-    let _gw = s.gateway(&route("docker.test", &upstream.url(), &[]));
+    let _gw = s.gateway(&route("docker.test", &upstream.url(), ""));
     let req = RawRequest::plain(
         s.ports.http,
         &format!("docker.test:{}", s.ports.http),
@@ -303,7 +235,7 @@ fn http_redirects_to_https() {
 fn h2_and_http11_with_hsts() {
     let s = Stage::new("alpn");
     let upstream = Registry::open(s.t.path(), "upstream").unwrap();
-    let _gw = s.gateway(&route("docker.test", &upstream.url(), &[]));
+    let _gw = s.gateway(&route("docker.test", &upstream.url(), ""));
     for (req, version) in [
         (
             RawRequest::h1(s.ports.https, "docker.test", "/v2/"),
@@ -328,7 +260,7 @@ fn h2_and_http11_with_hsts() {
 #[test]
 fn check_reports_file_line_and_key() {
     let s = Stage::new("check");
-    let good = s.config(&route("docker.test", "http://127.0.0.1:5000", &[]));
+    let good = s.config(&route("docker.test", "http://127.0.0.1:5000", ""));
     let good_path = s.t.path().join("good.toml");
     std::fs::write(&good_path, &good).unwrap();
     let out = Gateway::check(&good_path).unwrap();
@@ -383,7 +315,7 @@ fn sigterm_lets_an_inflight_blob_finish() {
     let image =
         OciImage::write_layout(&s.t.sub("image").unwrap(), "slow", "latest", 64 << 20).unwrap();
     let pushed = push(&image, &upstream, "library/slow:latest", None).unwrap();
-    let mut gw = s.gateway(&route("docker.test", &upstream.url(), &[]));
+    let mut gw = s.gateway(&route("docker.test", &upstream.url(), ""));
 
     let digest = &pushed.layer_digests[0];
     let req = RawRequest::h1(

@@ -3,14 +3,9 @@
 //! distribution, and the test host names resolve. If these fail, the scenarios' failures mean nothing.
 
 use mirrorgate_e2e::{
-    layer_digests_in_layout, push, require_hosts, HttpCheck, OciImage, RawRequest, Registry,
-    Skopeo, TestCa, TestDir, TokenIssuer, TokenIssuerOptions,
+    layer_digests_in_layout, push, require_hosts, sha256, HttpCheck, OciImage, RawRequest,
+    Registry, Skopeo, TestCa, TestDir, TokenIssuer, TokenIssuerOptions,
 };
-use sha2::{Digest, Sha256};
-
-fn sha256(bytes: &[u8]) -> String {
-    format!("sha256:{:x}", Sha256::digest(bytes))
-}
 
 // tests/run maps the test host names to loopback; every scenario depends on it.
 #[test]

@@ -12,41 +12,39 @@ use std::time::{Duration, Instant};
 
 use mirrorgate_e2e::htpasswd::{basic_auth, Htpasswd};
 use mirrorgate_e2e::{
-    free_port, push, require, require_hosts, wait_for_port, Gateway, HttpCheck, Leaf, OciImage,
-    Ports, Proc, Pushed, RawRequest, RawResponse, Registry, TestCa, TestDir,
+    free_port, push, require, wait_for_port, Gateway, OciImage, Ports, Proc, Pushed, RawRequest,
+    RawResponse, Registry, GENEROUS_LIMITS,
 };
 
 const PASSWORD: &str = "pw";
 
-/// Scratch dir, CA + gateway certificate, clients trusting the CA, and an upstream holding
-/// `library/<name>:latest` with one layer of `layer_bytes`.
+/// The shared stage plus an upstream holding `library/<name>:latest` with one layer of `layer_bytes`.
 struct Stage {
-    t: TestDir,
-    leaf: Leaf,
-    certs: std::path::PathBuf,
-    http: HttpCheck,
+    base: mirrorgate_e2e::Stage,
     upstream: Registry,
     image: Pushed,
     image_size: u64,
 }
 
+impl std::ops::Deref for Stage {
+    type Target = mirrorgate_e2e::Stage;
+
+    fn deref(&self) -> &Self::Target {
+        &self.base
+    }
+}
+
 impl Stage {
     fn new(name: &str, layer_bytes: usize) -> Self {
-        require_hosts();
-        let t = TestDir::new(name).unwrap();
-        let ca = TestCa::new(&t.sub("ca").unwrap()).unwrap();
-        let leaf = ca.issue("site", &["docker.test"]).unwrap();
-        let certs = ca.cert_dir(&t.sub("skopeo-certs").unwrap()).unwrap();
-        let upstream = Registry::open(t.path(), "upstream").unwrap();
+        let base = mirrorgate_e2e::Stage::new(name);
+        let upstream = Registry::open(base.t.path(), "upstream").unwrap();
         let img =
-            OciImage::write_layout(&t.sub("image").unwrap(), name, "latest", layer_bytes).unwrap();
+            OciImage::write_layout(&base.t.sub("image").unwrap(), name, "latest", layer_bytes)
+                .unwrap();
         let image = push(&img, &upstream, &format!("library/{name}:latest"), None).unwrap();
         Self {
-            http: HttpCheck::new(&ca).unwrap(),
             image_size: img.layers[0].size,
-            t,
-            leaf,
-            certs,
+            base,
             upstream,
             image,
         }
@@ -65,12 +63,10 @@ impl Stage {
         let lines: Vec<(&str, &str, u32)> = users.iter().map(|u| (*u, PASSWORD, 5)).collect();
         Htpasswd::create(&dir.join("htpasswd"), &lines).unwrap();
         let toml = format!(
-            "{server}\n[tls]\ncert = {cert:?}\nkey = {key:?}\n\n[auth]\nhtpasswd = \"htpasswd\"\n\n\
-             [limits]\nrequests_per_second = 10000\nburst = 10000\nbytes_per_second = \"10GiB\"\n{limits}\n\n{tenants}\n\
+            "{server}\n{tls}\n[auth]\nhtpasswd = \"htpasswd\"\n\n{GENEROUS_LIMITS}{limits}\n\n{tenants}\n\
              [[route]]\nhost = \"docker.test\"\nupstream = {up:?}\nanonymous = false\n",
             server = ports.server_toml(),
-            cert = self.leaf.cert.display().to_string(),
-            key = self.leaf.key.display().to_string(),
+            tls = self.tls_toml(),
             up = self.upstream.url(),
         );
         Gateway::start(dir, &toml).unwrap()

@@ -6,46 +6,16 @@
 #![allow(clippy::unwrap_used)]
 
 use mirrorgate_e2e::{
-    push, require_hosts, Gateway, HttpCheck, OciImage, Ports, RawRequest, Registry, Skopeo, TestCa,
-    TestDir, TokenIssuer, TokenIssuerOptions,
+    metric, push, route, OciImage, Registry, Stage, TokenIssuer, TokenIssuerOptions,
 };
-
-/// Sum of every sample of `name` whose label set contains all of `labels` (`key="value"` strings).
-fn sum(text: &str, name: &str, labels: &[&str]) -> f64 {
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter(|l| {
-            l.strip_prefix(name)
-                .is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' '))
-        })
-        .filter(|l| labels.iter().all(|want| l.contains(want)))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
-}
-
-fn scrape(http: &HttpCheck, admin: u16) -> String {
-    let resp = http
-        .send(&RawRequest::plain(
-            admin,
-            &format!("127.0.0.1:{admin}"),
-            "/metrics",
-        ))
-        .unwrap();
-    assert_eq!(resp.status, 200, "/metrics: {}", resp.text());
-    resp.text()
-}
 
 // Before/after one skopeo pull: requests_total{kind="blob"} moved and response_bytes_total grew by at least
 // the layer's size; after a second pull, upstream_token_requests_total{result="cache_hit"} moved (the token
 // fetched for the first pull was reused).
 #[test]
 fn metrics_follow_pulls() {
-    require_hosts();
-    let t = TestDir::new("metrics").unwrap();
-    let ca = TestCa::new(&t.sub("ca").unwrap()).unwrap();
-    let leaf = ca.issue("site", &["docker.test"]).unwrap();
-    let certs = ca.cert_dir(&t.sub("skopeo-certs").unwrap()).unwrap();
-    let http = HttpCheck::new(&ca).unwrap();
+    let s = Stage::new("metrics");
+    let t = &s.t;
     let issuer = TokenIssuer::start(
         &t.sub("issuer").unwrap(),
         TokenIssuerOptions {
@@ -66,35 +36,26 @@ fn metrics_follow_pulls() {
     .unwrap();
     let layer_size = image.layers[0].size as f64;
 
-    let ports = Ports::free();
-    let toml = format!(
-        "{server}\n[tls]\ncert = {cert:?}\nkey = {key:?}\n\n[limits]\nrequests_per_second = 10000\nburst = 10000\n\
-         bytes_per_second = \"10GiB\"\n\n[[route]]\nhost = \"docker.test\"\nupstream = {up:?}\nanonymous = true\n",
-        server = ports.server_toml(),
-        cert = leaf.cert.display().to_string(),
-        key = leaf.key.display().to_string(),
-        up = upstream.url(),
-    );
-    let gw = Gateway::start(t.path(), &toml).unwrap();
-    let skopeo = Skopeo::new().cert_dir(&certs);
-    let image_ref = format!("docker://docker.test:{}/library/hello:latest", ports.https);
+    let _gw = s.gateway(&route("docker.test", &upstream.url(), ""));
+    let skopeo = s.skopeo();
+    let image_ref = s.via("docker.test", "library/hello:latest");
 
-    let before = scrape(&http, gw.admin_port());
+    let before = s.metrics();
     let layers = skopeo.pull(&image_ref, &t.sub("pull-1").unwrap()).unwrap();
     assert_eq!(layers, pushed.layer_digests);
-    let after = scrape(&http, gw.admin_port());
+    let after = s.metrics();
 
-    let blob = |text: &str| sum(text, "mirrorgate_requests_total", &["kind=\"blob\""]);
-    let bytes = |text: &str| sum(text, "mirrorgate_response_bytes_total", &[]);
+    let blob = |text: &str| metric(text, "mirrorgate_requests_total", &["kind=\"blob\""]);
+    let bytes = |text: &str| metric(text, "mirrorgate_response_bytes_total", &[]);
     let hits = |text: &str| {
-        sum(
+        metric(
             text,
             "mirrorgate_upstream_token_requests_total",
             &["result=\"cache_hit\""],
         )
     };
     let fetched = |text: &str| {
-        sum(
+        metric(
             text,
             "mirrorgate_upstream_token_requests_total",
             &["result=\"fetched\""],
@@ -124,7 +85,7 @@ fn metrics_follow_pulls() {
     );
 
     skopeo.pull(&image_ref, &t.sub("pull-2").unwrap()).unwrap();
-    let last = scrape(&http, gw.admin_port());
+    let last = s.metrics();
     eprintln!(
         "after pull 2: tokens fetched {}, cache hits {} (issuer saw {} token requests)",
         fetched(&last),

@@ -7,7 +7,6 @@
 #![allow(clippy::unwrap_used)]
 
 use std::io::Write as _;
-use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -15,125 +14,35 @@ use std::time::{Duration, Instant};
 
 use mirrorgate_e2e::htpasswd::basic_auth;
 use mirrorgate_e2e::{
-    bin_path, free_port, push, require, require_hosts, Containerd, Gateway, HttpCheck, Leaf,
-    OciImage, Podman, Ports, Pushed, RawRequest, Registry, TestCa, TestDir,
+    bin_path, free_port, push, require, rewrite, route, Containerd, Gateway, OciImage, Podman,
+    Pushed, RawRequest, Registry, Stage,
 };
-
-/// Every name the gateway's certificate covers.
-const HOSTS: &[&str] = &["docker.test", "gcr.test"];
 
 const HELLO_MANIFEST: &str = "/v2/library/hello/manifests/latest";
 const MT_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
 
-/// A scenario's fixed parts: scratch dir, CA + gateway certificate, ports, a raw client trusting the CA.
-struct Stage {
-    t: TestDir,
-    ca: TestCa,
-    certs: PathBuf,
-    leaf: Leaf,
-    ports: Ports,
-    http: HttpCheck,
+/// The shared stage, asking for OCI manifests on every [`Stage::get`].
+fn stage(name: &str) -> Stage {
+    Stage::new(name).accept(MT_MANIFEST)
 }
 
-impl Stage {
-    fn new(name: &str) -> Self {
-        require_hosts();
-        let t = TestDir::new(name).unwrap();
-        let ca = TestCa::new(&t.sub("ca").unwrap()).unwrap();
-        let leaf = ca.issue("site", HOSTS).unwrap();
-        let certs = ca.cert_dir(&t.sub("client-certs").unwrap()).unwrap();
-        Self {
-            http: HttpCheck::new(&ca).unwrap(),
-            ports: distinct_ports(),
-            certs,
-            ca,
-            t,
-            leaf,
-        }
-    }
-
-    /// The whole config: listeners, the static certificate, generous anonymous limits, then `rest`.
-    fn config(&self, rest: &str) -> String {
-        format!(
-            "{server}\n[tls]\ncert = {cert:?}\nkey = {key:?}\n\n[limits]\nrequests_per_second = 10000\nburst = 10000\n\
-             bytes_per_second = \"10GiB\"\n\n{rest}",
-            server = self.ports.server_toml(),
-            cert = self.leaf.cert.display().to_string(),
-            key = self.leaf.key.display().to_string(),
-        )
-    }
-
-    fn gateway(&self, rest: &str) -> Gateway {
-        Gateway::start(self.t.path(), &self.config(rest)).unwrap()
-    }
-
-    /// A GET of `path` on the gateway for `host` (SNI and Host agree), asking for an OCI manifest.
-    fn get(&self, host: &str, path: &str) -> RawRequest {
-        RawRequest::h1(self.ports.https, host, path)
-            .with_host(&format!("{host}:{}", self.ports.https))
-            .with_header("accept", MT_MANIFEST)
-    }
-
-    /// An open registry holding `library/hello:latest`.
-    fn upstream(&self, name: &str) -> (Registry, Pushed) {
-        let registry = Registry::open(self.t.path(), name).unwrap();
-        let image = OciImage::write_layout(
-            &self.t.sub(&format!("image-{name}")).unwrap(),
-            "hello",
-            "latest",
-            16 * 1024,
-        )
-        .unwrap();
-        let pushed = push(&image, &registry, "library/hello:latest", None).unwrap();
-        (registry, pushed)
-    }
-}
-
-/// Free listener ports, all different (the gateway rightly refuses one address twice).
-fn distinct_ports() -> Ports {
-    loop {
-        let p = Ports::free();
-        if p.https != p.http && p.https != p.admin && p.http != p.admin {
-            return p;
-        }
-    }
-}
-
-/// The log without terminal colour sequences (`ESC [ … m`), so `key=value` can be matched.
-fn strip_ansi(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    let mut chars = text.chars();
-    while let Some(c) = chars.next() {
-        if c == '\u{1b}' {
-            for c in chars.by_ref() {
-                if c.is_ascii_alphabetic() {
-                    break;
-                }
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    out
+/// An open registry holding `library/hello:latest`.
+fn upstream(s: &Stage, name: &str) -> (Registry, Pushed) {
+    let registry = Registry::open(s.t.path(), name).unwrap();
+    let image = OciImage::write_layout(
+        &s.t.sub(&format!("image-{name}")).unwrap(),
+        "hello",
+        "latest",
+        16 * 1024,
+    )
+    .unwrap();
+    let pushed = push(&image, &registry, "library/hello:latest", None).unwrap();
+    (registry, pushed)
 }
 
 /// How many gateway log lines contain `needle`.
 fn log_count(gw: &Gateway, needle: &str) -> usize {
-    strip_ansi(&gw.log())
-        .lines()
-        .filter(|l| l.contains(needle))
-        .count()
-}
-
-/// The gateway's access-log lines for requests whose path contains `path_part` and that answered `status`.
-fn gateway_requests(gw: &Gateway, path_part: &str, status: u16) -> usize {
-    let status = format!("status={status}");
-    strip_ansi(&gw.log())
-        .lines()
-        .filter(|l| {
-            l.contains("mirrorgate::access") && l.contains(path_part) && l.contains(&status)
-        })
-        .count()
+    gw.log().lines().filter(|l| l.contains(needle)).count()
 }
 
 /// Waits until more than `before` log lines contain `needle`; panics after 10 s.
@@ -147,18 +56,6 @@ fn wait_log(gw: &Gateway, needle: &str, before: usize) {
         );
         std::thread::sleep(Duration::from_millis(25));
     }
-}
-
-/// Replaces the config the way ConfigMaps and editors do (temp file + rename), so no reader sees half a file.
-fn rewrite(path: &Path, text: &str) {
-    let tmp = path.with_extension("toml.new");
-    std::fs::write(&tmp, text).unwrap();
-    std::fs::rename(&tmp, path).unwrap();
-}
-
-/// An anonymous `[[route]]` for `host` served by `upstream`, plus extra `key = value` lines.
-fn route(host: &str, upstream: &str, extra: &str) -> String {
-    format!("[[route]]\nhost = {host:?}\nupstream = {upstream:?}\nanonymous = true\n{extra}\n\n")
 }
 
 /// `mirrorgate <args>` with `stdin` fed in; panics unless it exits 0. Returns stdout.
@@ -191,9 +88,9 @@ fn mirrorgate(args: &[&str], stdin: &str) -> String {
 // would also flip it) are refused and change nothing.
 #[test]
 fn reload_under_load_drops_nothing() {
-    let s = Stage::new("op-reload");
-    let (a, _) = s.upstream("upstream-a");
-    let (b, _) = s.upstream("upstream-b");
+    let s = stage("op-reload");
+    let (a, _) = upstream(&s, "upstream-a");
+    let (b, _) = upstream(&s, "upstream-b");
     let docker = route("docker.test", &a.url(), "");
     let gcr = route("gcr.test", &b.url(), "");
     let with_gcr = s.config(&format!("{docker}{gcr}"));
@@ -288,8 +185,8 @@ fn reload_under_load_drops_nothing() {
 // whose direct fallbacks cannot work.
 #[test]
 fn client_config_outputs_drive_real_clients() {
-    let s = Stage::new("op-clientcfg");
-    let (up, hello) = s.upstream("upstream");
+    let s = stage("op-clientcfg");
+    let (up, hello) = upstream(&s, "upstream");
     let registry = format!("upstream.test:{}", up.port());
     let gw_host = format!("docker.test:{}", s.ports.https);
     let gw = s.gateway(&route(
@@ -354,7 +251,7 @@ fn client_config_outputs_drive_real_clients() {
         containerd.image_digest(&image).unwrap(),
         hello.manifest_digest
     );
-    let served = gateway_requests(&gw, "/v2/library/hello/manifests/latest", 200);
+    let served = gw.access_count("/v2/library/hello/manifests/latest", 200);
     assert!(served >= 1, "the gateway did not serve the manifest");
 
     // podman: the printed registries.conf, used as podman's only registries.conf
@@ -398,7 +295,7 @@ fn client_config_outputs_drive_real_clients() {
         gw.log()
     );
     assert_eq!(podman.image_digest(&image).unwrap(), hello.manifest_digest);
-    assert!(gateway_requests(&gw, "/v2/library/hello/manifests/latest", 200) > served);
+    assert!(gw.access_count("/v2/library/hello/manifests/latest", 200) > served);
 }
 
 // A user made with `mirrorgate htpasswd --stdin` logs in at the gateway (and a wrong password does not), and
@@ -406,7 +303,7 @@ fn client_config_outputs_drive_real_clients() {
 #[test]
 fn htpasswd_command_output_is_accepted_by_the_gateway() {
     require("htpasswd", "apache2-utils");
-    let s = Stage::new("op-htpasswd");
+    let s = stage("op-htpasswd");
     let file = s.t.path().join("htpasswd");
     let file_arg = file.display().to_string();
     let password = "c0rrect-h0rse";
@@ -460,8 +357,8 @@ fn htpasswd_command_output_is_accepted_by_the_gateway() {
 // and the anonymous rate limit (a tight limit answers 429 right after the reload).
 #[test]
 fn reload_moves_the_listener_and_applies_new_limits() {
-    let s = Stage::new("op-reload-listener");
-    let (a, _) = s.upstream("upstream-a");
+    let s = stage("op-reload-listener");
+    let (a, _) = upstream(&s, "upstream-a");
     let docker = route("docker.test", &a.url(), "");
     let gw = s.gateway(&docker);
     assert_eq!(
@@ -511,10 +408,7 @@ fn reload_moves_the_listener_and_applies_new_limits() {
         match on_new_port(HELLO_MANIFEST) {
             Ok(r) => break r,
             Err(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(100)),
-            Err(e) => panic!(
-                "the new listener never answered: {e}\n{}",
-                strip_ansi(&gw.log())
-            ),
+            Err(e) => panic!("the new listener never answered: {e}\n{}", gw.log()),
         }
     };
     assert_eq!(first.status, 200, "{}", first.text());
@@ -528,5 +422,5 @@ fn reload_moves_the_listener_and_applies_new_limits() {
         s.http.send(&s.get("docker.test", HELLO_MANIFEST)).is_err(),
         "the old listener still accepts connections"
     );
-    assert!(strip_ansi(&gw.log()).contains("listener moved"));
+    assert!(gw.log().contains("listener moved"));
 }

@@ -19,14 +19,9 @@ use http_body_util::{combinators::BoxBody, BodyExt, Full};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use mirrorgate_e2e::{
-    free_port, layer_digests_in_layout, push, require_hosts, runtime, Containerd, Gateway,
-    HttpCheck, Leaf, OciImage, Podman, Ports, Pushed, RawRequest, Registry, Skopeo, TestCa,
-    TestDir, TokenIssuer, TokenIssuerOptions,
+    free_port, kv, layer_digests_in_layout, push, route_lines, runtime, sha256, Containerd,
+    OciImage, Podman, Pushed, RawRequest, Registry, Stage, TokenIssuer, TokenIssuerOptions,
 };
-use sha2::{Digest, Sha256};
-
-/// Every name the gateway's certificate covers.
-const HOSTS: &[&str] = &["docker.test", "gcr.test", "quay.test", "mirror.test"];
 
 const MT_INDEX: &str = "application/vnd.oci.image.index.v1+json";
 const MT_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
@@ -37,59 +32,16 @@ const PUSHER: (&str, &str) = ("pusher", "push-secret");
 /// The scope of an anonymous pull of `library/hello`, as the gateway asks the upstream's realm for it.
 const HELLO_PULL: &str = "repository:library/hello:pull";
 
-/// A scenario's fixed parts: scratch dir, CA + gateway certificate, ports, and clients trusting the CA.
-struct Stage {
-    t: TestDir,
-    ca: TestCa,
-    certs: PathBuf,
-    leaf: Leaf,
-    ports: Ports,
-    skopeo: Skopeo,
-    http: HttpCheck,
+/// What registry scenarios add to the shared stage: token-mode upstreams and images pushed to them.
+trait RegistryStage {
+    /// A token issuer (anonymous pulls allowed, [`PUSHER`] known) and a token-mode registry trusting it.
+    fn token_upstream(&self) -> (TokenIssuer, Registry);
+    fn token_upstream_with(&self, opts: TokenIssuerOptions) -> (TokenIssuer, Registry);
+    /// Writes a single-arch image and pushes it to `registry` as `reference` with the pusher's credentials.
+    fn push_image(&self, registry: &Registry, name: &str, reference: &str, bytes: usize) -> Pushed;
 }
 
-impl Stage {
-    fn new(name: &str) -> Self {
-        require_hosts();
-        let t = TestDir::new(name).unwrap();
-        let ca = TestCa::new(&t.sub("ca").unwrap()).unwrap();
-        let leaf = ca.issue("site", HOSTS).unwrap();
-        let certs = ca.cert_dir(&t.sub("client-certs").unwrap()).unwrap();
-        Self {
-            skopeo: Skopeo::new().cert_dir(&certs),
-            http: HttpCheck::new(&ca).unwrap(),
-            ports: distinct_ports(),
-            certs,
-            ca,
-            t,
-            leaf,
-        }
-    }
-
-    /// Listeners, the static certificate, generous anonymous limits, and the given `[[route]]` tables.
-    fn gateway(&self, routes: &str) -> Gateway {
-        let toml = format!(
-            "{server}\n[tls]\ncert = {cert:?}\nkey = {key:?}\n\n[limits]\nrequests_per_second = 10000\nburst = 10000\n\
-             bytes_per_second = \"10GiB\"\n\n{routes}",
-            server = self.ports.server_toml(),
-            cert = self.leaf.cert.display().to_string(),
-            key = self.leaf.key.display().to_string(),
-        );
-        Gateway::start(self.t.path(), &toml).unwrap()
-    }
-
-    /// `docker://<host>:<https>/<repo>`.
-    fn via(&self, host: &str, repo: &str) -> String {
-        format!("docker://{host}:{}/{repo}", self.ports.https)
-    }
-
-    /// A GET of `path` on the gateway's https port for `host` (SNI and Host agree).
-    fn get(&self, host: &str, path: &str) -> RawRequest {
-        RawRequest::h1(self.ports.https, host, path)
-            .with_host(&format!("{host}:{}", self.ports.https))
-    }
-
-    /// A token issuer (anonymous pulls allowed, [`PUSHER`] known) and a token-mode registry trusting it.
+impl RegistryStage for Stage {
     fn token_upstream(&self) -> (TokenIssuer, Registry) {
         let opts = TokenIssuerOptions {
             users: vec![(PUSHER.0.into(), PUSHER.1.into())],
@@ -104,7 +56,6 @@ impl Stage {
         (issuer, registry)
     }
 
-    /// Writes a single-arch image and pushes it to `registry` as `reference` with the pusher's credentials.
     fn push_image(&self, registry: &Registry, name: &str, reference: &str, bytes: usize) -> Pushed {
         let image = OciImage::write_layout(
             &self.t.sub(&format!("image-{name}")).unwrap(),
@@ -115,62 +66,6 @@ impl Stage {
         .unwrap();
         push(&image, registry, reference, Some(PUSHER)).unwrap()
     }
-}
-
-/// Free listener ports, all different: `free_port` releases what it found, so two calls can return the
-/// same port, and the gateway rightly refuses a config with one address twice.
-fn distinct_ports() -> Ports {
-    loop {
-        let p = Ports::free();
-        if p.https != p.http && p.https != p.admin && p.http != p.admin {
-            return p;
-        }
-    }
-}
-
-fn sha256(bytes: &[u8]) -> String {
-    format!("sha256:{:x}", Sha256::digest(bytes))
-}
-
-/// The gateway's access-log lines for requests whose path contains `path_part` and that answered `status`.
-fn gateway_requests(gw: &Gateway, path_part: &str, status: u16) -> usize {
-    let status = format!("status={status}");
-    strip_ansi(&gw.log())
-        .lines()
-        .filter(|l| {
-            l.contains("mirrorgate::access") && l.contains(path_part) && l.contains(&status)
-        })
-        .count()
-}
-
-/// The log without terminal colour sequences (`ESC [ … m`), so `key=value` can be matched.
-fn strip_ansi(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    let mut chars = text.chars();
-    while let Some(c) = chars.next() {
-        if c == '\u{1b}' {
-            for c in chars.by_ref() {
-                if c.is_ascii_alphabetic() {
-                    break;
-                }
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    out
-}
-
-/// A `[[route]]` table: `host` plus the given `key = value` lines, always anonymous.
-fn route(host: &str, lines: &[String]) -> String {
-    format!(
-        "[[route]]\nhost = {host:?}\nanonymous = true\n{}\n\n",
-        lines.join("\n")
-    )
-}
-
-fn kv(key: &str, value: &str) -> String {
-    format!("{key} = {value:?}")
 }
 
 // skopeo pulls `docker.test/hello` (Docker Hub's library rule) from a token-mode upstream with the right layers
@@ -184,7 +79,7 @@ fn token_upstream_single_and_multi_arch() {
         OciImage::write_multi_arch(&s.t.sub("image-multi").unwrap(), "multi", "v1", 8 * 1024)
             .unwrap();
     let multi_pushed = push(&multi, &upstream, "library/multi:v1", Some(PUSHER)).unwrap();
-    let _gw = s.gateway(&route(
+    let _gw = s.gateway(&route_lines(
         "docker.test",
         &[
             kv("upstream", &upstream.url()),
@@ -193,7 +88,7 @@ fn token_upstream_single_and_multi_arch() {
     ));
 
     let layers = s
-        .skopeo
+        .skopeo()
         .pull(
             &s.via("docker.test", "hello:latest"),
             &s.t.sub("pulled-hello").unwrap(),
@@ -201,7 +96,7 @@ fn token_upstream_single_and_multi_arch() {
         .unwrap();
     assert_eq!(layers, hello.layer_digests);
     let raw = s
-        .skopeo
+        .skopeo()
         .inspect_raw(&s.via("docker.test", "hello:latest"))
         .unwrap();
     assert_eq!(
@@ -245,7 +140,7 @@ fn token_upstream_single_and_multi_arch() {
 
     // copy --all: every platform's layers, and the layout's top entry is the index itself
     let out = s.t.sub("pulled-multi").unwrap();
-    s.skopeo
+    s.skopeo()
         .copy(
             &s.via("docker.test", "multi:v1"),
             &format!("oci:{}:all", out.display()),
@@ -273,7 +168,7 @@ fn path_prefix_routes_only_listed_registries() {
     let s = Stage::new("reg-prefix");
     let (issuer, upstream) = s.token_upstream();
     let hello = s.push_image(&upstream, "hello", "library/hello:latest", 32 * 1024);
-    let _gw = s.gateway(&route(
+    let _gw = s.gateway(&route_lines(
         "mirror.test",
         &[
             "path_prefix = true".into(),
@@ -282,7 +177,7 @@ fn path_prefix_routes_only_listed_registries() {
     ));
 
     let layers = s
-        .skopeo
+        .skopeo()
         .pull(
             &s.via("mirror.test", "gcr.test/library/hello:latest"),
             &s.t.sub("pulled").unwrap(),
@@ -326,7 +221,7 @@ fn ns_query_is_honoured_only_for_listed_registries() {
     let (_issuer, upstream) = s.token_upstream();
     let hello = s.push_image(&upstream, "hello", "library/hello:latest", 16 * 1024);
     let listed = format!("upstream.test:{}", upstream.port());
-    let _gw = s.gateway(&route(
+    let _gw = s.gateway(&route_lines(
         "docker.test",
         &[
             kv("upstream", &upstream.url()),
@@ -386,7 +281,7 @@ fn containerd_pulls_through_the_gateway_with_ns() {
     let (_issuer, upstream) = s.token_upstream();
     let hello = s.push_image(&upstream, "hello", "library/hello:latest", 32 * 1024);
     let registry = format!("upstream.test:{}", upstream.port());
-    let gw = s.gateway(&route(
+    let gw = s.gateway(&route_lines(
         "docker.test",
         &[
             "ns = true".into(),
@@ -418,13 +313,12 @@ fn containerd_pulls_through_the_gateway_with_ns() {
         hello.manifest_digest
     );
     assert!(
-        gateway_requests(&gw, "/v2/library/hello/manifests/", 200) >= 1,
+        gw.access_count("/v2/library/hello/manifests/", 200) >= 1,
         "the gateway did not serve the manifest:\n{}",
         gw.log()
     );
     assert!(
-        gateway_requests(
-            &gw,
+        gw.access_count(
             &format!("/v2/library/hello/blobs/{}", hello.layer_digests[0]),
             200
         ) >= 1
@@ -439,7 +333,10 @@ fn podman_pulls_through_a_registries_conf_mirror() {
     let s = Stage::new("reg-podman");
     let (_issuer, upstream) = s.token_upstream();
     let hello = s.push_image(&upstream, "hello", "library/hello:latest", 32 * 1024);
-    let gw = s.gateway(&route("docker.test", &[kv("upstream", &upstream.url())]));
+    let gw = s.gateway(&route_lines(
+        "docker.test",
+        &[kv("upstream", &upstream.url())],
+    ));
     let registry = format!("upstream.test:{}", upstream.port());
     let podman = Podman::new(
         s.t.path(),
@@ -461,7 +358,7 @@ fn podman_pulls_through_a_registries_conf_mirror() {
     );
     assert_eq!(podman.image_digest(&image).unwrap(), hello.manifest_digest);
     assert!(
-        gateway_requests(&gw, "/v2/library/hello/manifests/latest", 200) >= 1,
+        gw.access_count("/v2/library/hello/manifests/latest", 200) >= 1,
         "the gateway did not serve the manifest:\n{}",
         gw.log()
     );
@@ -476,7 +373,7 @@ fn backend_cache_first_then_upstream_when_it_dies() {
     let (_issuer, upstream) = s.token_upstream();
     let hello = s.push_image(&upstream, "hello", "library/hello:latest", 64 * 1024);
     let mut cache = Registry::proxy(s.t.path(), "cache", &upstream.url(), None).unwrap();
-    let _gw = s.gateway(&route(
+    let _gw = s.gateway(&route_lines(
         "docker.test",
         &[
             kv("upstream", &upstream.url()),
@@ -486,7 +383,7 @@ fn backend_cache_first_then_upstream_when_it_dies() {
     ));
 
     let first = s
-        .skopeo
+        .skopeo()
         .pull(
             &s.via("docker.test", "hello:latest"),
             &s.t.sub("pull-1").unwrap(),
@@ -509,7 +406,7 @@ fn backend_cache_first_then_upstream_when_it_dies() {
     let before = upstream.requests("/v2/library/hello/manifests/latest");
     for i in 2..4 {
         let again = s
-            .skopeo
+            .skopeo()
             .pull(
                 &s.via("docker.test", "hello:latest"),
                 &s.t.sub(&format!("pull-{i}")).unwrap(),
@@ -530,7 +427,10 @@ fn upstream_token_is_fetched_once_for_concurrent_pulls() {
     let s = Stage::new("reg-single");
     let (issuer, upstream) = s.token_upstream();
     let hello = s.push_image(&upstream, "hello", "library/hello:latest", 4 * 1024);
-    let _gw = s.gateway(&route("docker.test", &[kv("upstream", &upstream.url())]));
+    let _gw = s.gateway(&route_lines(
+        "docker.test",
+        &[kv("upstream", &upstream.url())],
+    ));
     issuer.set_delay(Duration::from_millis(500));
     assert_eq!(issuer.count(HELLO_PULL, None), 0);
 
@@ -586,7 +486,7 @@ fn blob_redirects_follow_pass_through_and_ssrf_guard() {
     let front_url = format!("http://127.0.0.1:{}", front.port);
     let _gw = s.gateway(&format!(
         "{}{}{}",
-        route(
+        route_lines(
             "docker.test",
             &[
                 kv("upstream", &front_url),
@@ -594,14 +494,14 @@ fn blob_redirects_follow_pass_through_and_ssrf_guard() {
                 "danger_allow_private_redirects = true".into()
             ],
         ),
-        route(
+        route_lines(
             "gcr.test",
             &[
                 kv("upstream", &front_url),
                 kv("blob_redirects", "pass-through")
             ]
         ),
-        route(
+        route_lines(
             "quay.test",
             &[kv("upstream", &front_url), kv("blob_redirects", "follow")]
         ),
@@ -689,7 +589,7 @@ fn upstream_credentials_are_server_side() {
         backend: upstream.port(),
         redirect_blobs: None,
     });
-    let _gw = s.gateway(&route(
+    let _gw = s.gateway(&route_lines(
         "docker.test",
         &[
             kv("upstream", &format!("http://127.0.0.1:{}", front.port)),
@@ -716,7 +616,7 @@ fn upstream_credentials_are_server_side() {
 
     // and an anonymous skopeo pull works too, on the gateway's credentials
     let layers = s
-        .skopeo
+        .skopeo()
         .pull(
             &s.via("docker.test", "library/hello:latest"),
             &s.t.sub("pulled").unwrap(),
@@ -896,7 +796,7 @@ async fn forward(
 fn push_through_a_token_upstream_with_server_side_credentials() {
     let s = Stage::new("reg-push");
     let (issuer, upstream) = s.token_upstream();
-    let _gw = s.gateway(&route(
+    let _gw = s.gateway(&route_lines(
         "docker.test",
         &[
             kv("upstream", &upstream.url()),
