@@ -9,7 +9,7 @@ fuzz_target!(|data: &[u8]| {
         assert!(req
             .scopes
             .iter()
-            .all(|s| !s.kind.is_empty() && !s.name.is_empty()));
+            .all(|s| !s.resource_type.is_empty() && !s.name.is_empty()));
     }
     if let Ok(query) = std::str::from_utf8(data) {
         let _ = TokenRequest::from_query(query);

@@ -24,6 +24,10 @@ use ring::rand::{SecureRandom, SystemRandom};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use mirrorgate_registry::Action as ScopeAction;
+/// Requested scopes are the registry protocol's own type: one parser for the whole gateway.
+pub use mirrorgate_registry::Scope;
+
 use crate::error::AuthError;
 use crate::key::TokenKey;
 use crate::tenants::Action;
@@ -99,41 +103,6 @@ pub struct Claims {
     /// Refresh tokens only: fingerprint of the user's htpasswd hash, so a password change revokes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pwh: Option<String>,
-}
-
-/// One requested scope, `type:name:actions`. The name may hold `:` (a registry host with a port), so
-/// type is split from the left and actions from the right.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Scope {
-    /// `repository`, `registry`, ...; a `(class)` suffix is dropped.
-    pub kind: String,
-    /// The resource name.
-    pub name: String,
-    /// Requested actions.
-    pub actions: Vec<String>,
-}
-
-impl Scope {
-    /// Parses one scope string.
-    pub fn parse(s: &str) -> Result<Scope, AuthError> {
-        let bad = || AuthError::InvalidRequest(format!("malformed scope '{s}'"));
-        let (kind, rest) = s.split_once(':').ok_or_else(bad)?;
-        let (name, actions) = rest.rsplit_once(':').ok_or_else(bad)?;
-        let kind = kind.split_once('(').map_or(kind, |(k, _)| k);
-        if kind.is_empty() || name.is_empty() {
-            return Err(bad());
-        }
-        let actions = actions
-            .split(',')
-            .filter(|a| !a.is_empty())
-            .map(str::to_owned)
-            .collect();
-        Ok(Scope {
-            kind: kind.to_owned(),
-            name: name.to_owned(),
-            actions,
-        })
-    }
 }
 
 /// How the client authenticates to the token endpoint.
@@ -258,7 +227,9 @@ impl TokenRequest {
 
     fn push_scopes(&mut self, value: &str) -> Result<(), AuthError> {
         for s in value.split(' ').filter(|s| !s.is_empty()) {
-            self.scopes.push(Scope::parse(s)?);
+            let scope = Scope::parse(s)
+                .map_err(|e| AuthError::InvalidRequest(format!("malformed scope '{s}': {e}")))?;
+            self.scopes.push(scope);
         }
         Ok(())
     }
@@ -299,10 +270,17 @@ pub fn grant_access(
 ) -> Vec<AccessEntry> {
     let mut granted: BTreeMap<&str, (bool, bool)> = BTreeMap::new();
     let mut order: Vec<&str> = Vec::new();
-    for scope in scopes.iter().filter(|s| s.kind == "repository") {
-        let wants = |a: &str| scope.actions.iter().any(|x| x == a || x == "*");
-        let pull = wants("pull") && allowed(&scope.name, Action::Pull);
-        let push = wants("push") && allowed(&scope.name, Action::Push);
+    // `repository(plugin)` carries a class; it is still a repository scope.
+    let is_repository = |s: &&Scope| s.resource_type.split('(').next() == Some("repository");
+    for scope in scopes.iter().filter(is_repository) {
+        let wants = |a: ScopeAction| {
+            scope
+                .actions
+                .iter()
+                .any(|x| *x == a || *x == ScopeAction::All)
+        };
+        let pull = wants(ScopeAction::Pull) && allowed(&scope.name, Action::Pull);
+        let push = wants(ScopeAction::Push) && allowed(&scope.name, Action::Push);
         if !granted.contains_key(scope.name.as_str()) {
             order.push(&scope.name);
         }
@@ -489,18 +467,19 @@ pub(crate) mod tests {
     // Rule: scope grammar: type from the left, actions from the right, ports in names survive.
     #[test]
     fn scope_parsing() {
-        let s = Scope::parse("repository:library/alpine:pull,push").unwrap();
+        let r = TokenRequest::from_query(
+            "scope=repository:localhost:5000/foo:pull&scope=repository(plugin):vieux/sshfs:pull",
+        )
+        .unwrap();
+        assert_eq!(r.scopes[0].name, "localhost:5000/foo");
+        let granted = grant_access(&r.scopes, |_, _| true);
         assert_eq!(
-            (s.kind.as_str(), s.name.as_str()),
-            ("repository", "library/alpine")
+            granted.len(),
+            2,
+            "a classed repository scope is still a repository scope"
         );
-        assert_eq!(s.actions, vec!["pull", "push"]);
-        let s = Scope::parse("repository:localhost:5000/foo:pull").unwrap();
-        assert_eq!(s.name, "localhost:5000/foo");
-        let s = Scope::parse("repository(plugin):vieux/sshfs:pull").unwrap();
-        assert_eq!(s.kind, "repository");
-        assert!(Scope::parse("repository").is_err());
-        assert!(Scope::parse("repository::pull").is_err());
+        assert!(TokenRequest::from_query("scope=repository").is_err());
+        assert!(TokenRequest::from_query("scope=repository::pull").is_err());
     }
 
     // Rule: GET query parsing: repeated scopes, offline_token, service, account.
