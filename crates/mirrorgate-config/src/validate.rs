@@ -158,21 +158,59 @@ impl Validator<'_> {
     }
 }
 
+/// At most this many unknown keys are collected in one pass (a wrong file would otherwise report hundreds).
+const MAX_UNKNOWN_KEYS: usize = 32;
+
+/// Deserializes the text, collecting every unknown key rather than the first: serde stops at the first
+/// error, so each unknown key's line is blanked (spaces of the same length, so spans still point into the
+/// original text) and the text parsed again. Any other kind of error ends the collection, and only the first
+/// error of the pass is kept unless it is an unknown key: what follows another error is likely its echo.
+fn deserialize(src: &Source<'_>) -> (Option<RawConfig>, Vec<ConfigError>) {
+    let mut text = src.text.to_string();
+    let mut errors = Vec::new();
+    for _ in 0..=MAX_UNKNOWN_KEYS {
+        let e = match toml::from_str::<RawConfig>(&text) {
+            Ok(raw) => return (Some(raw), errors),
+            Err(e) => e,
+        };
+        let offset = e.span().map_or(0, |s| s.start);
+        let message = e.message().trim().replace('\n', " ");
+        let unknown_key = message.starts_with("unknown field");
+        if unknown_key || errors.is_empty() {
+            errors.push(src.error_at(offset, message));
+        }
+        if !unknown_key || !blank_line(&mut text, offset) {
+            break;
+        }
+    }
+    (None, errors)
+}
+
+/// Replaces the line holding `offset` with spaces (byte for byte); false when there is nothing left to blank.
+fn blank_line(text: &mut String, offset: usize) -> bool {
+    let offset = offset.min(text.len());
+    let start = text[..offset].rfind('\n').map_or(0, |i| i + 1);
+    let end = text[offset..].find('\n').map_or(text.len(), |i| offset + i);
+    if text[start..end].trim().is_empty() {
+        return false;
+    }
+    let spaces = " ".repeat(end - start);
+    text.replace_range(start..end, &spaces);
+    true
+}
+
 pub(crate) fn validate(path: &Path, text: &str) -> Result<Config, ConfigErrors> {
     let src = Source { file: path, text };
-    let raw: RawConfig = match toml::from_str(text) {
-        Ok(raw) => raw,
-        Err(e) => {
-            let offset = e.span().map_or(0, |s| s.start);
-            let message = e.message().trim().replace('\n', " ");
-            return Err(ConfigErrors::single(src.error_at(offset, message)));
-        }
+    let (raw, schema_errors) = deserialize(&src);
+    let Some(raw) = raw else {
+        return Err(ConfigErrors(schema_errors));
     };
+    let schema_count = schema_errors.len();
     let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
     let mut v = Validator {
         src,
         base,
-        errors: Vec::new(),
+        errors: schema_errors,
     };
 
     let server = server(&mut v, &raw.server);
@@ -195,7 +233,8 @@ pub(crate) fn validate(path: &Path, text: &str) -> Result<Config, ConfigErrors> 
     let limits = limits(&mut v, raw.limits.as_ref());
 
     if !v.errors.is_empty() {
-        v.errors.sort_by_key(|e| (e.line, e.column));
+        // Unknown keys first (they often explain what follows), then the rest in file order.
+        v.errors[schema_count..].sort_by_key(|e| (e.line, e.column));
         return Err(ConfigErrors(v.errors));
     }
     match server {

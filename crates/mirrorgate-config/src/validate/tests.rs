@@ -230,3 +230,21 @@ fn syntax_errors_are_located() {
     let e = parse_in(dir.path(), "[server]\nhttps = \n").unwrap_err();
     assert_eq!(e.0[0].line, 2, "{e}");
 }
+
+// Pins that `check` reports every unknown key in one pass, with the semantic problems of the rest of the file.
+#[test]
+fn every_unknown_key_is_reported_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = "[server]\nhttps = \"127.0.0.1:1\"\nhttp_port = 80\n\n[[route]]\nhost = \"a.test\"\nupstreem = \"http://x\"\nupstream = \"ftp://x\"\n";
+    let e = parse_in(dir.path(), text).unwrap_err();
+    let keys: Vec<(&str, usize)> = e.iter().map(|e| (e.key.as_str(), e.line)).collect();
+    assert_eq!(
+        keys,
+        [
+            ("server.http_port", 3),
+            ("route[1].upstreem", 7),
+            ("route[1].upstream", 8)
+        ],
+        "{e}"
+    );
+}
