@@ -15,6 +15,6 @@ fuzz_target!(|data: &[u8]| {
         assert_eq!(Scope::parse(&shown).ok(), Some(scope));
     }
     if let Ok(scope) = mirrorgate_auth::Scope::parse(text) {
-        assert!(!scope.kind.is_empty() && !scope.name.is_empty());
+        assert!(!scope.resource_type.is_empty() && !scope.name.is_empty());
     }
 });

@@ -36,6 +36,8 @@ pub struct Checked {
     pub config: Config,
     /// The serving state compiled from it (routes, upstream clients): built once, used by `run` and reload.
     pub runtime: mirrorgate_proxy::Runtime,
+    /// The tenant rules compiled from it, handed to the authenticator on reload.
+    pub tenants: mirrorgate_auth::Tenants,
     /// Problems `run` and reload only log: a tenant user missing from htpasswd (the htpasswd watcher accepts
     /// removing a user at runtime, so a restart after that must not fail).
     pub warnings: Vec<ConfigError>,
@@ -88,16 +90,19 @@ pub fn validate(path: &Path) -> Result<Checked, Vec<ConfigError>> {
             )
         });
     }
-    if let Err(e) = mirrorgate_auth::Tenants::new(mirrorgate_proxy::tenant_specs(&config)) {
-        errors.push(ConfigError {
-            key: "tenant".into(),
-            ..ConfigError::file_level(path, e.to_string())
-        });
-    }
+    let tenants = mirrorgate_auth::Tenants::new(mirrorgate_proxy::tenant_specs(&config))
+        .map_err(|e| {
+            errors.push(ConfigError {
+                key: "tenant".into(),
+                ..ConfigError::file_level(path, e.to_string())
+            })
+        })
+        .ok();
     match mirrorgate_proxy::Runtime::build(std::sync::Arc::new(config.clone())) {
         Ok(runtime) if errors.is_empty() => Ok(Checked {
             config,
             runtime,
+            tenants: tenants.unwrap_or_default(),
             warnings,
         }),
         Ok(_) => Err(errors),

@@ -225,15 +225,6 @@ impl Server {
         };
         log_warnings(&checked.warnings);
         let config = &checked.config;
-        let tenants = match self.gateway.auth.as_ref() {
-            Some(_) => {
-                match mirrorgate_auth::Tenants::new(mirrorgate_proxy::tenant_specs(config)) {
-                    Ok(t) => Some(t),
-                    Err(e) => return refused(&self.metrics, &self.path, e.to_string()),
-                }
-            }
-            None => None,
-        };
         if let Err(e) = self.listeners.apply(&config.server, &self.spawner).await {
             return refused(&self.metrics, &self.path, format!("{e:#}"));
         }
@@ -251,8 +242,8 @@ impl Server {
                 Err(e) => return refused(&self.metrics, &self.path, e.to_string()),
             }
         }
-        if let (Some(auth), Some(tenants)) = (&self.gateway.auth, tenants) {
-            auth.set_tenants(tenants);
+        if let Some(auth) = &self.gateway.auth {
+            auth.set_tenants(checked.tenants);
         }
         self.config = checked.runtime.config.clone();
         self.gateway.replace(checked.runtime);
