@@ -33,7 +33,7 @@ impl Containerd {
         let base = dir.join("containerd");
         std::fs::create_dir_all(&base).with_context(|| format!("creating {}", base.display()))?;
         let socket = base.join("containerd.sock");
-        let path = |p: &str| toml_str(&base.join(p).display().to_string());
+        let path = |p: &str| crate::toml_str(&base.join(p).display().to_string());
         let config = format!(
             "version = 2\nroot = {root}\nstate = {state}\ndisabled_plugins = [\"io.containerd.grpc.v1.cri\", \
              \"io.containerd.snapshotter.v1.btrfs\", \"io.containerd.snapshotter.v1.zfs\", \
@@ -42,7 +42,7 @@ impl Containerd {
              [plugins.\"io.containerd.internal.v1.opt\"]\n  path = {opt}\n",
             root = path("root"),
             state = path("state"),
-            sock = toml_str(&socket.display().to_string()),
+            sock = crate::toml_str(&socket.display().to_string()),
             ttrpc = path("containerd.sock.ttrpc"),
             opt = path("opt"),
         );
@@ -92,14 +92,14 @@ impl Containerd {
         ])
         .arg(hosts_dir)
         .arg(image);
-        run(cmd)
+        Outcome::run(cmd)
     }
 
     /// The digest containerd recorded for `image` (`ctr images ls`), i.e. what the pull resolved.
     pub fn image_digest(&self, image: &str) -> anyhow::Result<String> {
         let mut cmd = self.ctr();
         cmd.args(["images", "ls"]);
-        let out = run(cmd)?.check("ctr images ls")?;
+        let out = Outcome::run(cmd)?.check("ctr images ls")?;
         out.stdout
             .lines()
             .find_map(|l| {
@@ -118,18 +118,4 @@ impl Containerd {
             .args(["--namespace", NAMESPACE]);
         cmd
     }
-}
-
-fn run(mut cmd: Command) -> anyhow::Result<Outcome> {
-    let out = cmd.output().with_context(|| format!("running {cmd:?}"))?;
-    Ok(Outcome {
-        status: out.status,
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    })
-}
-
-/// A TOML basic string (quotes and backslashes escaped).
-fn toml_str(s: &str) -> String {
-    toml::Value::String(s.to_string()).to_string()
 }

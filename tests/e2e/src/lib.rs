@@ -45,3 +45,8 @@ pub use token::{TokenIssuer, TokenIssuerOptions};
 pub mod htpasswd;
 mod pebble;
 pub use pebble::{KeptConnection, Pebble, RootClient, Served};
+
+/// A TOML basic string (quotes and backslashes escaped), for the client configs the harness writes.
+pub(crate) fn toml_str(s: &str) -> String {
+    toml::Value::String(s.to_string()).to_string()
+}

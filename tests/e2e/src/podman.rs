@@ -29,13 +29,13 @@ impl Podman {
         let mut conf = format!(
             "unqualified-search-registries = []\nshort-name-mode = \"disabled\"\n\n[[registry]]\nprefix = {}\n\
              location = {}\ninsecure = true\n",
-            toml_str(prefix),
-            toml_str(location)
+            crate::toml_str(prefix),
+            crate::toml_str(location)
         );
         for m in mirrors {
             conf.push_str(&format!(
                 "\n[[registry.mirror]]\nlocation = {}\ninsecure = false\n",
-                toml_str(m)
+                crate::toml_str(m)
             ));
         }
         std::fs::write(dir.join("registries.conf"), conf).context("writing registries.conf")?;
@@ -74,14 +74,14 @@ impl Podman {
             cmd.arg("--cert-dir").arg(certs);
         }
         cmd.arg(image);
-        run(cmd)
+        Outcome::run(cmd)
     }
 
     /// `podman image inspect --format {{.Digest}} <image>`: the manifest digest podman pulled.
     pub fn image_digest(&self, image: &str) -> anyhow::Result<String> {
         let mut cmd = self.base();
         cmd.args(["image", "inspect", "--format", "{{.Digest}}", image]);
-        let out = run(cmd)?.check("podman image inspect")?;
+        let out = Outcome::run(cmd)?.check("podman image inspect")?;
         Ok(out.stdout.trim().to_string())
     }
 
@@ -107,18 +107,4 @@ impl Podman {
         ]);
         cmd
     }
-}
-
-fn run(mut cmd: Command) -> anyhow::Result<Outcome> {
-    let out = cmd.output().with_context(|| format!("running {cmd:?}"))?;
-    Ok(Outcome {
-        status: out.status,
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    })
-}
-
-/// A TOML basic string (quotes and backslashes escaped).
-fn toml_str(s: &str) -> String {
-    toml::Value::String(s.to_string()).to_string()
 }

@@ -17,6 +17,16 @@ pub struct Outcome {
 }
 
 impl Outcome {
+    /// Runs `cmd` to completion and keeps its status and output (skopeo, ctr, podman).
+    pub fn run(mut cmd: Command) -> anyhow::Result<Outcome> {
+        let out = cmd.output().with_context(|| format!("running {cmd:?}"))?;
+        Ok(Outcome {
+            status: out.status,
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        })
+    }
+
     pub fn ok(&self) -> bool {
         self.status.success()
     }
@@ -89,22 +99,13 @@ impl Skopeo {
         }
     }
 
-    fn run(mut cmd: Command) -> anyhow::Result<Outcome> {
-        let out = cmd.output().with_context(|| format!("running {cmd:?}"))?;
-        Ok(Outcome {
-            status: out.status,
-            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-        })
-    }
-
     /// `skopeo inspect --raw docker://…`: the manifest bytes as served.
     pub fn inspect_raw(&self, image: &str) -> anyhow::Result<Outcome> {
         let mut cmd = self.base();
         cmd.args(["inspect", "--raw"]);
         self.src_flags(&mut cmd, "");
         cmd.arg(image);
-        Self::run(cmd)
+        Outcome::run(cmd)
     }
 
     /// `skopeo copy SRC DEST` (`--all` copies every platform of an index), digests preserved.
@@ -120,7 +121,7 @@ impl Skopeo {
         }
         self.src_flags(&mut cmd, "src-");
         cmd.arg(src).arg(dest);
-        Self::run(cmd)
+        Outcome::run(cmd)
     }
 
     /// Pulls `image` (`docker://host:port/repo:tag`) into an OCI layout at `dir` (tag `pulled`) and returns
