@@ -2,6 +2,7 @@
 //! completion hook, never buffered, so a multi-GiB blob costs a few frames of memory.
 
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -60,13 +61,21 @@ pin_project! {
         idle: Option<Duration>,
         bytes: u64,
         on_done: Option<OnDone>,
+        // Set when the consumer asked `is_end_stream` and heard yes. hyper never polls such a body (a HEAD
+        // answer, an empty 201) and just drops it, which is a complete delivery, not an abandoned one.
+        end_seen: AtomicBool,
     }
 
     impl<B> PinnedDrop for Metered<B> {
         fn drop(this: Pin<&mut Self>) {
             let this = this.project();
             if let Some(done) = this.on_done.take() {
-                done(*this.bytes, Completion::Abandoned);
+                let completion = if this.end_seen.load(Ordering::Relaxed) {
+                    Completion::Complete
+                } else {
+                    Completion::Abandoned
+                };
+                done(*this.bytes, completion);
             }
         }
     }
@@ -80,6 +89,7 @@ impl<B> Metered<B> {
             idle,
             bytes: 0,
             on_done: Some(on_done),
+            end_seen: AtomicBool::new(false),
         }
     }
 }
@@ -141,7 +151,11 @@ where
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        let end = self.inner.is_end_stream();
+        if end {
+            self.end_seen.store(true, Ordering::Relaxed);
+        }
+        end
     }
 
     fn size_hint(&self) -> SizeHint {
@@ -182,6 +196,22 @@ mod tests {
         );
         drop(body);
         assert_eq!(*seen.lock().unwrap(), vec![(0, Completion::Abandoned)]);
+    }
+
+    // Pins that an empty body the server only asked `is_end_stream` of (a HEAD answer: hyper never polls it)
+    // counts as complete when dropped, so access logs and metrics do not call every HEAD abandoned.
+    #[tokio::test]
+    async fn empty_body_dropped_after_end_check_is_complete() {
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let s = seen.clone();
+        let body = Metered::new(
+            Empty::<Bytes>::new(),
+            None,
+            Box::new(move |n, c| s.lock().unwrap().push((n, c))),
+        );
+        assert!(body.is_end_stream());
+        drop(body);
+        assert_eq!(*seen.lock().unwrap(), vec![(0, Completion::Complete)]);
     }
 
     // Pins the idle timeout: a body that never produces a frame fails instead of hanging forever.

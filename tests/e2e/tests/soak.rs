@@ -145,6 +145,8 @@ struct Tally {
     done: AtomicU64,
     by_status: Mutex<std::collections::BTreeMap<u16, u64>>,
     wrong: Mutex<Vec<String>>,
+    /// Failures of requests in flight while the backend cache died (see [`Tally::record_around_kill`]).
+    interrupted: Mutex<Vec<String>>,
 }
 
 impl Tally {
@@ -172,6 +174,49 @@ impl Tally {
                 .unwrap()
                 .push(format!("{what}: transport error {e:#}")),
         }
+    }
+
+    /// Like [`Tally::record`], except that a failure of a request that was in flight while the backend cache
+    /// was being killed is set aside as interrupted: a blob whose source dies mid-body must end in an error
+    /// (never a short 200), and that error is the right answer. Anything that fails outside the kill is wrong.
+    fn record_around_kill(
+        &self,
+        what: &str,
+        expected: u16,
+        got: anyhow::Result<RawResponse>,
+        in_flight: (Instant, Instant),
+        kill: &KillWindow,
+    ) {
+        match got {
+            Err(e) if kill.overlaps(in_flight) => {
+                self.done.fetch_add(1, Ordering::Relaxed);
+                self.interrupted
+                    .lock()
+                    .unwrap()
+                    .push(format!("{what}: {e:#}"));
+            }
+            got => self.record(what, expected, got),
+        }
+    }
+}
+
+/// When the backend cache was being killed: from just before the SIGKILL until it was reaped.
+#[derive(Default)]
+struct KillWindow(Mutex<(Option<Instant>, Option<Instant>)>);
+
+impl KillWindow {
+    fn begin(&self) {
+        self.0.lock().unwrap().0 = Some(Instant::now());
+    }
+
+    fn end(&self) {
+        self.0.lock().unwrap().1 = Some(Instant::now());
+    }
+
+    /// Whether a request in flight from `sent` to `answered` overlapped the kill (still going counts).
+    fn overlaps(&self, (sent, answered): (Instant, Instant)) -> bool {
+        let (begin, end) = *self.0.lock().unwrap();
+        begin.is_some_and(|b| b <= answered) && end.is_none_or(|e| sent <= e)
     }
 }
 
@@ -235,12 +280,13 @@ fn soak_mixed_traffic_has_no_leaks() {
     let baseline = sample(&gw, Duration::ZERO, 0);
 
     let stop = AtomicBool::new(false);
+    let kill = KillWindow::default();
     let soak = Duration::from_secs(secs);
     let mut samples = vec![baseline];
     let mut cache_killed_at = None;
     std::thread::scope(|scope_| {
         for c in 0..CLIENTS {
-            let (s, tally, stop) = (&s, &tally, &stop);
+            let (s, tally, stop, kill) = (&s, &tally, &stop, &kill);
             let (manifest, missing, blob, scope) = (&manifest, &missing, &blob, &scope);
             scope_.spawn(move || {
                 let (user, password) = USERS[c % USERS.len()];
@@ -278,24 +324,22 @@ fn soak_mixed_traffic_has_no_leaks() {
                         7 => ("forged bearer", s.get(manifest, Some("Bearer a.b.c")), 401),
                         _ => ("blob h2", s.get(blob, Some(&basic)).with_h2(), 200),
                     };
-                    let got = s.http.send(&req);
-                    if what.starts_with("blob") && what != "blob HEAD" {
-                        if let Ok(r) = &got {
-                            if r.status == 200 && r.body.len() as u64 != blob_size {
-                                tally.record(
-                                    what,
-                                    0,
-                                    Err(anyhow::anyhow!(
-                                        "short blob: {} of {blob_size} bytes",
-                                        r.body.len()
-                                    )),
-                                );
-                                i += 1;
-                                continue;
-                            }
+                    let sent = Instant::now();
+                    let got = match s.http.send(&req) {
+                        Ok(r)
+                            if r.status == 200
+                                && req.method == http::Method::GET
+                                && what.starts_with("blob")
+                                && r.body.len() as u64 != blob_size =>
+                        {
+                            Err(anyhow::anyhow!(
+                                "short blob presented as a 200: {} of {blob_size} bytes",
+                                r.body.len()
+                            ))
                         }
-                    }
-                    tally.record(what, expected, got);
+                        got => got,
+                    };
+                    tally.record_around_kill(what, expected, got, (sent, Instant::now()), kill);
                     i += 1;
                 }
             });
@@ -345,7 +389,9 @@ fn soak_mixed_traffic_has_no_leaks() {
         while t0.elapsed() < soak {
             std::thread::sleep(SAMPLE_EVERY);
             if cache_killed_at.is_none() && t0.elapsed() >= soak / 2 {
+                kill.begin();
                 cache.stop();
+                kill.end();
                 cache_killed_at = Some(t0.elapsed());
             }
             samples.push(sample(
@@ -388,13 +434,22 @@ fn soak_mixed_traffic_has_no_leaks() {
         ));
     }
     let requests = tally.done.load(Ordering::Relaxed);
+    let interrupted = tally.interrupted.lock().unwrap();
     eprintln!(
-        "soak of {secs} s: {requests} requests ({:.0}/s), statuses {:?}, cache killed at {cache_killed_at:?}; \
-         after load: {active} active https connections, {} fds (baseline {})\n{table}",
+        "soak of {secs} s: {requests} requests ({:.0}/s), statuses {:?}, cache killed at {cache_killed_at:?} \
+         (interrupted: {:?}); after load: {active} active https connections, {} fds (baseline {})\n{table}",
         requests as f64 / secs.max(1) as f64,
         tally.by_status.lock().unwrap(),
+        *interrupted,
         after.fds,
         baseline.fds,
+    );
+    // Each client thread has one request in flight at a time, so the kill can interrupt at most one each.
+    assert!(
+        interrupted.len() <= CLIENTS,
+        "{} requests failed around the cache's death, more than the {CLIENTS} that can be in flight: {:?}",
+        interrupted.len(),
+        *interrupted
     );
 
     let wrong = tally.wrong.lock().unwrap();
