@@ -5,15 +5,20 @@
 //! connection on that worker. `spawn_blocking` moves it off them, and the semaphore (2 × cores by
 //! default) caps how many run at once so a flood of bad passwords queues instead of taking every core.
 //! The queue itself is capped too: past `max_waiting` the answer is 429 at once.
+//!
+//! Concurrent checks of the *same* pair share one bcrypt run (single flight): a CI fleet whose cached
+//! credential just expired, or a client opening 16 connections at once, would otherwise run bcrypt once per
+//! request until the first result lands in the cache.
 
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::sync::Semaphore;
+use dashmap::DashMap;
+use tokio::sync::{OnceCell, Semaphore};
 
-use crate::cache::CredentialCache;
+use crate::cache::{CredentialCache, Fingerprint};
 use crate::error::AuthError;
 use crate::htpasswd::UserStore;
 use crate::throttle::FailureThrottle;
@@ -67,6 +72,24 @@ pub struct PasswordChecker {
     max_waiting: usize,
     by_ip: FailureThrottle<IpAddr>,
     by_user: FailureThrottle<String>,
+    /// Checks in progress, by pair: later arrivals wait for the first one's answer.
+    in_flight: DashMap<Fingerprint, Arc<OnceCell<bool>>>,
+    bcrypt_runs: AtomicU64,
+}
+
+/// Takes a pair's in-flight entry out of the map when its holder is done (or dropped), but only if it is
+/// still the same entry: a result must never outlive the check that produced it.
+struct InFlight<'a> {
+    map: &'a DashMap<Fingerprint, Arc<OnceCell<bool>>>,
+    fp: Fingerprint,
+    cell: Arc<OnceCell<bool>>,
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.map
+            .remove_if(&self.fp, |_, cell| Arc::ptr_eq(cell, &self.cell));
+    }
 }
 
 impl PasswordChecker {
@@ -94,7 +117,14 @@ impl PasswordChecker {
                 policy.lockout,
                 THROTTLE_CAPACITY,
             ),
+            in_flight: DashMap::new(),
+            bcrypt_runs: AtomicU64::new(0),
         })
+    }
+
+    /// bcrypt verifications run so far (cache hits and shared checks run none).
+    pub fn bcrypt_runs(&self) -> u64 {
+        self.bcrypt_runs.load(Ordering::Relaxed)
     }
 
     /// The user store behind this checker (for reload and the watcher).
@@ -125,10 +155,53 @@ impl PasswordChecker {
             return Err(AuthError::Throttled { retry_after });
         }
 
-        let entry = snapshot.users.get(user);
-        let known = entry.is_some();
-        let hash = entry.map_or_else(|| snapshot.dummy_hash.clone(), |h| h.hash.clone());
+        let cell = self
+            .in_flight
+            .entry(fp)
+            .or_insert_with(|| Arc::new(OnceCell::new()))
+            .clone();
+        let _in_flight = InFlight {
+            map: &self.in_flight,
+            fp,
+            cell: cell.clone(),
+        };
+        // The first caller runs bcrypt; the others wait for its answer. If it is cancelled (client gone), one
+        // of the waiters takes over. The cache is filled inside, before the entry leaves the map, so a later
+        // caller finds either the entry or the cache.
+        let verified = *cell
+            .get_or_try_init(|| async {
+                let known = snapshot.users.get(user).is_some();
+                let matched = self.bcrypt(user, password, &snapshot).await?;
+                if matched && known {
+                    self.cache.insert(fp, snapshot.generation, Instant::now());
+                }
+                Ok::<_, AuthError>(matched && known)
+            })
+            .await?;
 
+        let now = Instant::now();
+        if verified {
+            self.by_user.record_success(&user.to_owned());
+            Ok(())
+        } else {
+            self.by_ip.record_failure(&peer_ip, now);
+            self.by_user.record_failure(&user.to_owned(), now);
+            Err(AuthError::BadCredentials)
+        }
+    }
+
+    /// One bcrypt verification on the blocking pool, behind the permits. Unknown users are checked against a
+    /// dummy hash, so the answer takes as long as for a known one.
+    async fn bcrypt(
+        &self,
+        user: &str,
+        password: &str,
+        snapshot: &crate::htpasswd::Snapshot,
+    ) -> Result<bool, AuthError> {
+        let hash = snapshot
+            .users
+            .get(user)
+            .map_or_else(|| snapshot.dummy_hash.clone(), |h| h.hash.clone());
         if self.waiting.fetch_add(1, Ordering::AcqRel) >= self.max_waiting {
             self.waiting.fetch_sub(1, Ordering::AcqRel);
             return Err(AuthError::Throttled {
@@ -141,25 +214,15 @@ impl PasswordChecker {
             return Err(AuthError::Config("password checker closed".into()));
         };
         let password = password.to_owned();
-        let matched = tokio::task::spawn_blocking(move || {
+        self.bcrypt_runs.fetch_add(1, Ordering::Relaxed);
+        tokio::task::spawn_blocking(move || {
             let _permit = permit;
             // A malformed hash cannot reach here (parse checks the shape); treat any bcrypt error as
             // "no match" without logging it: its message quotes the hash.
             bcrypt::verify(password.as_bytes(), &hash).unwrap_or(false)
         })
         .await
-        .map_err(AuthError::Blocking)?;
-
-        let now = Instant::now();
-        if matched && known {
-            self.cache.insert(fp, snapshot.generation, now);
-            self.by_user.record_success(&user.to_owned());
-            Ok(())
-        } else {
-            self.by_ip.record_failure(&peer_ip, now);
-            self.by_user.record_failure(&user.to_owned(), now);
-            Err(AuthError::BadCredentials)
-        }
+        .map_err(AuthError::Blocking)
     }
 }
 
@@ -264,6 +327,41 @@ mod tests {
             unknown * 3 > known,
             "unknown {unknown:?} vs known {known:?}"
         );
+    }
+
+    // Rule: concurrent checks of one pair share a single bcrypt run (right or wrong password), and once they are
+    // done nothing of the shared answer stays behind: the next wrong attempt runs bcrypt again.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_checks_of_one_pair_share_one_bcrypt_run() {
+        let line = format!("alice:{}\n", bcrypt::hash("secret", 8).unwrap());
+        let store = Arc::new(UserStore::from_htpasswd(Htpasswd::parse(&line).unwrap()));
+        // Every waiter still counts as a failed attempt: no lockout in the way of this test's later checks.
+        let policy = PasswordPolicy {
+            max_failures: 1000,
+            ..PasswordPolicy::default()
+        };
+        let c = Arc::new(PasswordChecker::new(store, &policy).unwrap());
+        let run = |password: &'static str| {
+            let mut tasks = tokio::task::JoinSet::new();
+            for _ in 0..16 {
+                let c = c.clone();
+                tasks.spawn(async move { c.check("alice", password, IP).await });
+            }
+            tasks.join_all()
+        };
+        for r in run("secret").await {
+            r.unwrap();
+        }
+        assert_eq!(c.bcrypt_runs(), 1, "16 concurrent right checks");
+        for r in run("wrong").await {
+            assert!(matches!(r, Err(AuthError::BadCredentials)));
+        }
+        assert_eq!(c.bcrypt_runs(), 2, "16 concurrent wrong checks");
+        assert!(c.in_flight.is_empty(), "in-flight entries left behind");
+        let _ = c.check("alice", "wrong", "127.0.0.2".parse().unwrap()).await;
+        assert_eq!(c.bcrypt_runs(), 3, "a later wrong check must run bcrypt again");
+        c.check("alice", "secret", IP).await.unwrap();
+        assert_eq!(c.bcrypt_runs(), 3, "the right pair is cached");
     }
 
     // Rule: a reload (new generation) drops cached credentials, so a changed password stops working.

@@ -687,20 +687,6 @@ async fn respond(
     resp: Response<Incoming>,
 ) -> Result<Response<GatewayBody>, ProxyError> {
     let route = plan.route;
-    let request_url = Url::parse(&format!("{}{}", endpoint.origin, path_and_query))
-        .map_err(|e| ProxyError::Internal(format!("request URL: {e}")))?;
-    let gateway = Url::parse(&format!("https://{authority}")).map_err(|_| ProxyError::NoHost)?;
-    let name_map = match (&plan.upstream_name, &plan.client_name) {
-        (Some(u), Some(c)) if u != c => Some((u.as_str(), c.as_str())),
-        _ => None,
-    };
-    let ctx = RewriteContext {
-        upstream_base: &endpoint.url,
-        gateway: &gateway,
-        path_prefix: plan.prefix.as_deref(),
-        name_map,
-    };
-
     let (mut parts, body) = resp.into_parts();
     headers::remove_hop_by_hop(&mut parts.headers);
     strip_response_headers(&mut parts.headers);
@@ -718,57 +704,15 @@ async fn respond(
         }
     }
 
-    if parts.status.is_redirection() {
-        if let Some(location) = parts
-            .headers
-            .get(header::LOCATION)
-            .and_then(|v| v.to_str().ok())
-        {
-            match rewrite_location(location, &request_url, &ctx) {
-                Ok(LocationRewrite::Local(to)) => {
-                    if let Ok(v) = HeaderValue::from_str(&to) {
-                        parts.headers.insert(header::LOCATION, v);
-                    }
-                }
-                Ok(LocationRewrite::External(target)) => {
-                    let is_blob = matches!(plan.path, RegistryPath::Blob { .. });
-                    if is_blob
-                        && route.config.blob_redirects == BlobRedirects::Follow
-                        && (method == Method::GET || method == Method::HEAD)
-                    {
-                        return follow_redirect(rt, route, method, target).await;
-                    }
-                }
-                Err(e) => {
-                    tracing::debug!(route = %route.label, error = %e, "unparseable upstream Location")
-                }
-            }
-        }
-    } else if let Some(location) = parts
-        .headers
-        .get(header::LOCATION)
-        .and_then(|v| v.to_str().ok())
+    if let Some(target) =
+        rewrite_upstream_urls(&mut parts, plan, endpoint, path_and_query, authority)?
     {
-        // Upload sessions (202/201) point at the upstream; map them to the gateway.
-        if let Ok(LocationRewrite::Local(to)) = rewrite_location(location, &request_url, &ctx) {
-            if let Ok(v) = HeaderValue::from_str(&to) {
-                parts.headers.insert(header::LOCATION, v);
-            }
-        }
-    }
-    let links: Vec<String> = parts
-        .headers
-        .get_all(header::LINK)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .filter_map(|v| rewrite_link(v, &request_url, &ctx).ok())
-        .collect();
-    if !links.is_empty() {
-        parts.headers.remove(header::LINK);
-        for l in links {
-            if let Ok(v) = HeaderValue::from_str(&l) {
-                parts.headers.append(header::LINK, v);
-            }
+        let is_blob = matches!(plan.path, RegistryPath::Blob { .. });
+        if is_blob
+            && route.config.blob_redirects == BlobRedirects::Follow
+            && (method == Method::GET || method == Method::HEAD)
+        {
+            return follow_redirect(rt, route, method, target).await;
         }
     }
     if parts.status == StatusCode::UNAUTHORIZED {
@@ -793,7 +737,11 @@ async fn respond(
             None => None,
         };
         let challenge = challenge.unwrap_or_else(|| {
-            mirrorgate_registry::basic_challenge(gateway.host_str().unwrap_or_default())
+            let host = authority
+                .parse::<http::uri::Authority>()
+                .map(|a| a.host().to_string())
+                .unwrap_or_default();
+            mirrorgate_registry::basic_challenge(&host)
         });
         parts.headers.insert(header::WWW_AUTHENTICATE, challenge);
     }
@@ -801,6 +749,74 @@ async fn respond(
         parts,
         body.map_err(Into::into).boxed(),
     ))
+}
+
+/// Maps upstream URLs in `Location` and `Link` to the gateway (path prefix and renamed repositories
+/// included). Returns the target of a redirect that leaves the upstream (a CDN), for the caller to follow or
+/// pass on. Only answers that carry one of the two headers pay for URL parsing; most (manifests, blobs) carry
+/// neither.
+fn rewrite_upstream_urls(
+    parts: &mut http::response::Parts,
+    plan: &Plan<'_>,
+    endpoint: &Endpoint,
+    path_and_query: &str,
+    authority: &str,
+) -> Result<Option<Url>, ProxyError> {
+    if !parts.headers.contains_key(header::LOCATION) && !parts.headers.contains_key(header::LINK) {
+        return Ok(None);
+    }
+    let request_url = Url::parse(&format!("{}{}", endpoint.origin, path_and_query))
+        .map_err(|e| ProxyError::Internal(format!("request URL: {e}")))?;
+    let gateway = Url::parse(&format!("https://{authority}")).map_err(|_| ProxyError::NoHost)?;
+    let name_map = match (&plan.upstream_name, &plan.client_name) {
+        (Some(u), Some(c)) if u != c => Some((u.as_str(), c.as_str())),
+        _ => None,
+    };
+    let ctx = RewriteContext {
+        upstream_base: &endpoint.url,
+        gateway: &gateway,
+        path_prefix: plan.prefix.as_deref(),
+        name_map,
+    };
+    let mut external = None;
+    if let Some(location) = parts
+        .headers
+        .get(header::LOCATION)
+        .and_then(|v| v.to_str().ok())
+    {
+        // On a redirect the target may be local (rewritten) or external (a CDN); on an upload session
+        // (202/201) only a local one is mapped.
+        match rewrite_location(location, &request_url, &ctx) {
+            Ok(LocationRewrite::Local(to)) => {
+                if let Ok(v) = HeaderValue::from_str(&to) {
+                    parts.headers.insert(header::LOCATION, v);
+                }
+            }
+            Ok(LocationRewrite::External(target)) if parts.status.is_redirection() => {
+                external = Some(target);
+            }
+            Ok(LocationRewrite::External(_)) => {}
+            Err(e) => {
+                tracing::debug!(route = %plan.route.label, error = %e, "unparseable upstream Location")
+            }
+        }
+    }
+    let links: Vec<String> = parts
+        .headers
+        .get_all(header::LINK)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .filter_map(|v| rewrite_link(v, &request_url, &ctx).ok())
+        .collect();
+    if !links.is_empty() {
+        parts.headers.remove(header::LINK);
+        for l in links {
+            if let Ok(v) = HeaderValue::from_str(&l) {
+                parts.headers.append(header::LINK, v);
+            }
+        }
+    }
+    Ok(external)
 }
 
 /// Fetches a blob redirect target server-side, without any credentials, so the bytes pass through limits and
