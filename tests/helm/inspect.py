@@ -218,6 +218,12 @@ def assert_rules(rendered, case, root):
         c.rule("limits.redis points at the bundled redis Service",
                len(redis) == 1 and limits_redis == f"redis://{redis[0]['metadata']['name']}:{redis[0]['spec']['ports'][0]['port']}",
                limits_redis)
+        toml = __import__("tomllib").loads(toml_of(docs, dep))
+        c.rule("every [server] and [[tenant]] key of the values reaches the TOML (metrics_user_labels, "
+               "tenant_concurrent_requests included)",
+               toml["server"].get("metrics_user_labels") is True
+               and toml["tenant"][0].get("tenant_concurrent_requests") == 256,
+               f"server={toml['server']}, tenant[0]={toml['tenant'][0]}")
         c.rule("PDB guards the gateway pods",
                one(docs, "PodDisruptionBudget")["spec"]["selector"]["matchLabels"].items()
                <= pod["metadata"]["labels"].items(), "selector mismatch")

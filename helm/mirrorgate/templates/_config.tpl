@@ -16,7 +16,7 @@ https = {{ printf "%s:%d" $bindFmt (int .Values.ports.https) | toJson }}
 http = {{ printf "%s:%d" $bindFmt (int .Values.ports.http) | toJson }}
 {{- end }}
 admin = {{ printf "%s:%d" $bindFmt (int .Values.ports.admin) | toJson }}
-{{- include "mirrorgate.tomlKeys" (dict "v" .Values.server "at" "server" "keys" (list "trusted_proxies" "hsts" "upstream_timeout" "connect_timeout" "client_header_timeout" "shutdown_grace" "log_format") "chartKeys" (list "bindAddress")) }}
+{{- include "mirrorgate.tomlKeys" (dict "v" .Values.server "at" "server" "keys" (list "trusted_proxies" "hsts" "upstream_timeout" "connect_timeout" "client_header_timeout" "shutdown_grace" "log_format" "metrics_user_labels") "chartKeys" (list "bindAddress")) }}
 
 [tls]
 storage = {{ printf "%s/certs" (include "mirrorgate.stateDir" .) | toJson }}
@@ -57,7 +57,7 @@ ttl = {{ .Values.auth.token.ttl | toJson }}
 {{- range $i, $t := .Values.tenants }}
 
 [[tenant]]
-{{- include "mirrorgate.tomlKeys" (dict "v" $t "at" (printf "tenants[%d]" $i) "keys" (list "name" "users" "cidrs" "requests_per_second" "burst" "bytes_per_second" "concurrent_requests" "tenant_requests_per_second" "tenant_bytes_per_second" "bytes_per_day" "allow")) }}
+{{- include "mirrorgate.tomlKeys" (dict "v" $t "at" (printf "tenants[%d]" $i) "keys" (list "name" "users" "cidrs" "requests_per_second" "burst" "bytes_per_second" "concurrent_requests" "tenant_requests_per_second" "tenant_bytes_per_second" "tenant_concurrent_requests" "bytes_per_day" "allow")) }}
 {{- end }}
 
 [limits]
