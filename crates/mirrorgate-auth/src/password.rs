@@ -358,8 +358,14 @@ mod tests {
         }
         assert_eq!(c.bcrypt_runs(), 2, "16 concurrent wrong checks");
         assert!(c.in_flight.is_empty(), "in-flight entries left behind");
-        let _ = c.check("alice", "wrong", "127.0.0.2".parse().unwrap()).await;
-        assert_eq!(c.bcrypt_runs(), 3, "a later wrong check must run bcrypt again");
+        let _ = c
+            .check("alice", "wrong", "127.0.0.2".parse().unwrap())
+            .await;
+        assert_eq!(
+            c.bcrypt_runs(),
+            3,
+            "a later wrong check must run bcrypt again"
+        );
         c.check("alice", "secret", IP).await.unwrap();
         assert_eq!(c.bcrypt_runs(), 3, "the right pair is cached");
     }
