@@ -5,6 +5,9 @@ Every peer terminates TLS with the same ECDSA P-256 certificate, checks HTTP Bas
 bcrypt (cost 10) htpasswd file and proxies to the same local `docker-registry`. The peers run one at a time
 (except for the skopeo comparison, where hyperfine needs them side by side) and every measurement is repeated
 over several rounds, interleaving the peers, so slow drifts of a shared machine spread over all of them.
+Two references sit beside the peers: the registry over plain HTTP ("direct") and a second registry process on
+the same storage serving TLS with the same certificate ("direct TLS"). Besides rates and latencies the server's
+CPU time is read from /proc per answered request and per GiB streamed.
 
 Started by `tests/bench/run`, which installs the tools, builds mirrorgate and enters a mount namespace where
 docker.test resolves to 127.0.0.1. Subcommands `hold` and `handshakes` are the two small TLS clients the
@@ -15,6 +18,7 @@ Standard library only, so it runs on a bare Debian python3.
 
 import argparse
 import base64
+import bisect
 import datetime
 import gzip
 import hashlib
@@ -45,10 +49,17 @@ MANIFEST_TYPE = "application/vnd.oci.image.manifest.v1+json"
 
 # Fixed high loopback ports, far from the ranges the end-to-end tests pick from.
 REGISTRY_PORT = 18400
+# A second docker-registry process serving the same storage read-only over TLS with the peers' certificate
+# ("direct TLS"): the same pull as through a peer, with the registry doing the encryption.
+REGISTRY_TLS_PORT = 18401
 PEER_PORTS = {"mirrorgate": 18443, "nginx": 18444, "caddy": 18445, "haproxy": 18446}
 PEERS = list(PEER_PORTS)
 
 MiB = 1024 * 1024
+GiB = 1024 * MiB
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+DIRECT = "direct"  # plain-HTTP pull from the registry: its sendfile path, no decryption in the client
+DIRECT_TLS = "direct TLS"  # the registry itself over TLS, anonymous
 # haproxy reserves two descriptors per connection (client + server side) and refuses to start when maxconn
 # needs more than the hard open-files limit (20000 here), so it cannot be offered 10,000 idle connections.
 HAPROXY_MAXCONN = 9900
@@ -280,10 +291,97 @@ class RssSampler(threading.Thread):
         return self.peak
 
 
-def start_registry(work):
-    d = os.path.join(work, "registry")
-    os.makedirs(os.path.join(d, "storage"), exist_ok=True)
+def cpu_seconds(pids):
+    """utime + stime (/proc/<pid>/stat fields 14 and 15, all threads) summed over `pids`, in seconds."""
+    ticks = 0
+    for p in pids:
+        try:
+            with open(f"/proc/{p}/stat") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2:].split()  # fields[0] is field 3 (state)
+        ticks += int(fields[11]) + int(fields[12])
+    return ticks / CLK_TCK
+
+
+class CpuSampler(threading.Thread):
+    """CPU time of a process tree sampled every 20 ms against the wall clock (which h2load's log uses), so the
+    CPU spent inside a measurement window can be read off by interpolation."""
+
+    def __init__(self, pid, period=0.02):
+        super().__init__(daemon=True)
+        self.pids = process_tree(pid)
+        self.period, self.samples, self.stop_evt = period, [], threading.Event()
+
+    def sample(self):
+        self.samples.append((time.time(), cpu_seconds(self.pids)))
+
+    def start(self):
+        self.sample()
+        super().start()
+
+    def run(self):
+        while not self.stop_evt.wait(self.period):
+            self.sample()
+
+    def finish(self):
+        self.stop_evt.set()
+        self.join()
+        self.sample()
+
+    def total(self):
+        return self.samples[-1][1] - self.samples[0][1]
+
+    def at(self, t):
+        s = self.samples
+        if t <= s[0][0]:
+            return s[0][1]
+        if t >= s[-1][0]:
+            return s[-1][1]
+        i = bisect.bisect_left([x[0] for x in s], t)
+        (t0, c0), (t1, c1) = s[i - 1], s[i]
+        return c0 + (c1 - c0) * (t - t0) / (t1 - t0) if t1 > t0 else c1
+
+
+def settle(pid, max_seconds=5.0):
+    """Waits until the process tree of `pid` is (nearly) idle, so work left over from the previous measurement
+    (closing hundreds of connections, a garbage collection) is not charged to the next one."""
+    pids = process_tree(pid)
+    deadline = time.monotonic() + max_seconds
+    last = cpu_seconds(pids)
+    while time.monotonic() < deadline:
+        time.sleep(0.25)
+        now = cpu_seconds(pids)
+        if now - last <= 0.02:  # at most 8% of one core
+            return
+        last = now
+
+
+def start_registry(work, tls=None):
+    """The upstream registry, plain HTTP on REGISTRY_PORT. With `tls`: the "direct TLS" reference, a second
+    process on REGISTRY_TLS_PORT serving the same storage (read-only mode, only pulls go to it) over TLS with the
+    peers' certificate; Go's net/http offers h2 and http/1.1 by ALPN."""
+    storage = os.path.join(work, "registry", "storage")
+    os.makedirs(storage, exist_ok=True)
+    name = "registry-tls" if tls else "registry"
+    d = os.path.join(work, name)
+    os.makedirs(d, exist_ok=True)
+    port = REGISTRY_TLS_PORT if tls else REGISTRY_PORT
     cfg = os.path.join(d, "config.yml")
+    maintenance = ""
+    tls_block = ""
+    if tls:
+        maintenance = """  maintenance:
+    uploadpurging:
+      enabled: false
+    readonly:
+      enabled: true
+"""
+        tls_block = f"""  tls:
+    certificate: {json.dumps(tls["cert"])}
+    key: {json.dumps(tls["key"])}
+"""
     with open(cfg, "w") as f:
         f.write(f"""version: 0.1
 log:
@@ -292,26 +390,31 @@ log:
     disabled: true
 storage:
   filesystem:
-    rootdirectory: {json.dumps(os.path.join(d, "storage"))}
+    rootdirectory: {json.dumps(storage)}
   cache:
     blobdescriptor: inmemory
-http:
-  addr: 127.0.0.1:{REGISTRY_PORT}
+{maintenance}http:
+  addr: 127.0.0.1:{port}
   secret: bench-secret
-""")
-    proc = Proc("registry", ["docker-registry", "serve", cfg], work)
+{tls_block}""")
+    proc = Proc(name, ["docker-registry", "serve", cfg], work)
     deadline = time.time() + 30
     while time.time() < deadline:
         try:
-            resp, _ = registry_request("GET", "/v2/")
-            if resp.status == 200:
+            if tls:
+                status, _ = https_get(port, "/v2/", auth=False, ca=tls["ca"])
+            else:
+                status = registry_request("GET", "/v2/")[0].status
+            if status == 200:
                 return proc
-        except OSError:
+        except (OSError, http.client.HTTPException):
             pass
         if not proc.alive():
             break
         time.sleep(0.2)
-    raise RuntimeError("docker-registry did not start:\n" + proc.tail())
+    tail = proc.tail()
+    proc.stop()
+    raise RuntimeError(f"docker-registry ({name}) did not start:\n" + tail)
 
 
 def write_peer_configs(work, tls, htpasswd, bcrypt_hash, conns):
@@ -549,8 +652,10 @@ class Peer:
 # Measurements
 
 
-def h2load(port, path, proto, conns, seconds, warmup, logdir, per_conn):
-    """Authenticated GETs at a fixed connection count; returns req/s (2xx only), p50 and p99 in ms.
+def h2load(port, path, proto, conns, seconds, warmup, logdir, per_conn, auth=True, cpu_pid=None, upstream_pid=None):
+    """GETs (authenticated unless `auth` is false) at a fixed connection count; returns req/s (2xx only), p50
+    and p99 in ms, with `cpu_pid` the CPU µs that process tree spent per answer ("cpu_us"), and with
+    `upstream_pid` the same for the registry behind the peer ("up_cpu_us").
 
     Timing mode first (warm-up, then `seconds` of measurement). A server that needs longer than the window to
     answer each connection once (bcrypt on every request at 256 connections) completes almost nothing inside
@@ -558,25 +663,40 @@ def h2load(port, path, proto, conns, seconds, warmup, logdir, per_conn):
     """
     try:
         m = _h2load_once(port, path, proto, conns, logdir, ["-D", str(seconds), "--warm-up-time", str(warmup)],
-                         seconds, timeout=seconds + warmup + 15)
+                         seconds, timeout=seconds + warmup + 15, auth=auth, cpu_pid=cpu_pid,
+                         upstream_pid=upstream_pid)
     except subprocess.TimeoutExpired:
         # h2load waits for every request still queued when the window closes; with seconds-long queues it
         # may not come back at all.
         m = {"ok": 0}
     if m["ok"] < 4 * conns:
-        m = _h2load_once(port, path, proto, conns, logdir, ["-n", str(per_conn * conns), "-N", "120"], None)
+        m = _h2load_once(port, path, proto, conns, logdir, ["-n", str(per_conn * conns), "-N", "120"], None,
+                         auth=auth, cpu_pid=cpu_pid, upstream_pid=upstream_pid)
         m["count_mode"] = True
     return m
 
 
-def _h2load_once(port, path, proto, conns, logdir, mode, seconds, timeout=900):
+def _h2load_once(port, path, proto, conns, logdir, mode, seconds, timeout=900, auth=True, cpu_pid=None,
+                 upstream_pid=None):
+    """One h2load run. CPU per answer: in timing mode the server's CPU between the start of the first logged
+    request and the end of the last answer (h2load logs only the measurement window, not the warm-up), in count
+    mode over the whole run (TLS handshakes included), divided by the 2xx answers in the log."""
     logf = os.path.join(logdir, f"h2load-{port}.tsv")
-    cmd = ["h2load", "-c", str(conns), "-t", "1", "-m", "1", *mode, "-H", f"authorization: {basic_header()}",
-           "-H", f"accept: {MANIFEST_TYPE}", "--log-file", logf]
+    cmd = ["h2load", "-c", str(conns), "-t", "1", "-m", "1", *mode]
+    if auth:
+        cmd += ["-H", f"authorization: {basic_header()}"]
+    cmd += ["-H", f"accept: {MANIFEST_TYPE}", "--log-file", logf]
     if proto == "h1":
         cmd.append("--h1")
     cmd.append(f"https://{HOST}:{port}{path}")
-    out = subprocess.run(cmd, text=True, capture_output=True, timeout=timeout).stdout
+    samplers = {f: CpuSampler(pid) for f, pid in (("cpu_us", cpu_pid), ("up_cpu_us", upstream_pid)) if pid}
+    for sampler in samplers.values():
+        sampler.start()
+    try:
+        out = subprocess.run(cmd, text=True, capture_output=True, timeout=timeout).stdout
+    finally:
+        for sampler in samplers.values():
+            sampler.finish()
     m = re.search(r"Application protocol: (\S+)", out)
     alpn = m.group(1) if m else "?"
     want = "h2" if proto == "h2" else "http/1.1"
@@ -588,37 +708,55 @@ def _h2load_once(port, path, proto, conns, logdir, mode, seconds, timeout=900):
             raise RuntimeError(f"h2load output not understood:\n{out[-2000:]}")
         seconds = float(m.group(1)) / (1000 if m.group(2) == "ms" else 1)
     lat, ok, bad = [], 0, 0
+    first_start, last_end = None, None  # µs since the epoch
     with open(logf) as f:
         for line in f:
             parts = line.split()
             if len(parts) < 3:
                 continue
-            status = int(parts[1])
+            start, status, dur = int(parts[0]), int(parts[1]), int(parts[2])
+            first_start = start if first_start is None else min(first_start, start)
             if 200 <= status < 300:
                 ok += 1
-                lat.append(int(parts[2]) / 1000)
+                lat.append(dur / 1000)
+                last_end = start + dur if last_end is None else max(last_end, start + dur)
             elif status > 0:  # <= 0: a request cut off when h2load stopped, not an answer
                 bad += 1
     os.remove(logf)
     if bad:
         log(f"  warning: {bad} non-2xx answers on {path} ({proto}, {conns} conns)")
     if not lat:
-        return {"rps": 0.0, "p50": float("nan"), "p99": float("nan"), "ok": 0}
+        return {"rps": 0.0, "p50": float("nan"), "p99": float("nan"), "ok": 0, "cpu_us": float("nan"),
+                "up_cpu_us": float("nan")}
     lat.sort()
     pct = lambda q: lat[min(len(lat) - 1, int(q * len(lat)))]
-    return {"rps": ok / seconds, "p50": pct(0.50), "p99": pct(0.99), "ok": ok}
+    m = {"rps": ok / seconds, "p50": pct(0.50), "p99": pct(0.99), "ok": ok, "cpu_us": float("nan"),
+         "up_cpu_us": float("nan")}
+    for f, sampler in samplers.items():
+        if "-D" in mode:
+            cpu = sampler.at(last_end / 1e6) - sampler.at(first_start / 1e6)
+        else:
+            cpu = sampler.total()
+        m[f] = cpu / ok * 1e6
+    return m
 
 
-def curl_pulls(url, parallel, ca, auth, sampler_pid=None):
-    """`parallel` simultaneous full blob downloads over HTTP/1.1; aggregate MiB/s and peak RSS of the peer."""
+def curl_pulls(url, parallel, ca, auth, sampler_pid=None, cpu_pids=()):
+    """`parallel` simultaneous full blob downloads over HTTP/1.1; aggregate MiB/s, peak RSS of `sampler_pid`
+    (None if not asked for) and, for each of `cpu_pids`, the CPU seconds its process tree spent per GiB
+    received (each tree first left to settle)."""
     cmd = ["curl", "-sS", "--http1.1", "-o", "/dev/null", "-w", "%{http_code} %{size_download}\n"]
     if ca:
         cmd += ["--cacert", ca]
     if auth:
         cmd += ["-u", f"{USER}:{PASSWORD}"]
+    for pid in cpu_pids:
+        settle(pid)
+    trees = [process_tree(pid) for pid in cpu_pids]
     sampler = RssSampler(sampler_pid) if sampler_pid else None
     if sampler:
         sampler.start()
+    cpu0 = [cpu_seconds(t) for t in trees]
     t0 = time.monotonic()
     procs = [subprocess.Popen(cmd + [url], stdout=subprocess.PIPE, text=True) for _ in range(parallel)]
     total = 0
@@ -629,8 +767,9 @@ def curl_pulls(url, parallel, ca, auth, sampler_pid=None):
             raise RuntimeError(f"blob pull failed: HTTP {code}, curl exit {p.returncode}")
         total += int(size)
     elapsed = time.monotonic() - t0
+    cpus = [(cpu_seconds(t) - c0) / (total / GiB) for t, c0 in zip(trees, cpu0)]
     peak = sampler.finish() if sampler else None
-    return total / MiB / elapsed, peak
+    return total / MiB / elapsed, peak, cpus
 
 
 def hold_connections(port, count, work, pid):
@@ -815,13 +954,16 @@ def versions(mirrorgate_bin):
 
 
 def skopeo_compare(peers, work, tls, runs):
-    """hyperfine: `skopeo copy` of the test image straight from the upstream and through each peer."""
+    """hyperfine: `skopeo copy` of the test image straight from the upstream (plain HTTP, and over TLS from the
+    second registry process) and through each peer."""
     dest = os.path.join(work, "skopeo-dest")
     authfile = os.path.join(work, "auth.json")
     with open(authfile, "w") as f:
         f.write("{}")
     base = f"REGISTRY_AUTH_FILE={authfile} skopeo --override-os linux --override-arch amd64 copy -q"
-    cmds = [("direct", f"{base} --src-tls-verify=false docker://127.0.0.1:{REGISTRY_PORT}/{REPO}:{TAG} dir:{dest}")]
+    cmds = [(DIRECT, f"{base} --src-tls-verify=false docker://127.0.0.1:{REGISTRY_PORT}/{REPO}:{TAG} dir:{dest}"),
+            (DIRECT_TLS, f"{base} --src-cert-dir {tls['certdir']} "
+                         f"docker://{HOST}:{REGISTRY_TLS_PORT}/{REPO}:{TAG} dir:{dest}")]
     for p in peers:
         cmds.append((p.name, f"{base} --src-creds {USER}:{PASSWORD} --src-cert-dir {tls['certdir']} "
                              f"docker://{HOST}:{p.port}/{REPO}:{TAG} dir:{dest}"))
@@ -862,12 +1004,15 @@ def cell(vals, is_mg=False, mg_median=None):
     spread = (hi - lo) / med * 50 if med else 0.0  # ± half the range, in percent of the median
     text = f"{fmt(med)} ±{spread:.0f}%"
     if not is_mg and mg_median and med:
-        text += f" (×{mg_median / med:.2f})"
+        r = mg_median / med
+        text += f" (×{r:.2f})" if r >= 0.01 else f" (×{r:.2g})"  # CPU against a bcrypt-per-request peer
     return text
 
 
-def write_report(path, res, meta, columns_extra=("direct",)):
+def write_report(path, res, meta, columns_extra=(DIRECT, DIRECT_TLS)):
     peers = meta["peers"]
+    # results.json written before the direct-TLS reference existed: keep their table as it was.
+    columns_extra = [c for c in columns_extra if c != DIRECT_TLS or any(DIRECT_TLS in v for v in res.values())]
     lines = []
     add = lines.append
     add("# Side-by-side benchmark: mirrorgate, nginx, caddy, haproxy")
@@ -886,18 +1031,20 @@ def write_report(path, res, meta, columns_extra=("direct",)):
     add("")
     add("Every cell is the **median over rounds ± half the min–max range** (in % of the median). In a peer's "
         "column, **(×r)** is **mirrorgate ÷ peer**: for req/s and MiB/s above 1 means mirrorgate is ahead; "
-        "for latency, memory and seconds below 1 means mirrorgate is ahead.")
+        "for latency, memory, seconds and CPU below 1 means mirrorgate is ahead. The direct columns carry the "
+        "same ratio, mirrorgate ÷ that reference.")
     add("")
     cols = ["mirrorgate"] + [p for p in peers if p != "mirrorgate"]
-    header = "| measurement | " + " | ".join(cols) + " | direct |"
-    sep = "|---|" + "---|" * (len(cols) + 1)
+    header = "| measurement | " + " | ".join(cols + columns_extra) + " |"
+    sep = "|---|" + "---|" * (len(cols) + len(columns_extra))
 
-    def row(label, key, direct=False):
+    def row(label, key, direct=()):
+        """`direct`: the reference columns measured for this row (the others stay blank)."""
         mg = summarize(res.get(key, {}).get("mirrorgate", []))
         mg_med = mg[0] if mg else None
         cells = [cell(res.get(key, {}).get(c, []), c == "mirrorgate", mg_med) for c in cols]
-        d = cell(res.get(key, {}).get("direct", []), False, mg_med) if direct else ""
-        add(f"| {label} | " + " | ".join(cells) + f" | {d} |")
+        cells += [cell(res.get(key, {}).get(c, []), False, mg_med) if c in direct else "" for c in columns_extra]
+        add(f"| {label} | " + " | ".join(cells) + " |")
 
     add("## 1. Authenticated small requests (h2load, 1 load thread, 1 stream per connection)")
     add("")
@@ -907,16 +1054,25 @@ def write_report(path, res, meta, columns_extra=("direct",)):
         for proto in ("h1", "h2"):
             for c in meta["conns"]:
                 k = f"small:{path_key}:{proto}:{c}"
-                row(f"{label} {proto} c={c}: req/s", k + ":rps")
-                row(f"{label} {proto} c={c}: p50 ms", k + ":p50")
-                row(f"{label} {proto} c={c}: p99 ms", k + ":p99")
+                row(f"{label} {proto} c={c}: req/s", k + ":rps", direct=(DIRECT_TLS,))
+                row(f"{label} {proto} c={c}: p50 ms", k + ":p50", direct=(DIRECT_TLS,))
+                row(f"{label} {proto} c={c}: p99 ms", k + ":p99", direct=(DIRECT_TLS,))
+                if k + ":cpu_us" in res:
+                    row(f"{label} {proto} c={c}: CPU µs per answered request", k + ":cpu_us", direct=(DIRECT_TLS,))
+                if k + ":up_cpu_us" in res:
+                    row(f"{label} {proto} c={c}: registry CPU µs per answer behind it", k + ":up_cpu_us")
     add("")
     add("## 2. TLS blob streaming (curl, HTTP/1.1, aggregate MiB/s)")
     add("")
     add(header)
     add(sep)
-    row("1 pull: MiB/s", "stream:1", direct=True)
-    row("8 parallel pulls: MiB/s", "stream:8", direct=True)
+    row("1 pull: MiB/s", "stream:1", direct=(DIRECT, DIRECT_TLS))
+    row("8 parallel pulls: MiB/s", "stream:8", direct=(DIRECT, DIRECT_TLS))
+    for n, label in ((1, "1 pull"), (8, "8 parallel pulls")):
+        if f"stream:{n}:cpu" in res:
+            row(f"{label}: server CPU seconds per GiB", f"stream:{n}:cpu", direct=(DIRECT, DIRECT_TLS))
+        if f"stream:{n}:up_cpu" in res:
+            row(f"{label}: registry CPU seconds per GiB behind it", f"stream:{n}:up_cpu")
     add("")
     add("## 3. Memory (RSS of the whole process tree, MiB)")
     add("")
@@ -938,7 +1094,7 @@ def write_report(path, res, meta, columns_extra=("direct",)):
     add("")
     add(header)
     add(sep)
-    row("skopeo copy: s", "skopeo", direct=True)
+    row("skopeo copy: s", "skopeo", direct=(DIRECT, DIRECT_TLS))
     add("")
     add("## Targets")
     add("")
@@ -986,7 +1142,28 @@ def judge_targets(res, meta):
                          and p99 is not None and med(res, k + ":p99", p) <= p99]
                 ok &= not worse
                 parts.append("p99 lowest" if not worse else "p99 not lowest (" + ", ".join(worse) + " ≤)")
+                # A fact, not part of the verdict: the registry answering the same GET over TLS by itself.
+                dt = med(res, k + ":rps", DIRECT_TLS)
+                if path_key == "manifest" and mg is not None and dt:
+                    parts.append(f"{mg / dt * 100:.0f}% of the direct-TLS rate (the registry's own ceiling)")
                 out.append(f"{label} {proto} c={c}: {verdict(ok)} — " + "; ".join(parts))
+    for path_key, label in (("v2", "GET /v2/"), ("manifest", "manifest GET")):
+        for proto in ("h1", "h2"):
+            for c in conns:
+                k = f"small:{path_key}:{proto}:{c}:cpu_us"
+                mg = med(res, k, "mirrorgate")
+                if mg is None:
+                    continue
+                others = [(med(res, k, p), p) for p in meta["peers"] if p != "mirrorgate"]
+                others = [o for o in others if o[0] is not None]
+                text = f"CPU per answered request, {label} {proto} c={c}: mirrorgate {fmt(mg)} µs"
+                if others:
+                    low, lp = min(others)
+                    text += f", lowest other peer {lp} {fmt(low)} µs (mirrorgate ×{mg / low:.2f})" if low else ""
+                dt = med(res, k, DIRECT_TLS)
+                if dt is not None:
+                    text += f"; direct TLS {fmt(dt)} µs"
+                out.append(text)
     for n in (1, 8):
         k = f"stream:{n}"
         mg, direct = med(res, k, "mirrorgate"), med(res, k, "direct")
@@ -994,8 +1171,15 @@ def judge_targets(res, meta):
             continue
         best = max((med(res, k, p) or 0 for p in meta["peers"] if p != "mirrorgate"), default=0)
         ok = mg >= 0.9 * direct and mg >= best * 0.97
-        out.append(f"blob streaming, {n} pull(s): {verdict(ok)} — {mg / direct * 100:.0f}% of direct "
-                   f"(need ≥90%), best peer {best:,.0f} MiB/s vs mirrorgate {mg:,.0f} MiB/s (3% noise allowance)")
+        dt = med(res, k, DIRECT_TLS)
+        tls_part = f", {mg / dt * 100:.0f}% of direct TLS" if dt else ""
+        cpu, cpu_dt = med(res, k + ":cpu", "mirrorgate"), med(res, k + ":cpu", DIRECT_TLS)
+        cpu_part = ""
+        if cpu is not None:
+            cpu_part = f"; server CPU {cpu:.2f} s/GiB" + (f" vs direct TLS {cpu_dt:.2f} s/GiB" if cpu_dt else "")
+        out.append(f"blob streaming, {n} pull(s): {verdict(ok)} — {mg / direct * 100:.0f}% of plain direct "
+                   f"(need ≥90%){tls_part}, best peer {best:,.0f} MiB/s vs mirrorgate {mg:,.0f} MiB/s (3% noise "
+                   f"allowance){cpu_part}")
     idle = med(res, "mem:idle", "mirrorgate")
     if idle is not None:
         out.append(f"idle RSS < 20 MiB: {verdict(idle < 20)} — {idle:.1f} MiB")
@@ -1004,8 +1188,10 @@ def judge_targets(res, meta):
         out.append(f"{meta['idle']:,} idle TLS connections < 150 MiB: {verdict(ic < 150)} — {ic:.1f} MiB")
     sk, skd = med(res, "skopeo", "mirrorgate"), med(res, "skopeo", "direct")
     if sk is not None and skd:
+        skt = med(res, "skopeo", DIRECT_TLS)
+        tls_part = f"; {skt:.2f} s direct TLS ({(sk / skt - 1) * 100:+.0f}%)" if skt else ""
         out.append(f"skopeo copy within 10% of direct: {verdict(sk <= 1.1 * skd)} — {sk:.2f} s vs {skd:.2f} s "
-                   f"({(sk / skd - 1) * 100:+.0f}%)")
+                   f"plain direct ({(sk / skd - 1) * 100:+.0f}%){tls_part}")
     return out
 
 
@@ -1045,6 +1231,8 @@ def cmd_main(args):
         res.setdefault(key, {}).setdefault(peer, []).append(v)
 
     try:
+        registry_tls = start_registry(work, tls)
+        procs_to_stop.append(registry_tls)
         image = make_image(work, blob_bytes)
         os.environ["MIRRORGATE_BIN"] = mg_bin
         cmds = write_peer_configs(work, tls, htpasswd, bcrypt_hash, conns=idle + 2000)
@@ -1054,11 +1242,43 @@ def cmd_main(args):
                 raise RuntimeError("mirrorgate check rejected the benchmark config:\n" + chk.stdout + chk.stderr)
         peers = [Peer(n, cmds[n], work, env) for n in peers_wanted]
         blob_path = f"/v2/{REPO}/blobs/{image['blob']}"
+        small_paths = (("v2", "/v2/"), ("manifest", f"/v2/{REPO}/manifests/{TAG}"))
+
+        def small_requests(name, port, pid, auth, upstream_pid=None):
+            for path_key, path in small_paths:
+                for proto in ("h1", "h2"):
+                    for c in conns:
+                        # /v2/ never reaches the registry: only the manifest GET has a registry cost behind it.
+                        up = upstream_pid if path_key == "manifest" else None
+                        m = h2load(port, path, proto, c, duration, warmup, work, per_conn, auth=auth, cpu_pid=pid,
+                                   upstream_pid=up)
+                        k = f"small:{path_key}:{proto}:{c}"
+                        for f in ("rps", "p50", "p99", "cpu_us") + (("up_cpu_us",) if up else ()):
+                            put(f"{k}:{f}", name, m[f])
+                        if m.get("count_mode"):
+                            count_mode.add(name)
+                        log(f"  {path_key} {proto} c={c}: {m['rps']:,.0f} req/s, p50 {m['p50']:.2f} ms, "
+                            f"p99 {m['p99']:.2f} ms, {m['cpu_us']:,.0f} CPU µs/answer"
+                            + (f" (+{m['up_cpu_us']:,.0f} in the registry)" if up else "")
+                            + (" (count mode)" if m.get("count_mode") else ""))
+
         for r in range(rounds):
             log(f"round {r + 1}/{rounds}: direct blob pulls")
             for n in (1, 8):
-                mibs, _ = curl_pulls(f"http://127.0.0.1:{REGISTRY_PORT}{blob_path}", n, None, False)
-                put(f"stream:{n}", "direct", mibs)
+                mibs, _, (cpu,) = curl_pulls(f"http://127.0.0.1:{REGISTRY_PORT}{blob_path}", n, None, False,
+                                             cpu_pids=(registry.pid,))
+                put(f"stream:{n}", DIRECT, mibs)
+                put(f"stream:{n}:cpu", DIRECT, cpu)
+                log(f"  {n} pull(s): {mibs:,.0f} MiB/s, registry CPU {cpu:.2f} s/GiB")
+            log(f"round {r + 1}/{rounds}: direct TLS (the registry itself over TLS, anonymous)")
+            # Pulls first: right after hundreds of h2load connections the registry is still busy cleaning up.
+            for n in (1, 8):
+                mibs, _, (cpu,) = curl_pulls(f"https://{HOST}:{REGISTRY_TLS_PORT}{blob_path}", n, tls["ca"], False,
+                                             cpu_pids=(registry_tls.pid,))
+                put(f"stream:{n}", DIRECT_TLS, mibs)
+                put(f"stream:{n}:cpu", DIRECT_TLS, cpu)
+                log(f"  {n} pull(s): {mibs:,.0f} MiB/s, registry CPU {cpu:.2f} s/GiB")
+            small_requests(DIRECT_TLS, REGISTRY_TLS_PORT, registry_tls.pid, False)
             order = peers if r % 2 == 0 else list(reversed(peers))
             for p in order:
                 log(f"round {r + 1}/{rounds}: {p.name}")
@@ -1066,27 +1286,21 @@ def cmd_main(args):
                 try:
                     time.sleep(1)
                     put("mem:idle", p.name, rss_mib(p.proc.pid))
-                    for path_key, path in (("v2", "/v2/"), ("manifest", f"/v2/{REPO}/manifests/{TAG}")):
-                        for proto in ("h1", "h2"):
-                            for c in conns:
-                                m = h2load(p.port, path, proto, c, duration, warmup, work, per_conn)
-                                k = f"small:{path_key}:{proto}:{c}"
-                                for f in ("rps", "p50", "p99"):
-                                    put(f"{k}:{f}", p.name, m[f])
-                                if m.get("count_mode"):
-                                    count_mode.add(p.name)
-                                log(f"  {path_key} {proto} c={c}: {m['rps']:,.0f} req/s, p50 {m['p50']:.2f} ms, "
-                                    f"p99 {m['p99']:.2f} ms{' (count mode)' if m.get('count_mode') else ''}")
+                    small_requests(p.name, p.port, p.proc.pid, True, upstream_pid=registry.pid)
                     rate = handshake_rate(p.port, hs_seconds, 2)
                     put("hs:rate", p.name, rate)
                     log(f"  handshakes: {rate:,.0f}/s")
                     for n in (1, 8):
-                        mibs, peak = curl_pulls(f"https://{HOST}:{p.port}{blob_path}", n, tls["ca"], True,
-                                                sampler_pid=p.proc.pid)
+                        mibs, peak, (cpu, up_cpu) = curl_pulls(f"https://{HOST}:{p.port}{blob_path}", n, tls["ca"],
+                                                               True, sampler_pid=p.proc.pid,
+                                                               cpu_pids=(p.proc.pid, registry.pid))
                         put(f"stream:{n}", p.name, mibs)
+                        put(f"stream:{n}:cpu", p.name, cpu)
+                        put(f"stream:{n}:up_cpu", p.name, up_cpu)
                         if n == 8:
                             put("mem:stream", p.name, peak)
-                        log(f"  {n} pull(s): {mibs:,.0f} MiB/s (peak RSS {peak:.1f} MiB)")
+                        log(f"  {n} pull(s): {mibs:,.0f} MiB/s (peak RSS {peak:.1f} MiB), server CPU {cpu:.2f} s/GiB "
+                            f"(+{up_cpu:.2f} in the registry)")
                     n_idle = min(idle, HAPROXY_IDLE) if p.name == "haproxy" else idle
                     rss, opened, alive = hold_connections(p.port, n_idle, work, p.proc.pid)
                     put("mem:idle_conns", p.name, rss)
@@ -1114,7 +1328,7 @@ def cmd_main(args):
         "machine": machine_description(), "versions": versions(mg_bin),
     }
     meta["targets"] = judge_targets(res, meta)
-    meta["notes"] = list(PEER_NOTES)
+    meta["notes"] = list(PEER_NOTES) + list(REFERENCE_NOTES)
     if count_mode:
         meta["notes"].append(
             "Small requests, " + ", ".join(sorted(count_mode)) + ": at some load points fewer than 4 answers per "
@@ -1155,6 +1369,39 @@ PEER_NOTES = [
     "client machine; the ratios are what to read.",
     "Idle connections: full TLS handshake (ALPN http/1.1), then no request; RSS sampled 2 s after the last one "
     "opened; header-read timeouts raised to 300 s on every peer so none is closed while sampled.",
+]
+
+REFERENCE_NOTES = [
+    "Two references. **direct** pulls from the registry over plain HTTP (127.0.0.1:18400, the upstream every "
+    "peer proxies to): the registry's sendfile path and a client that decrypts nothing, so it is not the same "
+    "pull as through any peer; it is what the \"≥ 90% of direct\" and \"skopeo within 10% of direct\" verdicts "
+    "are computed against, as before. **direct TLS** is a second `docker-registry` process serving the same "
+    "storage read-only over TLS (127.0.0.1:18401, the peers' certificate, Go crypto/tls, ALPN h2 + http/1.1, "
+    "anonymous): the same pull as through a peer, the client decrypting as it does behind one, with the "
+    "registry doing the encryption itself. On 2 shared cores TLS alone costs more than 10% of the plain rate; "
+    "the ratio against direct TLS in the Targets is the gateway's own overhead (auth, the extra hop, and its "
+    "TLS stack against Go's).",
+    "Small requests, direct TLS column: the same h2load runs (paths, h1/h2, connection counts, durations) "
+    "against the TLS registry without an `Authorization` header, once per round. `GET /v2/` there is the "
+    "registry's own answer; its manifest GET rate is the registry's own ceiling on this machine (a peer in front "
+    "adds its TLS, auth and proxy work on the same 2 cores, though the registry behind it answers plain HTTP), "
+    "which caps the manifest GET rate of every peer.",
+    "CPU µs per answered request: utime + stime (`/proc/<pid>/stat` fields 14 and 15, all threads) summed over "
+    "the server's process tree (nginx master + workers), sampled every 20 ms during each h2load run and "
+    "interpolated at the start of the first logged request and the end of the last answer of the measurement "
+    "window, divided by the 2xx answers in h2load's request log for that window (h2load logs and counts only "
+    "the window, not its warm-up second, so the warm-up is neither counted nor charged). Points measured in "
+    "count mode: CPU over the whole h2load run, TLS handshakes included, ÷ answers. A peer's row is the peer's "
+    "own CPU (the registry answering the proxied manifest GET is not included): the gateway's cost, "
+    "independent of the registry cap. The direct TLS column is the TLS registry's CPU, producing the answer "
+    "included. The load generator's CPU is counted nowhere.",
+    "Server CPU seconds per GiB: CPU of the server's process tree from just before the first curl starts to "
+    "just after the last one ends, ÷ GiB received by curl, after waiting (up to 5 s) for the server to go idle so "
+    "clean-up left from the previous test is not charged. Peers: the peer alone (not the registry behind it); "
+    "direct: the plain registry; direct TLS: the TLS registry.",
+    "\"registry CPU … behind it\" rows: the plain registry's CPU over the same window, ÷ the same answers or "
+    "GiB, while a peer runs; peer + registry is the whole server-side cost of a request through that peer, to "
+    "set against the direct TLS column (the registry doing the whole job alone).",
 ]
 
 
