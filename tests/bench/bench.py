@@ -241,18 +241,26 @@ class Proc:
             return ""
 
 
+def proc_stat(pid):
+    """The fields of /proc/<pid>/stat after the command name, so index 0 is field 3 (state); None when the
+    process is gone. The name is skipped up to the last ")" because it may itself hold spaces and parentheses."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            stat = f.read()
+    except OSError:
+        return None
+    return stat[stat.rindex(")") + 2:].split()
+
+
 def process_tree(pid):
     children = {}
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
-        try:
-            with open(f"/proc/{entry}/stat") as f:
-                stat = f.read()
-        except OSError:
+        fields = proc_stat(entry)
+        if fields is None:
             continue
-        ppid = int(stat[stat.rindex(")") + 2:].split()[1])
-        children.setdefault(ppid, []).append(int(entry))
+        children.setdefault(int(fields[1]), []).append(int(entry))
     out, todo = [], [pid]
     while todo:
         p = todo.pop()
@@ -295,13 +303,9 @@ def cpu_seconds(pids):
     """utime + stime (/proc/<pid>/stat fields 14 and 15, all threads) summed over `pids`, in seconds."""
     ticks = 0
     for p in pids:
-        try:
-            with open(f"/proc/{p}/stat") as f:
-                stat = f.read()
-        except OSError:
-            continue
-        fields = stat[stat.rindex(")") + 2:].split()  # fields[0] is field 3 (state)
-        ticks += int(fields[11]) + int(fields[12])
+        fields = proc_stat(p)
+        if fields is not None:
+            ticks += int(fields[11]) + int(fields[12])
     return ticks / CLK_TCK
 
 
@@ -1116,7 +1120,7 @@ def med(res, key, peer):
 
 
 def judge_targets(res, meta):
-    out = []
+    out, cpu_lines = [], []
     conns = meta["conns"]
     if "mirrorgate" not in meta["peers"]:
         return ["mirrorgate was not part of this run: no target judged."]
@@ -1147,23 +1151,21 @@ def judge_targets(res, meta):
                 if path_key == "manifest" and mg is not None and dt:
                     parts.append(f"{mg / dt * 100:.0f}% of the direct-TLS rate (the registry's own ceiling)")
                 out.append(f"{label} {proto} c={c}: {verdict(ok)} — " + "; ".join(parts))
-    for path_key, label in (("v2", "GET /v2/"), ("manifest", "manifest GET")):
-        for proto in ("h1", "h2"):
-            for c in conns:
-                k = f"small:{path_key}:{proto}:{c}:cpu_us"
-                mg = med(res, k, "mirrorgate")
-                if mg is None:
+                # Also facts, listed after every verdict: the server's own CPU per answer.
+                cpu = med(res, k + ":cpu_us", "mirrorgate")
+                if cpu is None:
                     continue
-                others = [(med(res, k, p), p) for p in meta["peers"] if p != "mirrorgate"]
+                others = [(med(res, k + ":cpu_us", p), p) for p in meta["peers"] if p != "mirrorgate"]
                 others = [o for o in others if o[0] is not None]
-                text = f"CPU per answered request, {label} {proto} c={c}: mirrorgate {fmt(mg)} µs"
+                text = f"CPU per answered request, {label} {proto} c={c}: mirrorgate {fmt(cpu)} µs"
                 if others:
                     low, lp = min(others)
-                    text += f", lowest other peer {lp} {fmt(low)} µs (mirrorgate ×{mg / low:.2f})" if low else ""
-                dt = med(res, k, DIRECT_TLS)
+                    text += f", lowest other peer {lp} {fmt(low)} µs (mirrorgate ×{cpu / low:.2f})" if low else ""
+                dt = med(res, k + ":cpu_us", DIRECT_TLS)
                 if dt is not None:
                     text += f"; direct TLS {fmt(dt)} µs"
-                out.append(text)
+                cpu_lines.append(text)
+    out += cpu_lines
     for n in (1, 8):
         k = f"stream:{n}"
         mg, direct = med(res, k, "mirrorgate"), med(res, k, "direct")
