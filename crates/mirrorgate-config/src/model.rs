@@ -56,6 +56,9 @@ pub struct ServerConfig {
     /// Label request metrics by user too (off by default: user names are personal data and, with many users,
     /// the largest cardinality cost; capped at 1000 values even when on).
     pub metrics_user_labels: bool,
+    /// Serve TLS clients that send no SNI (IP-literal access). Off by default: without SNI the certificate a
+    /// client accepted vouches for no host, so any routed host could be named over such a connection (421).
+    pub allow_missing_sni: bool,
 }
 
 /// Access and diagnostic log format.
@@ -168,7 +171,6 @@ pub struct Route {
     pub blob_redirects: BlobRedirects,
     /// Off by default: following a redirect to loopback/private addresses would make the gateway an SSRF tool.
     pub danger_allow_private_redirects: bool,
-    pub upstream_credentials: Option<Credentials>,
     pub upstream_ca: Option<PathBuf>,
     pub path_prefix: bool,
     /// Upstreams a path-prefix or `?ns=` request may name, by the name clients use (`gcr.io`).
@@ -176,10 +178,14 @@ pub struct Route {
     pub ns: bool,
 }
 
-/// An upstream registry base URL (scheme, host, port; no path).
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// An upstream registry: its base URL (scheme, host, port; no path) and its own server-side credentials.
+/// Credentials belong to exactly one upstream: a route's `upstream_username`/`_password` to its `upstream`, an
+/// `upstreams` entry's `username`/`password` to that entry, so a path-prefix route never hands one registry's
+/// account to another.
+#[derive(Debug, Clone)]
 pub struct Upstream {
     pub url: Url,
+    pub credentials: Option<Credentials>,
 }
 
 impl Upstream {

@@ -40,6 +40,7 @@ pub(crate) struct RawServer {
     pub shutdown_grace: Option<S<String>>,
     pub log_format: Option<S<String>>,
     pub metrics_user_labels: Option<S<bool>>,
+    pub allow_missing_sni: Option<S<bool>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -145,6 +146,26 @@ pub(crate) struct RawRoute {
     pub upstream_ca: Option<S<String>>,
     pub path_prefix: Option<S<bool>>,
     #[serde(default)]
-    pub upstreams: BTreeMap<String, S<String>>,
+    pub upstreams: BTreeMap<String, S<RawNamedUpstream>>,
     pub ns: Option<S<bool>>,
+}
+
+/// An `upstreams` entry: a URL, or a table with the URL and that registry's own credentials.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub(crate) enum RawNamedUpstream {
+    Url(String),
+    Table(Box<RawNamedUpstreamTable>),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawNamedUpstreamTable {
+    pub url: S<String>,
+    pub username: Option<S<String>>,
+    pub username_env: Option<S<String>>,
+    pub username_file: Option<S<String>>,
+    pub password: Option<S<String>>,
+    pub password_env: Option<S<String>>,
+    pub password_file: Option<S<String>>,
 }

@@ -331,6 +331,7 @@ fn server(v: &mut Validator<'_>, raw: &S<RawServer>) -> Option<ServerConfig> {
         shutdown_grace,
         log_format,
         metrics_user_labels: r.metrics_user_labels.as_ref().is_some_and(|b| *b.get_ref()),
+        allow_missing_sni: r.allow_missing_sni.as_ref().is_some_and(|b| *b.get_ref()),
     })
 }
 
@@ -365,6 +366,72 @@ fn host_pattern(s: &str) -> Result<HostPattern, String> {
     })
 }
 
+/// One `upstreams` entry: `"https://quay.io"` or `{ url = "...", username_env = "...", password_env = "..." }`.
+fn named_upstream(
+    v: &mut Validator<'_>,
+    entry: &S<RawNamedUpstream>,
+    key: &str,
+) -> Option<Upstream> {
+    match entry.get_ref() {
+        RawNamedUpstream::Url(url) => match values::base_url(url) {
+            Ok(url) => Some(Upstream {
+                url,
+                credentials: None,
+            }),
+            Err(m) => {
+                v.err(entry, key, m);
+                None
+            }
+        },
+        RawNamedUpstream::Table(t) => {
+            let url = v.check(&t.url, format!("{key}.url"), |s| values::base_url(s));
+            let credentials = credentials(
+                v,
+                &t.url,
+                &format!("{key}.username"),
+                [&t.username, &t.username_env, &t.username_file],
+                &format!("{key}.password"),
+                [&t.password, &t.password_env, &t.password_file],
+            );
+            Some(Upstream {
+                url: url?,
+                credentials,
+            })
+        }
+    }
+}
+
+/// A username/password pair, each given inline, as `_env` or as `_file`: both or neither.
+fn credentials<T>(
+    v: &mut Validator<'_>,
+    anchor: &S<T>,
+    user_key: &str,
+    user: [&Option<S<String>>; 3],
+    password_key: &str,
+    password: [&Option<S<String>>; 3],
+) -> Option<Credentials> {
+    let username = v.secret(user_key, user[0], user[1], user[2]);
+    let pass = v.secret(password_key, password[0], password[1], password[2]);
+    let given = |forms: [&Option<S<String>>; 3]| forms.iter().any(|o| o.is_some());
+    match (username, pass) {
+        (Some(username), Some(password)) => Some(Credentials {
+            username,
+            password: Secret::new(password),
+        }),
+        (None, None) => None,
+        // A side that was given but failed to resolve has its own error already.
+        _ if given(user) && given(password) => None,
+        _ => {
+            v.err(
+                anchor,
+                password_key,
+                "upstream credentials need both a username and a password",
+            );
+            None
+        }
+    }
+}
+
 fn route(v: &mut Validator<'_>, i: usize, raw: &S<RawRoute>) -> Option<Route> {
     let r = raw.get_ref();
     let k = |key: &str| format!("route[{i}].{key}");
@@ -372,8 +439,7 @@ fn route(v: &mut Validator<'_>, i: usize, raw: &S<RawRoute>) -> Option<Route> {
     let upstream = r
         .upstream
         .as_ref()
-        .and_then(|u| v.check(u, k("upstream"), |s| values::base_url(s)))
-        .map(|url| Upstream { url });
+        .and_then(|u| v.check(u, k("upstream"), |s| values::base_url(s)));
     let endpoints: Vec<Url> = r
         .endpoints
         .iter()
@@ -382,7 +448,7 @@ fn route(v: &mut Validator<'_>, i: usize, raw: &S<RawRoute>) -> Option<Route> {
     let path_prefix = r.path_prefix.as_ref().is_some_and(|b| *b.get_ref());
     let ns = r.ns.as_ref().is_some_and(|b| *b.get_ref());
     let mut upstreams = Vec::new();
-    for (name, url) in &r.upstreams {
+    for (name, entry) in &r.upstreams {
         // Keys are registry names as clients write them: a host, optionally with a port (`registry.local:5000`).
         let (host_part, port_ok) = match name.rsplit_once(':') {
             Some((h, p)) => (h, p.parse::<u16>().is_ok()),
@@ -392,16 +458,14 @@ fn route(v: &mut Validator<'_>, i: usize, raw: &S<RawRoute>) -> Option<Route> {
             || host_pattern(host_part).map(|h| matches!(h, HostPattern::Exact(_))) != Ok(true)
         {
             v.err(
-                url,
+                entry,
                 k(&format!("upstreams.\"{name}\"")),
                 format!("`{name}` is not a registry host name"),
             );
             continue;
         }
-        if let Some(url) = v.check(url, k(&format!("upstreams.\"{name}\"")), |s| {
-            values::base_url(s)
-        }) {
-            upstreams.push((name.to_ascii_lowercase(), Upstream { url }));
+        if let Some(up) = named_upstream(v, entry, &k(&format!("upstreams.\"{name}\""))) {
+            upstreams.push((name.to_ascii_lowercase(), up));
         }
     }
     if (path_prefix || (ns && r.upstream.is_none())) && r.upstreams.is_empty() {
@@ -454,51 +518,26 @@ fn route(v: &mut Validator<'_>, i: usize, raw: &S<RawRoute>) -> Option<Route> {
             })
             .unwrap_or(BlobRedirects::Follow),
     };
-    let username = v.secret(
+    let upstream_credentials = credentials(
+        v,
+        &r.host,
         &k("upstream_username"),
-        &r.upstream_username,
-        &r.upstream_username_env,
-        &r.upstream_username_file,
-    );
-    let password = v.secret(
-        &k("upstream_password"),
-        &r.upstream_password,
-        &r.upstream_password_env,
-        &r.upstream_password_file,
-    );
-    let upstream_credentials = match (username, password) {
-        (Some(username), Some(password)) => Some(Credentials {
-            username,
-            password: Secret::new(password),
-        }),
-        (None, None) => None,
-        // A side that was given but failed to resolve has its own error already.
-        _ if [
+        [
             &r.upstream_username,
             &r.upstream_username_env,
             &r.upstream_username_file,
-        ]
-        .iter()
-        .any(|o| o.is_some())
-            && [
-                &r.upstream_password,
-                &r.upstream_password_env,
-                &r.upstream_password_file,
-            ]
-            .iter()
-            .any(|o| o.is_some()) =>
-        {
-            None
-        }
-        _ => {
-            v.err(
-                &r.host,
-                k("upstream_password"),
-                "upstream credentials need both a username and a password",
-            );
-            None
-        }
-    };
+        ],
+        &k("upstream_password"),
+        [
+            &r.upstream_password,
+            &r.upstream_password_env,
+            &r.upstream_password_file,
+        ],
+    );
+    let upstream = upstream.map(|url| Upstream {
+        url,
+        credentials: upstream_credentials,
+    });
     let upstream_ca = r
         .upstream_ca
         .as_ref()
@@ -515,7 +554,6 @@ fn route(v: &mut Validator<'_>, i: usize, raw: &S<RawRoute>) -> Option<Route> {
             .danger_allow_private_redirects
             .as_ref()
             .is_some_and(|b| *b.get_ref()),
-        upstream_credentials,
         upstream_ca,
         path_prefix,
         upstreams,

@@ -13,8 +13,8 @@ use mirrorgate_limits::{Admission, LimitKind, Limited, Subject};
 use mirrorgate_metrics::{AuthFailureReason, LimitScope};
 use mirrorgate_registry::{ErrorCode, RegistryError};
 
+use crate::context::RequestFacts;
 use crate::error::ProxyError;
-use crate::forward::RequestFacts;
 use crate::runtime::Gateway;
 
 /// What one request asks to do, as access rules see it.

@@ -4,10 +4,14 @@
 //! maps each to an OCI error (status, JSON body, `WWW-Authenticate`, `Retry-After`). Unknown failures become a
 //! 500 and are logged at warn by the caller.
 
+use std::fmt;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use http::StatusCode;
 use mirrorgate_registry::{ErrorCode, RegistryError};
+
+use crate::upstream_auth::TokenFetchError;
 
 /// A failure of the gateway's HTTP side.
 #[derive(Debug, thiserror::Error)]
@@ -25,24 +29,94 @@ pub enum ProxyError {
     /// The request has no usable host at all.
     #[error("request without a Host")]
     NoHost,
+    /// The TLS client sent no SNI, so the certificate it accepted vouches for no host (unless
+    /// `allow_missing_sni`).
+    #[error("host `{host}` asked for on a connection without TLS server name")]
+    MissingSni { host: String },
     /// A protocol-level refusal decided before contacting anyone (bad name, denied, limited, unsupported).
     #[error("{}", .0.message())]
     Registry(#[from] RegistryError),
-    /// Every endpoint failed to connect or answered 5xx.
-    #[error("no endpoint answered: {detail}")]
-    Unavailable { detail: String },
+    /// Every endpoint failed to connect or answered 5xx; the source is the last endpoint's failure.
+    #[error("no endpoint answered")]
+    Unavailable(#[source] EndpointError),
     /// The upstream did not send response headers in time.
     #[error("upstream timed out after {0:?}")]
     Timeout(Duration),
     /// Fetching an upstream token failed.
-    #[error("upstream token fetch from {realm} failed: {reason}")]
-    UpstreamToken { realm: String, reason: String },
-    /// A redirect target the gateway refuses to follow (SSRF guard) or could not parse.
-    #[error("refusing to follow redirect to {target}: {reason}")]
-    Redirect { target: String, reason: String },
+    #[error("upstream token fetch from {realm} failed")]
+    UpstreamToken {
+        realm: String,
+        #[source]
+        source: TokenFetchError,
+    },
+    /// A redirect target the gateway refuses to follow (SSRF guard).
+    #[error("refusing to follow redirect to {target}")]
+    Redirect {
+        target: String,
+        #[source]
+        reason: RedirectRefusal,
+    },
     /// A bug or unexpected state; the message is for the log, the client gets a generic 500.
     #[error("internal error: {0}")]
     Internal(String),
+}
+
+/// How one endpoint failed to answer usably.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum EndpointError {
+    /// The request could not be sent or no response head came back (connect, TLS, reset).
+    #[error("{origin}: cannot send the request")]
+    Send {
+        origin: String,
+        #[source]
+        source: hyper_util::client::legacy::Error,
+    },
+    /// The endpoint answered with a server error.
+    #[error("{origin} answered {status}")]
+    Status { origin: String, status: StatusCode },
+    /// The try failed for another reason (timeout, token service), kept whole.
+    #[error("{origin} failed")]
+    Failed {
+        origin: String,
+        #[source]
+        source: Box<ProxyError>,
+    },
+    /// The plan had no endpoint to try.
+    #[error("no endpoint to try")]
+    NoEndpoint,
+}
+
+/// Why a redirect target is not followed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RedirectRefusal {
+    #[error("not an http(s) URL")]
+    Scheme,
+    #[error("no host")]
+    NoHost,
+    #[error("cannot resolve the host")]
+    Resolve(#[source] Box<std::io::Error>),
+    #[error("it resolves to a loopback, private or link-local address")]
+    PrivateAddress,
+    #[error("too many redirects")]
+    TooManyHops,
+}
+
+/// Displays an error with its whole source chain, `error: cause: cause`, for log lines (hyper's top-level
+/// errors alone say little: "client error (Connect)").
+pub struct Report<'a>(pub &'a (dyn std::error::Error + 'static));
+
+impl fmt::Display for Report<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)?;
+        let mut cur = self.0.source();
+        while let Some(c) = cur {
+            write!(f, ": {c}")?;
+            cur = c.source();
+        }
+        Ok(())
+    }
 }
 
 impl ProxyError {
@@ -54,13 +128,13 @@ impl ProxyError {
                 ErrorCode::Misdirected,
                 format!("this gateway does not serve `{host}`"),
             ),
-            ProxyError::HostMismatch { .. } => {
+            ProxyError::HostMismatch { .. } | ProxyError::MissingSni { .. } => {
                 RegistryError::new(ErrorCode::Misdirected, self.to_string())
             }
             ProxyError::NoHost => {
                 RegistryError::new(ErrorCode::Misdirected, "the request names no host")
             }
-            ProxyError::Unavailable { .. } => RegistryError::new(
+            ProxyError::Unavailable(_) => RegistryError::new(
                 ErrorCode::BadGateway,
                 "no upstream endpoint answered; try again later",
             ),
@@ -93,8 +167,6 @@ impl ProxyError {
 
 #[cfg(test)]
 mod tests {
-    use http::StatusCode;
-
     use super::*;
 
     // Pins each gateway failure's status: wrong host 421, dead upstream 502, slow upstream 504, bug 500.
@@ -114,8 +186,12 @@ mod tests {
             ),
             (ProxyError::NoHost, StatusCode::MISDIRECTED_REQUEST),
             (
-                ProxyError::Unavailable { detail: "x".into() },
+                ProxyError::Unavailable(EndpointError::NoEndpoint),
                 StatusCode::BAD_GATEWAY,
+            ),
+            (
+                ProxyError::MissingSni { host: "h".into() },
+                StatusCode::MISDIRECTED_REQUEST,
             ),
             (
                 ProxyError::Timeout(Duration::from_secs(1)),
@@ -124,14 +200,14 @@ mod tests {
             (
                 ProxyError::UpstreamToken {
                     realm: "r".into(),
-                    reason: "x".into(),
+                    source: TokenFetchError::Status(StatusCode::FORBIDDEN),
                 },
                 StatusCode::BAD_GATEWAY,
             ),
             (
                 ProxyError::Redirect {
                     target: "t".into(),
-                    reason: "x".into(),
+                    reason: RedirectRefusal::PrivateAddress,
                 },
                 StatusCode::BAD_GATEWAY,
             ),
@@ -157,5 +233,19 @@ mod tests {
             .into_response();
         let body = String::from_utf8(r.body().to_vec()).unwrap();
         assert!(!body.contains("/etc/x"), "{body}");
+    }
+
+    // Pins that log lines keep the cause chain: the endpoint and the underlying reason both appear.
+    #[test]
+    fn report_walks_the_chain() {
+        let e = ProxyError::Unavailable(EndpointError::Status {
+            origin: "http://cache:5000".into(),
+            status: StatusCode::BAD_GATEWAY,
+        });
+        let text = Report(&e).to_string();
+        assert!(
+            text.starts_with("no endpoint answered: http://cache:5000 answered 502"),
+            "{text}"
+        );
     }
 }

@@ -4,21 +4,40 @@
 //!
 //! Protocol knowledge (paths, names, challenges, tokens, header rewrites) lives in `mirrorgate-registry`; this
 //! crate decides *where* and *when* and moves bytes. Read `forward` first: it lists the request phases.
+//!
+//! Modules, in the order a request meets them:
+//! - `server`: listeners, connections, the access log when a response body ends.
+//! - `context`: what phases carry (connection facts, request facts, the routed request, the plan).
+//! - `router`, `plan`: host → route; path, `?ns=` and path prefix → plan; name rewrites.
+//! - `token_endpoint`: the local `/token` answer.
+//! - `admission`: identify, authorize, limit.
+//! - `forward`: the phase list and the endpoint loop; `upstream`: clients and endpoint health.
+//! - `upstream_auth`: the upstream token dance; `attempt`: one try at one endpoint.
+//! - `respond`, `redirect`: the upstream answer becomes the client's.
+//! - `headers`, `body`: header hygiene, streaming bodies; `error`: failures and their one rendering.
+//! - `runtime`, `specs`: the state built from a config, and config → auth/limits specs.
 
 mod admission;
+mod attempt;
 mod body;
+mod context;
 mod error;
 mod forward;
 mod headers;
+mod plan;
+mod redirect;
+mod respond;
 mod router;
 mod runtime;
 mod server;
 mod specs;
 mod token_endpoint;
 mod upstream;
+mod upstream_auth;
 
 pub use body::{BoxError, GatewayBody};
-pub use error::ProxyError;
+pub use error::{EndpointError, ProxyError, RedirectRefusal, Report};
 pub use runtime::{Gateway, Runtime};
 pub use server::{serve_http, serve_https, Http01Responder};
 pub use specs::{auth_enabled, auth_spec, limits_spec, tenant_specs};
+pub use upstream_auth::TokenFetchError;

@@ -29,15 +29,21 @@ impl CompiledRoute {
         let mut endpoints: Vec<Arc<Endpoint>> = config
             .endpoints
             .iter()
-            .map(|u| Arc::new(Endpoint::new(u.clone(), false)))
+            .map(|u| Arc::new(Endpoint::new(u.clone(), None)))
             .collect();
         if let Some(up) = &config.upstream {
-            endpoints.push(Arc::new(Endpoint::new(up.url.clone(), true)));
+            endpoints.push(Arc::new(Endpoint::new(
+                up.url.clone(),
+                up.credentials.clone(),
+            )));
         }
         let named_upstreams = config
             .upstreams
             .iter()
-            .map(|(name, up)| (name.clone(), Arc::new(Endpoint::new(up.url.clone(), true))))
+            .map(|(name, up)| {
+                let ep = Endpoint::new(up.url.clone(), up.credentials.clone());
+                (name.clone(), Arc::new(ep))
+            })
             .collect();
         let rewrites = Rewrites::new(config.rewrite.clone());
         CompiledRoute {

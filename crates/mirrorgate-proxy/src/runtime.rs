@@ -10,7 +10,7 @@ use arc_swap::ArcSwap;
 use dashmap::DashMap;
 use mirrorgate_config::Config;
 use mirrorgate_metrics::Metrics;
-use mirrorgate_registry::TokenCache;
+use mirrorgate_registry::{TokenCache, UpstreamAuthScheme};
 
 use crate::error::ProxyError;
 use crate::router::{CompiledRoute, Router};
@@ -47,16 +47,6 @@ impl Runtime {
             config,
         })
     }
-}
-
-/// How an upstream origin wants to be authenticated, learned from its first 401.
-#[derive(Debug, Clone)]
-pub enum UpstreamAuthScheme {
-    Bearer {
-        realm: url::Url,
-        service: Option<String>,
-    },
-    Basic,
 }
 
 /// The serving state shared by every listener.

@@ -22,7 +22,8 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
 use crate::body::{empty, full, Completion, GatewayBody, Metered};
-use crate::forward::{serve, ConnInfo, RequestFacts};
+use crate::context::{ConnInfo, RequestFacts};
+use crate::forward::serve;
 use crate::runtime::Gateway;
 
 /// The largest request head accepted (h1 read buffer, h2 header list): registry requests have small heads;
@@ -250,9 +251,9 @@ async fn handle(
         Ok(r) => r,
         Err(e) => {
             if e.is_internal() {
-                tracing::warn!(error = %e, %host, %path, "request failed");
+                tracing::warn!(error = %crate::error::Report(&e), %host, %path, "request failed");
             } else {
-                tracing::debug!(error = %e, %host, %path, "request refused");
+                tracing::debug!(error = %crate::error::Report(&e), %host, %path, "request refused");
             }
             let (parts, body) = e.to_registry().into_response().into_parts();
             Response::from_parts(
@@ -278,8 +279,8 @@ async fn handle(
             .insert(header::STRICT_TRANSPORT_SECURITY, hsts);
     }
     parts.headers.insert(
-        "docker-distribution-api-version",
-        HeaderValue::from_static("registry/2.0"),
+        mirrorgate_registry::API_VERSION_HEADER,
+        mirrorgate_registry::api_version(),
     );
     let status = parts.status;
     let gw = gateway.clone();

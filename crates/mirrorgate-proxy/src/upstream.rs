@@ -96,19 +96,21 @@ pub struct Endpoint {
     pub url: Url,
     /// `scheme://host:port`, the label used in logs and metrics.
     pub origin: String,
-    /// Whether this is the route's `upstream` (the registry that issues tokens) rather than a backend cache.
-    pub is_upstream: bool,
+    /// The server-side credentials of this upstream registry: the route's own for its `upstream`, an
+    /// `upstreams` entry's own for that entry, none for backend caches. They go to this endpoint and the token
+    /// realm it names, nowhere else.
+    pub credentials: Option<mirrorgate_config::Credentials>,
     down_until_ms: AtomicU64,
     epoch: Instant,
 }
 
 impl Endpoint {
-    pub fn new(url: Url, is_upstream: bool) -> Self {
+    pub fn new(url: Url, credentials: Option<mirrorgate_config::Credentials>) -> Self {
         let origin = url.origin().ascii_serialization();
         Endpoint {
             url,
             origin,
-            is_upstream,
+            credentials,
             down_until_ms: AtomicU64::new(0),
             epoch: Instant::now(),
         }
@@ -157,11 +159,11 @@ mod tests {
     fn down_endpoints_go_last() {
         let a = Arc::new(Endpoint::new(
             Url::parse("http://127.0.0.1:1").unwrap(),
-            false,
+            None,
         ));
         let b = Arc::new(Endpoint::new(
             Url::parse("http://127.0.0.1:2").unwrap(),
-            true,
+            None,
         ));
         let order = attempt_order(&[a.clone(), b.clone()]);
         assert_eq!(order[0].origin, a.origin);

@@ -80,6 +80,45 @@ impl BearerChallenge {
     }
 }
 
+/// How an upstream wants to be authenticated, learned from the `WWW-Authenticate` of its 401.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UpstreamAuthScheme {
+    /// The Docker token flow: fetch a token from `realm` for `service` and the request's scope.
+    Bearer {
+        realm: url::Url,
+        service: Option<String>,
+    },
+    /// Plain Basic credentials on every request.
+    Basic,
+}
+
+impl UpstreamAuthScheme {
+    /// The scheme offered by a 401's `WWW-Authenticate` headers. Bearer wins over Basic when both are offered
+    /// (tokens are scoped; Basic sends the password every time); a Bearer challenge whose realm is not a URL is
+    /// skipped, as is a header that cannot be parsed.
+    pub fn from_headers(headers: &http::HeaderMap) -> Option<Self> {
+        let mut basic = false;
+        for value in headers.get_all(http::header::WWW_AUTHENTICATE) {
+            let Ok(challenges) = value.to_str().map(parse_challenges) else {
+                continue;
+            };
+            let Ok(challenges) = challenges else { continue };
+            for c in &challenges {
+                if let Some(b) = BearerChallenge::from_challenge(c) {
+                    if let Ok(realm) = url::Url::parse(&b.realm) {
+                        return Some(UpstreamAuthScheme::Bearer {
+                            realm,
+                            service: b.service,
+                        });
+                    }
+                }
+                basic |= c.scheme_is("basic");
+            }
+        }
+        basic.then_some(UpstreamAuthScheme::Basic)
+    }
+}
+
 /// Parses a `WWW-Authenticate` value holding one or more challenges.
 pub fn parse_challenges(header: &str) -> Result<Vec<Challenge>, Error> {
     let mut parser = Parser {
@@ -506,5 +545,37 @@ mod tests {
             }
         }
         assert!(count > 0);
+    }
+
+    // Pins how the upstream's scheme is learned: Bearer (with a URL realm) wins over Basic, across header lines.
+    #[test]
+    fn upstream_scheme_from_headers() {
+        let mut h = http::HeaderMap::new();
+        assert_eq!(UpstreamAuthScheme::from_headers(&h), None);
+        h.append(
+            http::header::WWW_AUTHENTICATE,
+            HeaderValue::from_static(r#"Basic realm="r""#),
+        );
+        assert_eq!(
+            UpstreamAuthScheme::from_headers(&h),
+            Some(UpstreamAuthScheme::Basic)
+        );
+        h.append(
+            http::header::WWW_AUTHENTICATE,
+            HeaderValue::from_static(r#"Bearer realm="https://auth.test/token",service="reg""#),
+        );
+        let Some(UpstreamAuthScheme::Bearer { realm, service }) =
+            UpstreamAuthScheme::from_headers(&h)
+        else {
+            panic!("bearer expected");
+        };
+        assert_eq!(realm.as_str(), "https://auth.test/token");
+        assert_eq!(service.as_deref(), Some("reg"));
+        let mut bad = http::HeaderMap::new();
+        bad.append(
+            http::header::WWW_AUTHENTICATE,
+            HeaderValue::from_static(r#"Bearer realm="not a url""#),
+        );
+        assert_eq!(UpstreamAuthScheme::from_headers(&bad), None);
     }
 }

@@ -293,10 +293,7 @@ impl RegistryError {
         *response.status_mut() = code.status();
         let headers = response.headers_mut();
         headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-        headers.insert(
-            HeaderName::from_static("docker-distribution-api-version"),
-            HeaderValue::from_static("registry/2.0"),
-        );
+        headers.insert(crate::wire::API_VERSION_HEADER, crate::wire::api_version());
         if let Some(challenge) = www_authenticate {
             headers.insert(WWW_AUTHENTICATE, challenge);
         }

@@ -15,6 +15,7 @@
 //! - `manifest`: the manifest `Accept` list.
 //! - `rewrite`: `Location` / `Link` rewrites and headers that must not reach clients.
 //! - [`RegistryError`] (`error`): every refusal, rendered into an OCI error response in one place.
+//! - `wire`: one-line facts (API version header, ping body, Docker Hub's names, CDN headers, rate-limit headers).
 
 mod challenge;
 mod error;
@@ -25,9 +26,11 @@ mod reference;
 mod rewrite;
 mod scope;
 mod token;
+mod wire;
 
 pub use challenge::{
     basic_challenge, bearer_challenge, parse_challenges, BearerChallenge, Challenge,
+    UpstreamAuthScheme,
 };
 pub use error::{Error, ErrorCode, RegistryError};
 pub use manifest::{manifest_accept, MANIFEST_ACCEPT};
@@ -42,4 +45,8 @@ pub use scope::{Action, Scope};
 pub use token::{
     token_request_url, CacheOutcome, TokenCache, TokenCacheStats, TokenKey, TokenResponse,
     UpstreamToken,
+};
+pub use wire::{
+    api_version, is_docker_hub, ratelimit_remaining, strip_cdn_headers, API_VERSION_HEADER,
+    CDN_RESPONSE_HEADERS, DOCKER_HUB_HOSTS, PING_BODY,
 };

@@ -222,11 +222,10 @@ fn run(args: &Args) -> Result<ExitCode> {
 /// The name image references use for a registry: Docker Hub's API hosts are `docker.io`.
 fn registry_name(name: &str) -> String {
     let name = name.trim().trim_end_matches('/').to_ascii_lowercase();
-    match name.as_str() {
-        "registry-1.docker.io" | "index.docker.io" | "registry.hub.docker.com" => {
-            "docker.io".into()
-        }
-        _ => name,
+    if mirrorgate_registry::is_docker_hub(&name) {
+        mirrorgate_registry::DOCKER_HUB_HOSTS[0].into()
+    } else {
+        name
     }
 }
 

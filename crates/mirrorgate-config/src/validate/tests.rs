@@ -109,7 +109,10 @@ ns = true
     assert_eq!(c.routes.len(), 2);
     assert_eq!(c.tenants[0].bytes_per_day, Some(200 << 30));
     assert_eq!(c.routes[0].rewrite.len(), 1);
-    assert!(c.routes[0].upstream_credentials.is_some());
+    assert!(c.routes[0]
+        .upstream
+        .as_ref()
+        .is_some_and(|u| u.credentials.is_some()));
     assert_eq!(c.routes[1].upstreams.len(), 2);
     assert!(matches!(c.tls.source, TlsSource::Acme(_)));
     assert_eq!(c.auth.token.as_ref().unwrap().ttl, Duration::from_secs(300));
@@ -188,8 +191,9 @@ fn secrets_from_env_and_file() {
     let c = parse_in(dir.path(), &ok).unwrap();
     assert_eq!(
         c.routes[0]
-            .upstream_credentials
+            .upstream
             .as_ref()
+            .and_then(|u| u.credentials.as_ref())
             .unwrap()
             .password
             .expose(),

@@ -1,0 +1,101 @@
+//! One try of a request at one endpoint: build the upstream request, send it under `upstream_timeout`, count it,
+//! and record the endpoint's health when the try fails. The token dance around it is in `upstream_auth`.
+
+use std::time::Instant;
+
+use http::header::{self, HeaderMap, HeaderValue};
+use http::{Method, Request, Response};
+use hyper::body::Incoming;
+
+use crate::body::GatewayBody;
+use crate::context::RequestCtx;
+use crate::error::{EndpointError, ProxyError};
+use crate::upstream::Endpoint;
+
+/// One request as it goes to one endpoint: everything but the body and the credentials, which change between
+/// the tries of the token dance.
+pub struct Attempt<'a> {
+    pub ctx: &'a RequestCtx<'a>,
+    pub endpoint: &'a Endpoint,
+    pub path_and_query: &'a str,
+    pub headers: &'a HeaderMap,
+    /// The token scope this request needs upstream (`repository:library/alpine:pull`).
+    pub scope: Option<&'a str>,
+}
+
+impl Attempt<'_> {
+    /// Sends one request to this endpoint. Only the response head is awaited here; body timeouts are the
+    /// streaming body's.
+    pub async fn send_once(
+        &self,
+        method: &Method,
+        path_and_query: &str,
+        authorization: Option<HeaderValue>,
+        body: GatewayBody,
+    ) -> Result<Response<Incoming>, ProxyError> {
+        let (ctx, endpoint) = (self.ctx, self.endpoint);
+        let uri = endpoint
+            .uri(path_and_query)
+            .map_err(|e| ProxyError::Internal(format!("upstream URI: {e}")))?;
+        let mut req = Request::builder().method(method.clone()).uri(uri);
+        if let Some(h) = req.headers_mut() {
+            *h = self.headers.clone();
+            if http_body::Body::is_end_stream(&body) {
+                // The client's length describes a body this request does not carry (a GET whose body was
+                // dropped, the ping before an upload, a replay): sent on, the upstream would read the next
+                // request on the pooled connection as this one's body.
+                h.remove(header::CONTENT_LENGTH);
+                h.remove(header::CONTENT_TYPE);
+            }
+            if let Some(a) = authorization {
+                h.insert(header::AUTHORIZATION, a);
+            }
+        }
+        let req = req
+            .body(body)
+            .map_err(|e| ProxyError::Internal(format!("upstream request: {e}")))?;
+        let started = Instant::now();
+        let timeout = ctx.rt.config.server.upstream_timeout;
+        let result = tokio::time::timeout(timeout, ctx.route.client.send(req)).await;
+        let status = match &result {
+            Ok(Ok(r)) => Some(r.status().as_u16()),
+            _ => None,
+        };
+        ctx.gw.metrics.upstream_done(
+            &ctx.route.label,
+            &endpoint.origin,
+            status,
+            started.elapsed(),
+        );
+        match result {
+            Ok(Ok(resp)) => Ok(resp),
+            Ok(Err(source)) => Err(ProxyError::Unavailable(EndpointError::Send {
+                origin: endpoint.origin.clone(),
+                source,
+            })),
+            Err(_) => Err(ProxyError::Timeout(timeout)),
+        }
+    }
+
+    /// Records that this endpoint failed: skipped for a while, reported as down, and (when the request moves on)
+    /// counted as a fallback.
+    pub fn give_up(&self, moving_on: bool) {
+        let (gw, route, endpoint) = (self.ctx.gw, self.ctx.route, self.endpoint);
+        endpoint.mark_down();
+        gw.metrics
+            .set_endpoint_up(&route.label, &endpoint.origin, false);
+        if moving_on {
+            gw.metrics.upstream_fallback(&route.label, &endpoint.origin);
+        }
+    }
+
+    /// Records that this endpoint answered.
+    pub fn answered(&self) {
+        let (gw, route, endpoint) = (self.ctx.gw, self.ctx.route, self.endpoint);
+        if !endpoint.is_up() {
+            endpoint.mark_up();
+        }
+        gw.metrics
+            .set_endpoint_up(&route.label, &endpoint.origin, true);
+    }
+}
