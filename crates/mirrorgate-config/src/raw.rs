@@ -146,26 +146,21 @@ pub(crate) struct RawRoute {
     pub upstream_ca: Option<S<String>>,
     pub path_prefix: Option<S<bool>>,
     #[serde(default)]
-    pub upstreams: BTreeMap<String, S<RawNamedUpstream>>,
+    pub upstreams: BTreeMap<String, S<toml::Value>>,
     pub ns: Option<S<bool>>,
 }
 
-/// An `upstreams` entry: a URL, or a table with the URL and that registry's own credentials.
-#[derive(Debug, Deserialize)]
-#[serde(untagged)]
-pub(crate) enum RawNamedUpstream {
-    Url(String),
-    Table(Box<RawNamedUpstreamTable>),
-}
-
+/// An `upstreams` entry written as a table: the URL and that registry's own credentials. (Entries are read as
+/// `toml::Value` first, since an entry may also be a bare URL string, and spans do not survive untagged enums:
+/// errors inside the table point at the entry.)
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawNamedUpstreamTable {
-    pub url: S<String>,
-    pub username: Option<S<String>>,
-    pub username_env: Option<S<String>>,
-    pub username_file: Option<S<String>>,
-    pub password: Option<S<String>>,
-    pub password_env: Option<S<String>>,
-    pub password_file: Option<S<String>>,
+    pub url: String,
+    pub username: Option<String>,
+    pub username_env: Option<String>,
+    pub username_file: Option<String>,
+    pub password: Option<String>,
+    pub password_env: Option<String>,
+    pub password_file: Option<String>,
 }

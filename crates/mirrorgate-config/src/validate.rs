@@ -367,38 +367,45 @@ fn host_pattern(s: &str) -> Result<HostPattern, String> {
 }
 
 /// One `upstreams` entry: `"https://quay.io"` or `{ url = "...", username_env = "...", password_env = "..." }`.
-fn named_upstream(
-    v: &mut Validator<'_>,
-    entry: &S<RawNamedUpstream>,
-    key: &str,
-) -> Option<Upstream> {
-    match entry.get_ref() {
-        RawNamedUpstream::Url(url) => match values::base_url(url) {
-            Ok(url) => Some(Upstream {
-                url,
-                credentials: None,
-            }),
-            Err(m) => {
-                v.err(entry, key, m);
-                None
+fn named_upstream(v: &mut Validator<'_>, entry: &S<toml::Value>, key: &str) -> Option<Upstream> {
+    let (url, table) = match entry.get_ref() {
+        toml::Value::String(url) => (url.clone(), None),
+        toml::Value::Table(t) => match t.clone().try_into::<RawNamedUpstreamTable>() {
+            Ok(t) => (t.url.clone(), Some(t)),
+            Err(e) => {
+                v.err(entry, key, e.to_string().trim().to_string());
+                return None;
             }
         },
-        RawNamedUpstream::Table(t) => {
-            let url = v.check(&t.url, format!("{key}.url"), |s| values::base_url(s));
-            let credentials = credentials(
-                v,
-                &t.url,
-                &format!("{key}.username"),
-                [&t.username, &t.username_env, &t.username_file],
-                &format!("{key}.password"),
-                [&t.password, &t.password_env, &t.password_file],
+        _ => {
+            v.err(
+                entry,
+                key,
+                "expected a URL or a table { url = \"…\", username = …, password = … }",
             );
-            Some(Upstream {
-                url: url?,
-                credentials,
-            })
+            return None;
         }
-    }
+    };
+    let url = match values::base_url(&url) {
+        Ok(url) => url,
+        Err(m) => {
+            v.err(entry, format!("{key}.url"), m);
+            return None;
+        }
+    };
+    let credentials = table.and_then(|t| {
+        // The table's values have no spans of their own: errors point at the entry.
+        let at = |o: Option<String>| o.map(|s| S::new(entry.span(), s));
+        credentials(
+            v,
+            entry,
+            &format!("{key}.username"),
+            [&at(t.username), &at(t.username_env), &at(t.username_file)],
+            &format!("{key}.password"),
+            [&at(t.password), &at(t.password_env), &at(t.password_file)],
+        )
+    });
+    Some(Upstream { url, credentials })
 }
 
 /// A username/password pair, each given inline, as `_env` or as `_file`: both or neither.

@@ -27,6 +27,19 @@ pub struct Ask<'a> {
     /// The repository as the client names it (with the upstream prefix on path-prefix routes).
     pub repository: Option<&'a str>,
     pub action: Action,
+    /// The source repository of a cross-repository blob mount (`?mount=…&from=…`), in the same naming as
+    /// `repository`: it is read, so it needs the caller's pull right too.
+    pub mount_from: Option<&'a str>,
+}
+
+/// A request that passed admission.
+pub struct Admitted {
+    /// Limits that ride along with the response body.
+    pub limits: Admission,
+    /// Whether the caller may read [`Ask::mount_from`]; when not, the mount is dropped and the upload starts
+    /// normally (what distribution does for a mount it does not allow), so no blob of an unreadable
+    /// repository becomes readable through a mount.
+    pub mount_allowed: bool,
 }
 
 /// Identify → authorize → limit.
@@ -36,7 +49,8 @@ pub async fn admit(
     headers: &HeaderMap,
     client_ip: IpAddr,
     facts: &mut RequestFacts,
-) -> Result<Admission, ProxyError> {
+) -> Result<Admitted, ProxyError> {
+    let mut mount_allowed = ask.mount_from.is_some();
     let identity = match &gw.auth {
         Some(auth) => {
             let req = AccessRequest {
@@ -55,15 +69,44 @@ pub async fn admit(
             if let Err(e) = auth.authorize(&identity, &req) {
                 return Err(auth_refusal(gw, ask, &e));
             }
+            if let Some(from) = ask.mount_from {
+                mount_allowed = may_read(auth, authorization, client_ip, &req, from).await;
+            }
             Some(identity)
         }
         None => None,
     };
     let subject = subject(identity.as_ref(), client_ip);
-    gw.limiter()
+    let limits = gw
+        .limiter()
         .check(&subject)
         .await
-        .map_err(|limited| limit_refusal(gw, &limited))
+        .map_err(|limited| limit_refusal(gw, &limited))?;
+    Ok(Admitted {
+        limits,
+        mount_allowed,
+    })
+}
+
+/// Whether the same credentials may pull `repository`: the identity is established again for a pull of it (a
+/// Bearer token must grant that pull itself; Basic credentials hit the verified-credential cache), then the
+/// tenant rules are asked.
+async fn may_read(
+    auth: &mirrorgate_auth::Authenticator,
+    authorization: Option<&HeaderValue>,
+    client_ip: IpAddr,
+    req: &AccessRequest<'_>,
+    repository: &str,
+) -> bool {
+    let read = AccessRequest {
+        repository: Some(repository),
+        action: Action::Pull,
+        ..*req
+    };
+    match auth.identify(authorization, client_ip, &read).await {
+        Ok(identity) => auth.authorize(&identity, &read).is_ok(),
+        Err(_) => false,
+    }
 }
 
 fn subject(identity: Option<&Identity>, ip: IpAddr) -> Subject {

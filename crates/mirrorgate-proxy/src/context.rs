@@ -60,8 +60,21 @@ pub struct Plan {
     /// The registry key of a path-prefix or `?ns=` request (`gcr.io`): path-prefix routes re-insert it after
     /// `/v2/` in rewritten URLs, and tenant rules and our tokens name repositories with it in front.
     pub upstream_key: Option<UpstreamKey>,
-    /// The query string to forward (`ns` removed).
+    /// The query string to forward (`ns`, and `mount`/`from` of an upload start, removed).
     pub query: Option<String>,
+    /// A cross-repository blob mount the upload start asked for; forwarded only if the caller may read its
+    /// source (set to `None` by the serve loop otherwise).
+    pub mount: Option<Mount>,
+}
+
+/// `POST /v2/<name>/blobs/uploads/?mount=<digest>&from=<repository>`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Mount {
+    pub digest: mirrorgate_registry::Digest,
+    /// The source as access rules name it (with the registry key in front on path-prefix / `?ns=` requests).
+    pub from_client: String,
+    /// The source as the upstream knows it (`library/` rule and rewrites applied, path prefix removed).
+    pub from_upstream: String,
 }
 
 /// How the client named a registry other than the route's own.
@@ -97,9 +110,17 @@ impl Plan {
     /// The path and query sent to every endpoint.
     pub fn upstream_path_and_query(&self) -> String {
         let mut p = self.path.to_path();
-        if let Some(q) = &self.query {
+        let mut pairs: Vec<String> = self.query.iter().cloned().collect();
+        if let Some(m) = &self.mount {
+            let mount: String = url::form_urlencoded::Serializer::new(String::new())
+                .append_pair("mount", m.digest.as_str())
+                .append_pair("from", &m.from_upstream)
+                .finish();
+            pairs.push(mount);
+        }
+        if !pairs.is_empty() {
             p.push('?');
-            p.push_str(q);
+            p.push_str(&pairs.join("&"));
         }
         p
     }
@@ -127,6 +148,7 @@ mod tests {
             endpoints: Vec::new(),
             upstream_key: key,
             query: None,
+            mount: None,
         }
     }
 

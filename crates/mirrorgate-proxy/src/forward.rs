@@ -59,7 +59,7 @@ pub async fn serve(
         return crate::token_endpoint::serve_token(gw, route, req, &authority, client_ip).await;
     }
     // Phases 1–2: the plan.
-    let plan = plan(route, &req)?;
+    let mut plan = plan(route, &req)?;
     facts.kind = Some(plan.path.kind());
     let ctx = RequestCtx {
         gw,
@@ -79,8 +79,13 @@ pub async fn serve(
         authority: &ctx.authority,
         repository: repository.as_deref(),
         action: ctx.action,
+        mount_from: plan.mount.as_ref().map(|m| m.from_client.as_str()),
     };
-    let admission = admit(gw, &ask, req.headers(), client_ip, facts).await?;
+    let admitted = admit(gw, &ask, req.headers(), client_ip, facts).await?;
+    if !admitted.mount_allowed {
+        plan.mount = None;
+    }
+    let admission = admitted.limits;
     let rate_headers = admission.rate_limit_headers();
     let resp = if plan.path == RegistryPath::Ping {
         ping_response(&ctx.method)

@@ -7,9 +7,9 @@
 //! invalid name, 404 for an unknown path, 403 for an `ns` the route does not mirror.
 
 use http::{header, Request};
-use mirrorgate_registry::{ErrorCode, RegistryError, RegistryPath};
+use mirrorgate_registry::{Digest, ErrorCode, RegistryError, RegistryPath, RepositoryName};
 
-use crate::context::{ConnInfo, Plan, UpstreamKey};
+use crate::context::{ConnInfo, Mount, Plan, UpstreamKey};
 use crate::error::ProxyError;
 use crate::router::{host_of, CompiledRoute};
 
@@ -56,7 +56,12 @@ fn request_authority<B>(req: &Request<B>) -> Option<String> {
 /// Phases 1–2: the parsed path, the endpoints and the upstream name.
 pub fn plan<B>(route: &CompiledRoute, req: &Request<B>) -> Result<Plan, ProxyError> {
     let raw_path = req.uri().path();
-    let (ns, query) = split_ns(req.uri().query());
+    let QueryParts {
+        ns,
+        mount,
+        from,
+        rest: query,
+    } = QueryParts::split(req.uri().query());
     let cfg = &route.config;
 
     let mut upstream_key = None;
@@ -116,17 +121,21 @@ pub fn plan<B>(route: &CompiledRoute, req: &Request<B>) -> Result<Plan, ProxyErr
     let client_name = path.name().map(|n| n.as_str().to_string());
     let (path, upstream_name) = match path.name() {
         Some(name) => {
-            let mut upstream = name.clone();
-            if cfg.docker_hub_library {
-                upstream = mirrorgate_registry::docker_hub_library(&upstream)?.into_owned();
-            }
-            if !route.rewrites.is_empty() {
-                upstream = route.rewrites.apply(&upstream)?.into_owned();
-            }
+            let upstream = upstream_name_of(route, name)?;
             let s = upstream.as_str().to_string();
             (path.with_name(upstream), Some(s))
         }
         None => (path, None),
+    };
+    // A mount is meaningful on an upload start only; elsewhere the two parameters travel on untouched.
+    let (mount, query) = match (&path, mount, from) {
+        (RegistryPath::UploadStart { .. }, Some(m), Some(f)) => {
+            (mount_of(route, upstream_key.as_ref(), &m, &f), query)
+        }
+        (_, m, f) => (
+            None,
+            join_query(query, m.map(|m| ("mount", m)), f.map(|f| ("from", f))),
+        ),
     };
     Ok(Plan {
         path,
@@ -135,7 +144,64 @@ pub fn plan<B>(route: &CompiledRoute, req: &Request<B>) -> Result<Plan, ProxyErr
         endpoints,
         upstream_key,
         query,
+        mount,
     })
+}
+
+/// The repository name as the upstream knows it: Docker Hub's `library/` rule, then the route's rewrites.
+fn upstream_name_of(
+    route: &CompiledRoute,
+    name: &RepositoryName,
+) -> Result<RepositoryName, ProxyError> {
+    let mut upstream = name.clone();
+    if route.config.docker_hub_library {
+        upstream = mirrorgate_registry::docker_hub_library(&upstream)?.into_owned();
+    }
+    if !route.rewrites.is_empty() {
+        upstream = route.rewrites.apply(&upstream)?.into_owned();
+    }
+    Ok(upstream)
+}
+
+/// The mount an upload start asked for, or `None` when it cannot be honoured (a bad digest or name, or a
+/// source on another registry than the target): the upload then starts normally, as distribution does.
+fn mount_of(
+    route: &CompiledRoute,
+    key: Option<&UpstreamKey>,
+    mount: &str,
+    from: &str,
+) -> Option<Mount> {
+    let digest = Digest::parse(mount).ok()?;
+    // On a path-prefix request the client names the source with the registry key in front, like the target;
+    // with `?ns=` (and host routing) the client's names carry no key.
+    let (from_client, bare) = match key {
+        Some(UpstreamKey::PathPrefix(k)) => {
+            let bare = from.strip_prefix(k.as_str())?.strip_prefix('/')?;
+            (from.to_string(), bare)
+        }
+        Some(UpstreamKey::Ns(k)) => (format!("{k}/{from}"), from),
+        None => (from.to_string(), from),
+    };
+    let name = RepositoryName::parse(bare).ok()?;
+    let from_upstream = upstream_name_of(route, &name).ok()?.as_str().to_string();
+    Some(Mount {
+        digest,
+        from_client,
+        from_upstream,
+    })
+}
+
+fn join_query(
+    rest: Option<String>,
+    a: Option<(&str, String)>,
+    b: Option<(&str, String)>,
+) -> Option<String> {
+    let mut ser = url::form_urlencoded::Serializer::new(rest.unwrap_or_default());
+    for (k, v) in a.into_iter().chain(b) {
+        ser.append_pair(k, &v);
+    }
+    let q = ser.finish();
+    (!q.is_empty()).then_some(q)
 }
 
 /// A `?ns=` (lower-cased) for a host-routed route is accepted when it names the registry the route's own
@@ -152,32 +218,54 @@ fn ns_matches_default(route: &CompiledRoute, ns: &str) -> bool {
     (route.config.docker_hub_library && mirrorgate_registry::is_docker_hub(ns)) || names_upstream
 }
 
-/// Splits `ns=` out of a query string (percent-decoded: containerd sends `ns=host%3Aport`); the other pairs are
-/// forwarded as they came.
-fn split_ns(query: Option<&str>) -> (Option<String>, Option<String>) {
-    let Some(q) = query else { return (None, None) };
-    let mut ns = None;
-    let rest: Vec<&str> = q
-        .split('&')
-        .filter(|pair| {
-            if pair.is_empty() {
-                return false;
-            }
-            match url::form_urlencoded::parse(pair.as_bytes()).next() {
-                Some((k, v)) if k == "ns" => {
-                    ns = Some(v.into_owned());
-                    false
+/// The query parameters the gateway acts on, percent-decoded (containerd sends `ns=host%3Aport`), and the
+/// other pairs as they came. A parameter given twice counts with its last value, as distribution reads it.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct QueryParts {
+    ns: Option<String>,
+    mount: Option<String>,
+    from: Option<String>,
+    rest: Option<String>,
+}
+
+impl QueryParts {
+    fn split(query: Option<&str>) -> QueryParts {
+        let Some(q) = query else {
+            return QueryParts::default();
+        };
+        let mut parts = QueryParts::default();
+        let rest: Vec<&str> = q
+            .split('&')
+            .filter(|pair| {
+                if pair.is_empty() {
+                    return false;
                 }
-                _ => true,
-            }
-        })
-        .collect();
-    (ns, (!rest.is_empty()).then(|| rest.join("&")))
+                let Some((k, v)) = url::form_urlencoded::parse(pair.as_bytes()).next() else {
+                    return true;
+                };
+                let slot = match k.as_ref() {
+                    "ns" => &mut parts.ns,
+                    "mount" => &mut parts.mount,
+                    "from" => &mut parts.from,
+                    _ => return true,
+                };
+                *slot = Some(v.into_owned());
+                false
+            })
+            .collect();
+        parts.rest = (!rest.is_empty()).then(|| rest.join("&"));
+        parts
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn split_ns(q: Option<&str>) -> (Option<String>, Option<String>) {
+        let p = QueryParts::split(q);
+        (p.ns, p.rest)
+    }
 
     // Pins that ?ns= never reaches the upstream and other query parameters (pagination) do.
     #[test]
@@ -195,6 +283,15 @@ mod tests {
             split_ns(Some("ns=upstream.test%3A5000")),
             (Some("upstream.test:5000".into()), None)
         );
+    }
+
+    // Pins that mount and from are taken out of the query (they are re-added only after authorization).
+    #[test]
+    fn mount_and_from_are_split_out() {
+        let p = QueryParts::split(Some("mount=sha256%3Aab&from=team-a%2Fsecret&x=1"));
+        assert_eq!(p.mount.as_deref(), Some("sha256:ab"));
+        assert_eq!(p.from.as_deref(), Some("team-a/secret"));
+        assert_eq!(p.rest.as_deref(), Some("x=1"));
     }
 
     fn conn(sni: Option<&str>) -> ConnInfo {

@@ -41,6 +41,7 @@ pub async fn serve_token(
         authority,
         repository: None,
         action: Action::Pull,
+        mount_from: None,
     };
     let authorization = req.headers().get(header::AUTHORIZATION).cloned();
     let parsed = match *req.method() {

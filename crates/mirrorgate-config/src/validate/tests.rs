@@ -252,3 +252,54 @@ fn every_unknown_key_is_reported_at_once() {
         "{e}"
     );
 }
+
+// Pins that credentials belong to one upstream: the route's go to `upstream` only, an `upstreams` entry carries
+// its own or none, and a broken entry is reported at its key.
+#[test]
+fn named_upstreams_carry_their_own_credentials() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = r#"
+[server]
+https = "127.0.0.1:8443"
+
+[[route]]
+host = "mirror.test"
+upstream = "https://hub.test"
+upstream_username = "hub-bot"
+upstream_password = "hub-secret"
+path_prefix = true
+upstreams = { "quay.test" = "https://quay.test", "ghcr.test" = { url = "https://ghcr.test", username = "g", password = "p" } }
+"#;
+    let c = parse_in(dir.path(), text).unwrap_or_else(|e| panic!("{e}"));
+    let r = &c.routes[0];
+    let own = r.upstream.as_ref().and_then(|u| u.credentials.as_ref());
+    assert_eq!(own.map(|c| c.username.as_str()), Some("hub-bot"));
+    let named = |name: &str| r.upstreams.iter().find(|(n, _)| n == name).map(|(_, u)| u);
+    assert!(named("quay.test").unwrap().credentials.is_none());
+    let ghcr = named("ghcr.test").unwrap();
+    assert_eq!(ghcr.url.as_str(), "https://ghcr.test/");
+    assert_eq!(ghcr.credentials.as_ref().unwrap().password.expose(), "p");
+
+    for (entry, key) in [
+        (
+            r#"{ url = "https://x.test", user = "u" }"#,
+            r#"upstreams."x.test""#,
+        ),
+        (
+            r#"{ url = "https://x.test", username = "u" }"#,
+            r#"upstreams."x.test".password"#,
+        ),
+        (r#"{ url = "ftp://x.test" }"#, r#"upstreams."x.test".url"#),
+        ("42", r#"upstreams."x.test""#),
+    ] {
+        let text = format!(
+            "[server]\nhttps = \"127.0.0.1:8443\"\n\n[[route]]\nhost = \"m.test\"\npath_prefix = true\nupstreams = {{ \"x.test\" = {entry} }}\n"
+        );
+        let err = parse_in(dir.path(), &text).unwrap_err().to_string();
+        assert!(err.contains(key), "{entry}: {err}");
+        assert!(
+            err.contains(":7:"),
+            "{entry}: the error names the line: {err}"
+        );
+    }
+}
