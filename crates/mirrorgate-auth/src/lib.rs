@@ -30,12 +30,12 @@ mod throttle;
 mod token;
 mod verify;
 
-pub use authenticator::{AccessRequest, AuthSpec, Authenticator};
+pub use authenticator::{AccessRequest, AuthSpec, Authenticator, Resource};
 pub use error::{
     AuthError, ErrorKind, HeaderError, HtpasswdErrors, HtpasswdLineError, HtpasswdProblem,
 };
 pub use header::{parse_authorization, parse_basic, Credentials};
-pub use htpasswd::{Htpasswd, UserStore};
+pub use htpasswd::{hash_line, Htpasswd, UserStore};
 pub use identity::{AuthMethod, Identity};
 pub use key::{certificate_path_for, libtrust_key_id, TokenKey};
 pub use password::{PasswordChecker, PasswordPolicy};
