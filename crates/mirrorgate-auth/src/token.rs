@@ -277,12 +277,14 @@ pub fn grant_access(
     let is_repository = |s: &&Scope| s.resource_type.split('(').next() == Some("repository");
     for scope in scopes.iter().filter(is_repository) {
         let wants = |a: Action| {
-            scope.actions.iter().any(|x| match (x, a) {
-                (ScopeAction::Pull, Action::Pull)
-                | (ScopeAction::Push, Action::Push)
-                | (ScopeAction::Delete, Action::Delete)
-                | (ScopeAction::All, Action::Pull | Action::Push) => true,
-                _ => false,
+            scope.actions.iter().any(|x| {
+                matches!(
+                    (x, a),
+                    (ScopeAction::Pull, Action::Pull)
+                        | (ScopeAction::Push, Action::Push)
+                        | (ScopeAction::Delete, Action::Delete)
+                        | (ScopeAction::All, Action::Pull | Action::Push)
+                )
             })
         };
         if !granted.contains_key(scope.name.as_str()) {
