@@ -8,7 +8,7 @@
 //!
 //! - `htpasswd`: bcrypt-only htpasswd files, reloaded by polling (Kubernetes Secret mounts swap symlinks);
 //! - `password`, `cache`, `throttle`: bcrypt off the async workers behind a semaphore, a keyed cache of
-//!   verified credentials, and failure lockouts per address and per user;
+//!   verified credentials, and failure lockouts per source and per (user, source);
 //! - `header`: the `Authorization` header;
 //! - `tenants`, `identity`: users and networks → tenants → `allow` rules per route host and repository;
 //! - `key`, `token`, `verify`: the ES256 token server that distribution 2.8 (`docker-registry`) accepts,
