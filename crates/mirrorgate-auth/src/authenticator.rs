@@ -6,7 +6,11 @@
 //!    the repository and action; no credentials → the tenant of the source network, else anonymous when
 //!    the route allows it, else 401.
 //! 2. [`Authenticator::authorize`]: the identity's rules (see [`crate::Tenants`]) for this route host,
-//!    repository and action, else 403 DENIED (or 401 for an anonymous client on a private route).
+//!    repository and action, else 403 DENIED (or 401 for an anonymous client on a private route). What the
+//!    request is about is explicit ([`Resource`]): the `/v2/` ping needs an identity only, a repository
+//!    request needs a rule, and the catalog is refused (403 DENIED) — rules speak of repositories, so a
+//!    listing of the upstream cannot be narrowed to them, and it would be fetched with the route's own
+//!    upstream credentials.
 //!
 //! A bearer token names the user (or nobody) and the repositories it covers, but not the route host:
 //! the tenant's rules are checked again on every request, so a token fetched on one route cannot
@@ -45,6 +49,28 @@ pub struct AuthSpec {
     pub password: PasswordPolicy,
 }
 
+/// What a registry request is about, as authorization tells them apart.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Resource<'a> {
+    /// `/v2/`: the version check; any identity passes.
+    Ping,
+    /// `/v2/_catalog` (also `/v2/<registry>/_catalog` on path-prefix routes): always refused.
+    Catalog,
+    /// A request naming a repository (manifests, blobs, uploads, `tags/list`, `referrers`), as the client
+    /// names it on the route.
+    Repository(&'a str),
+}
+
+impl<'a> Resource<'a> {
+    /// The repository, for repository requests.
+    pub fn repository(self) -> Option<&'a str> {
+        match self {
+            Resource::Repository(repo) => Some(repo),
+            Resource::Ping | Resource::Catalog => None,
+        }
+    }
+}
+
 /// The request facts identification and authorization look at.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct AccessRequest<'a> {
@@ -52,8 +78,8 @@ pub struct AccessRequest<'a> {
     pub route_host: &'a str,
     /// The route's `anonymous` flag.
     pub route_anonymous: bool,
-    /// The repository, or `None` for requests about no repository (the `/v2/` ping).
-    pub repository: Option<&'a str>,
+    /// What the request is about.
+    pub resource: Resource<'a>,
     /// What the request does.
     pub action: Action,
 }
@@ -145,9 +171,12 @@ impl Authenticator {
                     .as_ref()
                     .ok_or(AuthError::TokenRejected("no token server configured"))?;
                 let service = verifier.service();
-                let claims = match req.repository {
-                    Some(repo) => verifier.verify(&token, service, repo, req.action)?,
-                    None => verifier.verify_any(&token, service)?,
+                let claims = match req.resource {
+                    Resource::Repository(repo) => {
+                        verifier.verify(&token, service, repo, req.action)?
+                    }
+                    // The catalog is refused by `authorize` whatever the token says.
+                    Resource::Ping | Resource::Catalog => verifier.verify_any(&token, service)?,
                 };
                 if claims.sub.is_empty() {
                     let tenant = tenants.tenant_of_ip(peer_ip).cloned();
@@ -180,7 +209,7 @@ impl Authenticator {
         password: &str,
         peer_ip: IpAddr,
     ) -> Result<Identity, AuthError> {
-        let checker = self.passwords.as_ref().ok_or(AuthError::BadCredentials)?;
+        let checker = self.passwords.as_ref().ok_or(AuthError::UnknownUser)?;
         checker.check(user, password, peer_ip).await?;
         let tenant = tenants.tenant_of_user(user).cloned();
         Ok(Identity {
@@ -209,14 +238,22 @@ impl Authenticator {
         }
     }
 
-    /// May `identity` do `req.action` on `req.repository` at `req.route_host`? A request about no
-    /// repository only needs an identity (and, for clients without user or tenant, an anonymous route).
+    /// May `identity` do `req.action` on `req.resource` at `req.route_host`? The ping only needs an
+    /// identity (and, for clients without user or tenant, an anonymous route); the catalog is refused for
+    /// everyone (see the module docs); a repository needs a rule.
     pub fn authorize(&self, identity: &Identity, req: &AccessRequest<'_>) -> Result<(), AuthError> {
         if identity.is_anonymous() && !req.route_anonymous {
             return Err(AuthError::MissingCredentials);
         }
-        let Some(repo) = req.repository else {
-            return Ok(());
+        let repo = match req.resource {
+            Resource::Ping => return Ok(()),
+            Resource::Catalog => {
+                return Err(AuthError::CatalogRefused {
+                    who: identity.to_string(),
+                    route_host: req.route_host.to_owned(),
+                })
+            }
+            Resource::Repository(repo) => repo,
         };
         if self.allowed(
             &self.tenants.load(),
@@ -376,6 +413,7 @@ impl Authenticator {
             let actions = match action {
                 Action::Pull => "pull",
                 Action::Push => "pull,push",
+                Action::Delete => "delete",
             };
             out.push_str(&format!(",scope=\"repository:{}:{actions}\"", quote(repo)));
         }
@@ -476,8 +514,15 @@ mod tests {
         AccessRequest {
             route_host: "docker.example",
             route_anonymous: anonymous,
-            repository: repo,
+            resource: repo.map_or(Resource::Ping, Resource::Repository),
             action,
+        }
+    }
+
+    fn catalog(anonymous: bool) -> AccessRequest<'static> {
+        AccessRequest {
+            resource: Resource::Catalog,
+            ..req(None, Action::Pull, anonymous)
         }
     }
 
@@ -509,6 +554,143 @@ mod tests {
             .unwrap_err();
         assert_eq!(e.kind(), ErrorKind::Unauthorized);
         assert!(!format!("{e} {e:?}").contains("nope"));
+    }
+
+    // Pins issue 21 item 1: the catalog is refused (403) for every identity — a tenant user, a network
+    // client, an anonymous client on an open route, an untenanted user with no tenants configured, and a
+    // Bearer token with empty access — while the ping still passes for all of them.
+    #[tokio::test]
+    async fn catalog_is_refused_for_everyone() {
+        let f = fixture(acme());
+        let alice = f
+            .auth
+            .identify(Some(&basic("alice", "wonder")), LOOPBACK, &catalog(false))
+            .await
+            .unwrap();
+        let office = f
+            .auth
+            .identify(None, OFFICE, &catalog(false))
+            .await
+            .unwrap();
+        let anon = f
+            .auth
+            .identify(None, LOOPBACK, &catalog(true))
+            .await
+            .unwrap();
+        let q = TokenRequest::from_query("service=mirrorgate").unwrap();
+        let empty = f
+            .auth
+            .token(
+                &q,
+                Some(&basic("alice", "wonder")),
+                LOOPBACK,
+                "docker.example",
+                false,
+            )
+            .await
+            .unwrap();
+        let bearer_id = f
+            .auth
+            .identify(Some(&bearer(&empty.token)), LOOPBACK, &catalog(false))
+            .await
+            .unwrap();
+        for (id, anonymous) in [
+            (&alice, false),
+            (&office, false),
+            (&anon, true),
+            (&bearer_id, false),
+        ] {
+            let e = f.auth.authorize(id, &catalog(anonymous)).unwrap_err();
+            assert!(matches!(e, AuthError::CatalogRefused { .. }), "{id}: {e:?}");
+            assert_eq!(e.kind(), ErrorKind::Denied);
+            f.auth
+                .authorize(id, &req(None, Action::Pull, anonymous))
+                .unwrap();
+        }
+        // The empty-access token passes no repository request either.
+        let e = f
+            .auth
+            .identify(
+                Some(&bearer(&empty.token)),
+                LOOPBACK,
+                &req(Some("library/alpine"), Action::Pull, false),
+            )
+            .await
+            .unwrap_err();
+        assert!(matches!(e, AuthError::InsufficientScope { .. }));
+        let open = fixture(vec![]);
+        let id = open
+            .auth
+            .identify(Some(&basic("loner", "x")), LOOPBACK, &catalog(false))
+            .await
+            .unwrap();
+        assert!(matches!(
+            open.auth.authorize(&id, &catalog(false)),
+            Err(AuthError::CatalogRefused { .. })
+        ));
+    }
+
+    // Pins issue 21 item 8: push rights do not delete; a `delete:` rule does, and a token must name delete.
+    #[tokio::test]
+    async fn delete_needs_its_own_rule_and_scope() {
+        let mut t = acme();
+        t[0].allow.push("delete:docker.example/acme/old/*".into());
+        let f = fixture(t);
+        let id = f
+            .auth
+            .identify(
+                Some(&basic("alice", "wonder")),
+                LOOPBACK,
+                &req(None, Action::Pull, false),
+            )
+            .await
+            .unwrap();
+        let e = f
+            .auth
+            .authorize(&id, &req(Some("acme/app"), Action::Delete, false))
+            .unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Denied);
+        f.auth
+            .authorize(&id, &req(Some("acme/old/x"), Action::Delete, false))
+            .unwrap();
+        let q = TokenRequest::from_query(
+            "scope=repository:acme/app:pull,push,delete&scope=repository:acme/old/x:delete",
+        )
+        .unwrap();
+        let resp = f
+            .auth
+            .token(
+                &q,
+                Some(&basic("alice", "wonder")),
+                LOOPBACK,
+                "docker.example",
+                false,
+            )
+            .await
+            .unwrap();
+        let h = bearer(&resp.token);
+        let e = f
+            .auth
+            .identify(
+                Some(&h),
+                LOOPBACK,
+                &req(Some("acme/app"), Action::Delete, false),
+            )
+            .await
+            .unwrap_err();
+        assert!(matches!(e, AuthError::InsufficientScope { .. }));
+        f.auth
+            .identify(
+                Some(&h),
+                LOOPBACK,
+                &req(Some("acme/old/x"), Action::Delete, false),
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            f.auth.challenge("h", Some("acme/old/x"), Action::Delete, None),
+            "Bearer realm=\"https://h/token\",service=\"mirrorgate\",scope=\"repository:acme/old/x:delete\""
+        );
     }
 
     // Rule: a user in no tenant is denied once tenants exist.

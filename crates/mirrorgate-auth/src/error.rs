@@ -21,12 +21,19 @@ pub enum AuthError {
     /// The `Authorization` header could not be read.
     #[error("malformed Authorization header")]
     MalformedHeader(#[source] HeaderError),
-    /// Unknown user or wrong password: deliberately not told apart.
+    /// A wrong password for a known user. Says the same as [`AuthError::UnknownUser`], so the answer
+    /// does not tell which user names exist; the two differ only for metrics and logs.
     #[error("invalid username or password")]
     BadCredentials,
-    /// A bearer token failed signature, algorithm, time, issuer or audience checks.
+    /// A user name the htpasswd file does not hold (bcrypt still ran, against a dummy hash).
+    #[error("invalid username or password")]
+    UnknownUser,
+    /// A bearer token failed signature, algorithm, issuer or audience checks.
     #[error("invalid token")]
     InvalidToken(#[source] jsonwebtoken::errors::Error),
+    /// A bearer token of ours past its `exp` (plus leeway): the client should fetch a new one.
+    #[error("token expired")]
+    ExpiredToken(#[source] jsonwebtoken::errors::Error),
     /// A bearer token is well-formed and signed by us but may not be used here.
     #[error("token rejected: {0}")]
     TokenRejected(&'static str),
@@ -49,6 +56,18 @@ pub enum AuthError {
         repository: String,
         /// What the request wanted to do.
         action: Action,
+    },
+    /// `/v2/_catalog` (a request naming no repository that is not the `/v2/` ping) while auth is on: a
+    /// listing of the upstream would show repositories the caller's rules do not cover, fetched with the
+    /// route's own upstream credentials. Refused like a denied repository (403 DENIED).
+    #[error(
+        "{who} may not list repositories on {route_host}: this gateway does not serve the catalog"
+    )]
+    CatalogRefused {
+        /// The identity as logged.
+        who: String,
+        /// The route host the request came in on.
+        route_host: String,
     },
     /// Too many failed attempts from this address or for this user, or too many bcrypt checks queued.
     #[error("too many failed authentication attempts; retry in {}s", retry_after.as_secs().max(1))]
@@ -95,6 +114,9 @@ pub enum AuthError {
     /// Tenant specs are inconsistent (duplicate names, a user in two tenants, a bad pattern, ...).
     #[error("tenant configuration: {0}")]
     Config(String),
+    /// bcrypt refused to hash a new password (cost out of range, password too long).
+    #[error("hashing the password with bcrypt")]
+    Hash(#[source] bcrypt::BcryptError),
     /// A bcrypt worker task died.
     #[error("password check task failed")]
     Blocking(#[source] tokio::task::JoinError),
@@ -122,10 +144,12 @@ impl AuthError {
             AuthError::MissingCredentials
             | AuthError::MalformedHeader(_)
             | AuthError::BadCredentials
+            | AuthError::UnknownUser
             | AuthError::InvalidToken(_)
+            | AuthError::ExpiredToken(_)
             | AuthError::TokenRejected(_)
             | AuthError::InsufficientScope { .. } => ErrorKind::Unauthorized,
-            AuthError::Denied { .. } => ErrorKind::Denied,
+            AuthError::Denied { .. } | AuthError::CatalogRefused { .. } => ErrorKind::Denied,
             AuthError::Throttled { .. } => ErrorKind::Throttled,
             AuthError::InvalidRequest(_) => ErrorKind::BadRequest,
             AuthError::Htpasswd { .. }
@@ -133,6 +157,7 @@ impl AuthError {
             | AuthError::Key { .. }
             | AuthError::KeyGen(_)
             | AuthError::Sign(_)
+            | AuthError::Hash(_)
             | AuthError::Config(_)
             | AuthError::Blocking(_) => ErrorKind::Internal,
         }
@@ -152,7 +177,9 @@ impl AuthError {
     pub fn bearer_error(&self) -> Option<&'static str> {
         match self {
             AuthError::InsufficientScope { .. } => Some("insufficient_scope"),
-            AuthError::InvalidToken(_) | AuthError::TokenRejected(_) => Some("invalid_token"),
+            AuthError::InvalidToken(_)
+            | AuthError::ExpiredToken(_)
+            | AuthError::TokenRejected(_) => Some("invalid_token"),
             _ => None,
         }
     }
@@ -260,6 +287,17 @@ mod tests {
             ErrorKind::Unauthorized
         );
         assert_eq!(AuthError::BadCredentials.kind(), ErrorKind::Unauthorized);
+        assert_eq!(AuthError::UnknownUser.kind(), ErrorKind::Unauthorized);
+        assert_eq!(
+            AuthError::UnknownUser.to_string(),
+            AuthError::BadCredentials.to_string(),
+            "the answer must not tell unknown users from wrong passwords"
+        );
+        let catalog = AuthError::CatalogRefused {
+            who: "t/u".into(),
+            route_host: "h".into(),
+        };
+        assert_eq!(catalog.kind(), ErrorKind::Denied);
         let denied = AuthError::Denied {
             who: "t/u".into(),
             route_host: "h".into(),

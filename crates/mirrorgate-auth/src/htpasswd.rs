@@ -156,6 +156,18 @@ impl Htpasswd {
     }
 }
 
+/// One htpasswd line, `user:$2y$NN$...`: the form `htpasswd -B` writes, which this module (and every
+/// other htpasswd reader) accepts. The one place lines are made, so the writer (`mirrorgate htpasswd`) and
+/// the reader here cannot drift apart. bcrypt reads at most 72 bytes; a longer password is refused rather
+/// than silently cut. The caller checks the user name (no `:`, no whitespace); the cost must be 4..=31.
+pub fn hash_line(user: &str, password: &str, cost: u32) -> Result<String, AuthError> {
+    let parts = bcrypt::non_truncating_hash_with_result(password, cost).map_err(AuthError::Hash)?;
+    Ok(format!(
+        "{user}:{}",
+        parts.format_for_version(bcrypt::Version::TwoY)
+    ))
+}
+
 /// Checks a bcrypt hash's shape and returns its cost; anything else is named for the error message.
 fn parse_bcrypt(hash: &str) -> Result<u32, HtpasswdProblem> {
     let rest = ["$2y$", "$2b$", "$2a$"]
@@ -386,6 +398,22 @@ mod tests {
     use super::*;
 
     const ALICE: &str = "alice:$2y$05$Kc4f0aP0R7mbxwqNQpX2fOzH0oE5m0jQ5I6CsnnqhmFQ3Hc9p0Q1a";
+
+    // Pins issue 15: the lines this crate makes are `$2y$` at the asked cost and parse back here; a
+    // password past bcrypt's 72 bytes and a cost out of range are refused, never cut or clamped.
+    #[test]
+    fn hash_line_round_trips() {
+        let line = hash_line("alice", "s3cret", 4).unwrap();
+        assert!(line.starts_with("alice:$2y$04$"), "{line}");
+        let h = Htpasswd::parse(&line).unwrap();
+        let hash = &h.get("alice").unwrap().hash;
+        assert!(bcrypt::verify("s3cret", hash).unwrap());
+        assert!(matches!(
+            hash_line("a", &"x".repeat(73), 4),
+            Err(AuthError::Hash(_))
+        ));
+        assert!(matches!(hash_line("a", "p", 3), Err(AuthError::Hash(_))));
+    }
 
     // Rule: all three bcrypt prefixes are accepted, with comments, blank lines and CRLF endings.
     #[test]

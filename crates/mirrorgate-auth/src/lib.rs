@@ -8,7 +8,7 @@
 //!
 //! - `htpasswd`: bcrypt-only htpasswd files, reloaded by polling (Kubernetes Secret mounts swap symlinks);
 //! - `password`, `cache`, `throttle`: bcrypt off the async workers behind a semaphore, a keyed cache of
-//!   verified credentials, and failure lockouts per address and per user;
+//!   verified credentials, and failure lockouts per source and per (user, source);
 //! - `header`: the `Authorization` header;
 //! - `tenants`, `identity`: users and networks → tenants → `allow` rules per route host and repository;
 //! - `key`, `token`, `verify`: the ES256 token server that distribution 2.8 (`docker-registry`) accepts,
@@ -30,12 +30,12 @@ mod throttle;
 mod token;
 mod verify;
 
-pub use authenticator::{AccessRequest, AuthSpec, Authenticator};
+pub use authenticator::{AccessRequest, AuthSpec, Authenticator, Resource};
 pub use error::{
     AuthError, ErrorKind, HeaderError, HtpasswdErrors, HtpasswdLineError, HtpasswdProblem,
 };
 pub use header::{parse_authorization, parse_basic, Credentials};
-pub use htpasswd::{Htpasswd, UserStore};
+pub use htpasswd::{hash_line, Htpasswd, UserStore};
 pub use identity::{AuthMethod, Identity};
 pub use key::{certificate_path_for, libtrust_key_id, TokenKey};
 pub use password::{PasswordChecker, PasswordPolicy};

@@ -6,6 +6,12 @@
 //! default) caps how many run at once so a flood of bad passwords queues instead of taking every core.
 //! The queue itself is capped too: past `max_waiting` the answer is 429 at once.
 //!
+//! Failures lock out a source (an address, or an IPv6 /64: one client holds a whole /64) and a *(user,
+//! source)* pair, never a user name alone: ten wrong passwords for `alice` from one place must not lock
+//! alice out everywhere (anyone could then lock out anyone, renewably). Across all sources a user's failures
+//! only slow the next checks down by [`USER_SLOWDOWN`], which blunts guessing from many addresses without
+//! refusing the real user.
+//!
 //! Concurrent checks of the *same* pair share one bcrypt run (single flight): a CI fleet whose cached
 //! credential just expired, or a client opening 16 connections at once, would otherwise run bcrypt once per
 //! request until the first result lands in the cache.
@@ -30,7 +36,8 @@ pub struct PasswordPolicy {
     pub cache_capacity: usize,
     /// How long a verified credential is trusted without bcrypt (default 5 min).
     pub cache_ttl: Duration,
-    /// Failures within `failure_window` that trigger a lockout, per source IP and per user (default 10).
+    /// Failures within `failure_window` that trigger a lockout, per source (address or IPv6 /64) and per
+    /// (user, source) (default 10). The same count for a user from all sources only slows it down.
     pub max_failures: u32,
     /// Window the failures are counted in (default 60 s).
     pub failure_window: Duration,
@@ -62,6 +69,21 @@ impl Default for PasswordPolicy {
 /// Bound on the number of tracked addresses and user names in the failure throttles.
 const THROTTLE_CAPACITY: usize = 100_000;
 
+/// The delay added before bcrypt for a user with `max_failures` recent failures from anywhere: long enough to
+/// cut a distributed guesser's rate per connection, short enough that the real user barely notices.
+pub const USER_SLOWDOWN: Duration = Duration::from_secs(1);
+
+/// The key a client's failures are counted under: its address, or its /64 for IPv6 (IPv4-mapped addresses
+/// count as IPv4).
+fn source_key(ip: IpAddr) -> IpAddr {
+    match ip.to_canonical() {
+        IpAddr::V6(v6) => IpAddr::V6(std::net::Ipv6Addr::from(
+            u128::from(v6) & !((1u128 << 64) - 1),
+        )),
+        v4 => v4,
+    }
+}
+
 /// Checks user/password pairs against a [`UserStore`].
 #[derive(Debug)]
 pub struct PasswordChecker {
@@ -70,7 +92,11 @@ pub struct PasswordChecker {
     permits: Arc<Semaphore>,
     waiting: AtomicUsize,
     max_waiting: usize,
-    by_ip: FailureThrottle<IpAddr>,
+    /// Locks a source out (whatever user it names).
+    by_source: FailureThrottle<IpAddr>,
+    /// Locks one user out from one source only.
+    by_user_source: FailureThrottle<(String, IpAddr)>,
+    /// A user's failures from every source: past the limit, checks are slowed, not refused.
     by_user: FailureThrottle<String>,
     /// Checks in progress, by pair: later arrivals wait for the first one's answer.
     in_flight: DashMap<Fingerprint, Arc<OnceCell<bool>>>,
@@ -105,7 +131,13 @@ impl PasswordChecker {
             permits: Arc::new(Semaphore::new(policy.bcrypt_permits.max(1))),
             waiting: AtomicUsize::new(0),
             max_waiting: policy.max_waiting,
-            by_ip: FailureThrottle::new(
+            by_source: FailureThrottle::new(
+                policy.max_failures,
+                policy.failure_window,
+                policy.lockout,
+                THROTTLE_CAPACITY,
+            ),
+            by_user_source: FailureThrottle::new(
                 policy.max_failures,
                 policy.failure_window,
                 policy.lockout,
@@ -146,13 +178,17 @@ impl PasswordChecker {
         if self.cache.contains(&fp, snapshot.generation, now) {
             return Ok(());
         }
-        let peer_ip = peer_ip.to_canonical();
+        let source = source_key(peer_ip);
+        let user_source = (user.to_owned(), source);
         let locked = [
-            self.by_ip.check(&peer_ip, now).err(),
-            self.by_user.check(&user.to_owned(), now).err(),
+            self.by_source.check(&source, now).err(),
+            self.by_user_source.check(&user_source, now).err(),
         ];
         if let Some(retry_after) = locked.into_iter().flatten().max() {
             return Err(AuthError::Throttled { retry_after });
+        }
+        if self.by_user.check(&user_source.0, now).is_err() {
+            tokio::time::sleep(USER_SLOWDOWN).await;
         }
 
         let cell = self
@@ -181,12 +217,17 @@ impl PasswordChecker {
 
         let now = Instant::now();
         if verified {
-            self.by_user.record_success(&user.to_owned());
+            self.by_user_source.record_success(&user_source);
             Ok(())
         } else {
-            self.by_ip.record_failure(&peer_ip, now);
-            self.by_user.record_failure(&user.to_owned(), now);
-            Err(AuthError::BadCredentials)
+            self.by_source.record_failure(&source, now);
+            self.by_user_source.record_failure(&user_source, now);
+            self.by_user.record_failure(&user_source.0, now);
+            if snapshot.users.get(user).is_some() {
+                Err(AuthError::BadCredentials)
+            } else {
+                Err(AuthError::UnknownUser)
+            }
         }
     }
 
@@ -252,7 +293,7 @@ mod tests {
         ));
         assert!(matches!(
             c.check("mallory", "secret", IP).await,
-            Err(AuthError::BadCredentials)
+            Err(AuthError::UnknownUser)
         ));
     }
 
@@ -292,23 +333,49 @@ mod tests {
         c.check("alice", "secret", other).await.unwrap();
     }
 
-    // Rule: after max failures a user name is refused from every address.
-    #[tokio::test]
-    async fn throttles_per_user() {
+    // Pins issue 21 item 6: failures for a user from one address lock that (user, address) pair only; the
+    // right password from another address passes (slowed, not refused), and an IPv6 /64 is one source.
+    #[tokio::test(start_paused = true)]
+    async fn user_lockout_is_per_source() {
         let policy = PasswordPolicy {
             max_failures: 3,
             ..PasswordPolicy::default()
         };
         let c = checker(policy);
-        for i in 1..=3u8 {
-            let _ = c
-                .check("alice", "bad", IpAddr::V4(Ipv4Addr::new(127, 0, 0, i)))
-                .await;
+        let attacker = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 1));
+        for _ in 0..3 {
+            let _ = c.check("alice", "bad", attacker).await;
         }
-        let e = c
-            .check("alice", "secret", IpAddr::V4(Ipv4Addr::new(127, 0, 0, 9)))
-            .await;
-        assert!(matches!(e, Err(AuthError::Throttled { .. })));
+        assert!(matches!(
+            c.check("alice", "secret", attacker).await,
+            Err(AuthError::Throttled { .. })
+        ));
+        let elsewhere = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2));
+        let started = tokio::time::Instant::now();
+        c.check("alice", "secret", elsewhere).await.unwrap();
+        assert!(
+            started.elapsed() >= USER_SLOWDOWN,
+            "a user guessed at from anywhere is slowed down"
+        );
+
+        let v6 = |s: &str| s.parse::<IpAddr>().unwrap();
+        for i in 1..=3 {
+            let _ = c.check("bob", "bad", v6(&format!("2001:db8::{i}"))).await;
+        }
+        assert!(
+            matches!(
+                c.check("carol", "x", v6("2001:db8::ffff:1")).await,
+                Err(AuthError::Throttled { .. })
+            ),
+            "the /64 is one source"
+        );
+        assert!(
+            matches!(
+                c.check("carol", "x", v6("2001:db8:0:1::1")).await,
+                Err(AuthError::UnknownUser)
+            ),
+            "the next /64 is another"
+        );
     }
 
     // Rule: an unknown user costs about as much as a known one (bcrypt runs against a dummy hash).

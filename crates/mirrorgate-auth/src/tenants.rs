@@ -2,12 +2,15 @@
 //! repositories each may pull or push.
 //!
 //! # Patterns
-//! An `allow` entry is `[push:]<route host>/<repository glob>`. `*` matches any run of characters,
+//! An `allow` entry is `[push:|delete:]<route host>/<repository glob>`. `*` matches any run of characters,
 //! `/` included, so `team/*` covers `team/a` and `team/a/b` (registries nest freely; a per-segment `*`
 //! would make operators list every depth). `team/*` does not cover `team` itself. A host part of `*`
 //! means every route host; other host parts use the same glob (`*.docker.example`). Matching is exact
 //! and case-sensitive: repository names are lower case by the distribution spec and hosts are compared as
-//! configured. Pull rules grant pull; `push:` rules grant push *and* pull on their pattern.
+//! configured. Pull rules grant pull; `push:` rules grant push *and* pull on their pattern; `delete:` rules grant
+//! delete only. Delete is its own right, never implied by push or by an open route: pushing a tag is
+//! reversible (push it again), deleting a manifest or blob is not, and distribution asks for `delete`
+//! separately too. Any other `word:` prefix is refused (a typo must not silently become a pull rule).
 //!
 //! # Who gets what
 //! - a user in a tenant: that tenant's rules;
@@ -15,15 +18,17 @@
 //!   nothing once tenants exist (every user must then be placed);
 //! - a network (CIDR) client: its tenant's rules; the longest matching prefix picks the tenant;
 //! - an anonymous client, on a route that allows anonymous access: the rules of the tenant named
-//!   [`ANONYMOUS_TENANT`] if one is configured, else everything on that route. That tenant may have no
-//!   users and no CIDRs; it exists only to narrow anonymous access.
+//!   [`ANONYMOUS_TENANT`] if one is configured, else pull and push on that route (never delete). That
+//!   tenant may have no users and no CIDRs; it exists only to narrow anonymous access.
 
 use std::collections::HashMap;
 use std::fmt;
 use std::net::IpAddr;
 use std::sync::Arc;
 
+use http::Method;
 use ipnet::IpNet;
+use mirrorgate_registry::RequestKind;
 
 use crate::error::AuthError;
 
@@ -50,14 +55,29 @@ pub enum Action {
     Pull,
     /// Upload blobs and manifests.
     Push,
+    /// Delete manifests and blobs. Only `delete:` rules grant it.
+    Delete,
 }
 
 impl Action {
-    /// The token-spec action name.
+    /// The token-spec action name (distribution asks for `delete` on `DELETE`).
     pub fn as_str(self) -> &'static str {
         match self {
             Action::Pull => "pull",
             Action::Push => "push",
+            Action::Delete => "delete",
+        }
+    }
+
+    /// The action a registry request needs: `GET`/`HEAD` read (pull); `DELETE` of a manifest, blob or
+    /// anything else stored removes content (delete); `DELETE` of an upload session cancels an upload the
+    /// client started, which is part of pushing and removes nothing stored (push); every other method
+    /// writes (push).
+    pub fn for_request(method: &Method, kind: RequestKind) -> Action {
+        match *method {
+            Method::GET | Method::HEAD => Action::Pull,
+            Method::DELETE if kind != RequestKind::Upload => Action::Delete,
+            _ => Action::Push,
         }
     }
 }
@@ -70,21 +90,29 @@ impl fmt::Display for Action {
 
 #[derive(Debug, Clone)]
 struct Rule {
-    push: bool,
+    /// The right the rule's prefix names: `Pull` (none), `Push` (`push:`) or `Delete` (`delete:`).
+    right: Action,
     host: String,
     repo: String,
 }
 
 impl Rule {
     fn parse(pattern: &str) -> Result<Rule, String> {
-        let (push, rest) = match pattern.strip_prefix("push:") {
-            Some(rest) => (true, rest),
-            None => (false, pattern),
-        };
-        let Some((host, repo)) = rest.split_once('/') else {
+        let Some((head, repo)) = pattern.split_once('/') else {
             return Err(format!(
-                "allow pattern '{pattern}' must be '[push:]<route host>/<repository pattern>'"
+                "allow pattern '{pattern}' must be '[push:|delete:]<route host>/<repository pattern>'"
             ));
+        };
+        // Route hosts carry no port, so a `:` before the first `/` can only end a prefix.
+        let (right, host) = match head.split_once(':') {
+            None => (Action::Pull, head),
+            Some(("push", host)) => (Action::Push, host),
+            Some(("delete", host)) => (Action::Delete, host),
+            Some((other, _)) => {
+                return Err(format!(
+                    "allow pattern '{pattern}' has the unknown prefix '{other}:' (known: 'push:', 'delete:')"
+                ))
+            }
         };
         if host.is_empty() || repo.is_empty() {
             return Err(format!(
@@ -92,16 +120,24 @@ impl Rule {
             ));
         }
         Ok(Rule {
-            push,
+            right,
             host: host.to_owned(),
             repo: repo.to_owned(),
         })
     }
 
+    /// Push implies pull; delete implies nothing and nothing implies delete.
+    fn grants(&self, action: Action) -> bool {
+        matches!(
+            (self.right, action),
+            (Action::Pull | Action::Push, Action::Pull)
+                | (Action::Push, Action::Push)
+                | (Action::Delete, Action::Delete)
+        )
+    }
+
     fn matches(&self, route_host: &str, repo: &str, action: Action) -> bool {
-        (action == Action::Pull || self.push)
-            && glob(&self.host, route_host)
-            && glob(&self.repo, repo)
+        self.grants(action) && glob(&self.host, route_host) && glob(&self.repo, repo)
     }
 }
 
@@ -192,6 +228,12 @@ impl Tenants {
         self.tenants.contains_key(tenant)
     }
 
+    /// True when any tenant, the anonymous one included, is configured: then rules narrow what
+    /// clients may read.
+    pub fn is_empty(&self) -> bool {
+        self.tenants.is_empty()
+    }
+
     /// True when any tenant other than the anonymous one is configured.
     pub fn has_tenants(&self) -> bool {
         self.tenants.keys().any(|n| &**n != ANONYMOUS_TENANT)
@@ -210,12 +252,12 @@ impl Tenants {
     }
 
     /// What an anonymous client may do on a route that allows anonymous access: the
-    /// [`ANONYMOUS_TENANT`]'s rules if configured, else everything. The caller must already have
-    /// checked that the route allows anonymous access at all.
+    /// [`ANONYMOUS_TENANT`]'s rules if configured, else pull and push (delete only ever comes from a
+    /// `delete:` rule). The caller must already have checked that the route allows anonymous access.
     pub fn allows_anonymous(&self, route_host: &str, repo: &str, action: Action) -> bool {
         match self.tenants.get(ANONYMOUS_TENANT) {
             Some(t) => t.rules.iter().any(|r| r.matches(route_host, repo, action)),
-            None => true,
+            None => action != Action::Delete,
         }
     }
 }
@@ -307,6 +349,52 @@ mod tests {
         );
     }
 
+    // Pins issue 21 item 8: delete is its own right; push never implies it, delete implies nothing else,
+    // and an open route without an anonymous tenant still refuses it.
+    #[test]
+    fn delete_is_its_own_right() {
+        let t = Tenants::new(vec![spec(
+            "acme",
+            &[],
+            &[],
+            &["push:reg.example/team/*", "delete:reg.example/team/old/*"],
+        )])
+        .unwrap();
+        assert!(t.allows("acme", "reg.example", "team/app", Action::Push));
+        assert!(!t.allows("acme", "reg.example", "team/app", Action::Delete));
+        assert!(t.allows("acme", "reg.example", "team/old/x", Action::Delete));
+        let only_delete =
+            Tenants::new(vec![spec("d", &[], &[], &["delete:reg.example/*"])]).unwrap();
+        assert!(!only_delete.allows("d", "reg.example", "x", Action::Pull));
+        assert!(!only_delete.allows("d", "reg.example", "x", Action::Push));
+        let none = Tenants::new(vec![]).unwrap();
+        assert!(!none.allows_anonymous("h", "r", Action::Delete));
+        assert!(!none.allows_untenanted_user(Action::Delete));
+    }
+
+    // Pins the method → action map: DELETE of stored content is delete, cancelling an upload is push.
+    #[test]
+    fn action_for_request() {
+        use RequestKind as K;
+        assert_eq!(Action::for_request(&Method::GET, K::Manifest), Action::Pull);
+        assert_eq!(Action::for_request(&Method::HEAD, K::Blob), Action::Pull);
+        assert_eq!(Action::for_request(&Method::PUT, K::Manifest), Action::Push);
+        assert_eq!(Action::for_request(&Method::POST, K::Upload), Action::Push);
+        assert_eq!(Action::for_request(&Method::PATCH, K::Upload), Action::Push);
+        assert_eq!(
+            Action::for_request(&Method::DELETE, K::Manifest),
+            Action::Delete
+        );
+        assert_eq!(
+            Action::for_request(&Method::DELETE, K::Blob),
+            Action::Delete
+        );
+        assert_eq!(
+            Action::for_request(&Method::DELETE, K::Upload),
+            Action::Push
+        );
+    }
+
     // Rule: users and CIDRs map to tenants; the longest prefix wins; IPv4-mapped addresses match.
     #[test]
     fn lookups() {
@@ -344,6 +432,8 @@ mod tests {
                 spec("b", &[], &["10.0.0.0/8"], &[]),
             ],
             vec![spec("a", &[], &[], &["docker.example"])],
+            vec![spec("a", &[], &[], &["pul:docker.example/*"])],
+            vec![spec("a", &[], &[], &["delete:/x"])],
             vec![spec(ANONYMOUS_TENANT, &["u"], &[], &[])],
         ];
         for specs in cases {

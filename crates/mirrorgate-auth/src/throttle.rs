@@ -1,10 +1,10 @@
-//! Failure throttling for password checks: after `max_failures` failures within `window`, a source
-//! address or a user name is refused for `lockout` without running bcrypt, so guessing is slow and
-//! cannot be used to burn the gateway's CPU.
+//! Failure throttling for password checks: after `max_failures` failures within `window`, a key is
+//! locked for `lockout`. The password checker keys it by source and by (user, source) and refuses those
+//! without running bcrypt, so guessing is slow and cannot be used to burn the gateway's CPU; keyed by user
+//! name alone it only slows checks down (see `password.rs`: a lock on a bare name would let anyone lock a
+//! real user out).
 //!
-//! A plain fixed-window counter is enough here (this is lockout, not rate shaping). Locking a user name
-//! lets an attacker lock a real user out; that user still gets in while their credentials sit in the
-//! verified-credential cache, which is checked first.
+//! A plain fixed-window counter is enough here (this is lockout, not rate shaping).
 
 use std::hash::Hash;
 use std::time::{Duration, Instant};

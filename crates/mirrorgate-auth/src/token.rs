@@ -61,19 +61,20 @@ pub struct AccessEntry {
     pub kind: String,
     /// The repository name as the client sees it on the route.
     pub name: String,
-    /// Granted actions (`pull`, `push`).
+    /// Granted actions (`pull`, `push`, `delete`).
     pub actions: Vec<String>,
 }
 
 impl AccessEntry {
-    /// True when this entry grants `action` on `repository` (`*` grants every action).
+    /// True when this entry grants `action` on `repository`. `*` grants pull and push; delete must be
+    /// named (the issuer never writes `*`, and delete is never implied).
     pub fn covers(&self, repository: &str, action: Action) -> bool {
         self.kind == "repository"
             && self.name == repository
             && self
                 .actions
                 .iter()
-                .any(|a| a == action.as_str() || a == "*")
+                .any(|a| a == action.as_str() || (a == "*" && action != Action::Delete))
     }
 }
 
@@ -262,40 +263,47 @@ impl fmt::Debug for TokenResponse {
 }
 
 /// Grants the intersection of the requested scopes and what `allowed(repository, action)` permits.
-/// Only `repository` scopes are granted; `*` is read as pull and push (never delete); `registry:catalog`
-/// is never granted (a catalog across upstreams means nothing). Repeated names are merged.
+/// Only `repository` scopes are granted; `*` is read as pull and push (never delete: a `delete` is
+/// granted only when asked for by name and allowed by a `delete:` rule); `registry:catalog` is never
+/// granted (a catalog across upstreams means nothing). Repeated names are merged.
 pub fn grant_access(
     scopes: &[Scope],
     mut allowed: impl FnMut(&str, Action) -> bool,
 ) -> Vec<AccessEntry> {
-    let mut granted: BTreeMap<&str, (bool, bool)> = BTreeMap::new();
+    const ORDER: [Action; 3] = [Action::Pull, Action::Push, Action::Delete];
+    let mut granted: BTreeMap<&str, [bool; 3]> = BTreeMap::new();
     let mut order: Vec<&str> = Vec::new();
     // `repository(plugin)` carries a class; it is still a repository scope.
     let is_repository = |s: &&Scope| s.resource_type.split('(').next() == Some("repository");
     for scope in scopes.iter().filter(is_repository) {
-        let wants = |a: ScopeAction| {
-            scope
-                .actions
-                .iter()
-                .any(|x| *x == a || *x == ScopeAction::All)
+        let wants = |a: Action| {
+            scope.actions.iter().any(|x| {
+                matches!(
+                    (x, a),
+                    (ScopeAction::Pull, Action::Pull)
+                        | (ScopeAction::Push, Action::Push)
+                        | (ScopeAction::Delete, Action::Delete)
+                        | (ScopeAction::All, Action::Pull | Action::Push)
+                )
+            })
         };
-        let pull = wants(ScopeAction::Pull) && allowed(&scope.name, Action::Pull);
-        let push = wants(ScopeAction::Push) && allowed(&scope.name, Action::Push);
         if !granted.contains_key(scope.name.as_str()) {
             order.push(&scope.name);
         }
         let e = granted.entry(&scope.name).or_default();
-        e.0 |= pull;
-        e.1 |= push;
+        for (slot, action) in e.iter_mut().zip(ORDER) {
+            *slot |= wants(action) && allowed(&scope.name, action);
+        }
     }
     order
         .into_iter()
         .filter_map(|name| {
-            let (pull, push) = granted.get(name).copied().unwrap_or_default();
-            let actions: Vec<String> = [(pull, "pull"), (push, "push")]
+            let got = granted.get(name).copied().unwrap_or_default();
+            let actions: Vec<String> = ORDER
                 .iter()
-                .filter(|(g, _)| *g)
-                .map(|(_, a)| a.to_string())
+                .zip(got)
+                .filter(|(_, g)| *g)
+                .map(|(a, _)| a.as_str().to_owned())
                 .collect();
             (!actions.is_empty()).then(|| AccessEntry {
                 kind: "repository".into(),
@@ -556,6 +564,48 @@ pub(crate) mod tests {
             ]
         );
         assert!(grant_access(&scopes, |_, _| false).is_empty());
+    }
+
+    // Pins issue 21 item 8: `delete` in a scope is granted only with the delete right, `*` and push never
+    // carry it, and an issued delete grant covers exactly delete.
+    #[test]
+    fn delete_scope_needs_the_delete_right() {
+        let scopes: Vec<Scope> = [
+            "repository:a:pull,push,delete",
+            "repository:b:delete",
+            "repository:c:*",
+        ]
+        .iter()
+        .map(|s| Scope::parse(s).unwrap())
+        .collect();
+        let push_only = grant_access(&scopes, |_, action| action != Action::Delete);
+        assert!(push_only
+            .iter()
+            .all(|e| !e.actions.iter().any(|a| a == "delete")));
+        assert!(!push_only.iter().any(|e| e.name == "b"));
+        let everything = grant_access(&scopes, |_, _| true);
+        let got: Vec<(String, Vec<String>)> = everything
+            .into_iter()
+            .map(|e| (e.name, e.actions))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                (
+                    "a".into(),
+                    vec!["pull".into(), "push".into(), "delete".into()]
+                ),
+                ("b".into(), vec!["delete".into()]),
+                ("c".into(), vec!["pull".into(), "push".into()]),
+            ]
+        );
+        let star = AccessEntry {
+            kind: "repository".into(),
+            name: "c".into(),
+            actions: vec!["*".into()],
+        };
+        assert!(star.covers("c", Action::Push));
+        assert!(!star.covers("c", Action::Delete));
     }
 
     // Rule: the JWT header and claims have the shape distribution 2.8 expects.

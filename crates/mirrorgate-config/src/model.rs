@@ -134,7 +134,7 @@ pub struct TenantConfig {
     /// In-flight requests of the whole tenant (`concurrent_requests` is per user).
     pub tenant_concurrent_requests: Option<u32>,
     pub bytes_per_day: Option<u64>,
-    /// `route-host/repository-glob` patterns, `push:` prefixed for push.
+    /// `route-host/repository-glob` patterns, `push:` prefixed for push, `delete:` for delete.
     pub allow: Vec<String>,
 }
 

@@ -701,6 +701,30 @@ fn auth(v: &mut Validator<'_>, raw: Option<&S<RawAuth>>) -> AuthConfig {
     AuthConfig { htpasswd, token }
 }
 
+/// `[push:|delete:]route-host/repository-pattern`. Route hosts carry no port, so a `:` before the first `/` ends
+/// a prefix, and a prefix other than the two rights is a typo that must not become a pull rule. (The auth crate
+/// parses the same grammar into its rules; this check gives the operator the file, line and key.)
+fn allow_pattern(s: &str) -> Result<(), String> {
+    let hint = "write `route-host/repository-pattern` (e.g. \"docker.example/*\"), with `push:` first for push \
+                or `delete:` first for delete";
+    let Some((head, repo)) = s.split_once('/') else {
+        return Err(format!("`{s}`: {hint}"));
+    };
+    let host = match head.split_once(':') {
+        None => head,
+        Some(("push" | "delete", host)) => host,
+        Some((other, _)) => {
+            return Err(format!(
+                "`{s}`: unknown prefix `{other}:` (`push:` or `delete:`); {hint}"
+            ))
+        }
+    };
+    if host.is_empty() || repo.is_empty() {
+        return Err(format!("`{s}`: {hint}"));
+    }
+    Ok(())
+}
+
 fn tenants(v: &mut Validator<'_>, raw: &[S<RawTenant>]) -> Vec<TenantConfig> {
     let mut names: HashMap<String, usize> = HashMap::new();
     let mut users: HashMap<String, String> = HashMap::new();
@@ -745,13 +769,7 @@ fn tenants(v: &mut Validator<'_>, raw: &[S<RawTenant>]) -> Vec<TenantConfig> {
             .filter_map(|c| v.check(c, k("cidrs"), |s| cidr(s)))
             .collect();
         for a in &r.allow {
-            v.check(a, k("allow"), |s| {
-                let body = s.strip_prefix("push:").unwrap_or(s);
-                match body.split_once('/') {
-                    Some((host, repo)) if !host.is_empty() && !repo.is_empty() => Ok(()),
-                    _ => Err(format!("`{s}`: write `route-host/repository-pattern` (e.g. \"docker.example/*\"), `push:` first for push")),
-                }
-            });
+            v.check(a, k("allow"), |s| allow_pattern(s));
         }
         out.push(TenantConfig {
             name,

@@ -1,5 +1,6 @@
 //! Phases between routing and forwarding: **identify** the client (Basic via htpasswd, Bearer via our own JWT,
-//! source CIDR, or anonymous), **authorize** the repository and action against the tenant's rules, and
+//! source CIDR, or anonymous), **authorize** the repository and action against the tenant's rules (the catalog
+//! is refused here, before anything is forwarded, so the route's upstream credentials never list it), and
 //! **limit** (request rate, concurrency, daily bytes). Each may short-circuit with 401 / 403 / 429; when all
 //! pass, the returned [`Admission`] rides along with the response body (bandwidth throttling, byte quota,
 //! concurrency permits released when the body ends).
@@ -8,10 +9,10 @@ use std::net::IpAddr;
 
 use http::header::{HeaderValue, AUTHORIZATION};
 use http::HeaderMap;
-use mirrorgate_auth::{AccessRequest, Action, AuthError, ErrorKind, Identity};
+use mirrorgate_auth::{AccessRequest, Action, AuthError, ErrorKind, Identity, Resource};
 use mirrorgate_limits::{Admission, LimitKind, Limited, Subject};
 use mirrorgate_metrics::{AuthFailureReason, LimitScope};
-use mirrorgate_registry::{ErrorCode, RegistryError};
+use mirrorgate_registry::{ErrorCode, RegistryError, RequestKind};
 
 use crate::context::RequestFacts;
 use crate::error::ProxyError;
@@ -56,7 +57,7 @@ pub async fn admit(
             let req = AccessRequest {
                 route_host: ask.route_host,
                 route_anonymous: ask.route_anonymous,
-                repository: ask.repository,
+                resource: resource(facts.kind, ask.repository),
                 action: ask.action,
             };
             let authorization = headers.get(AUTHORIZATION);
@@ -109,6 +110,17 @@ async fn may_read(
     }
 }
 
+/// What the request is about, from the parsed path's kind: a request naming no repository is the ping only when
+/// the path parsed as one; anything else without a repository (the catalog, or a kind not recorded) is treated
+/// as the catalog, so it fails closed.
+fn resource(kind: Option<RequestKind>, repository: Option<&str>) -> Resource<'_> {
+    match (kind, repository) {
+        (_, Some(repo)) => Resource::Repository(repo),
+        (Some(RequestKind::Ping), None) => Resource::Ping,
+        (_, None) => Resource::Catalog,
+    }
+}
+
 fn subject(identity: Option<&Identity>, ip: IpAddr) -> Subject {
     match identity.and_then(|i| i.tenant.clone()) {
         Some(tenant) if tenant.as_ref() != mirrorgate_auth::ANONYMOUS_TENANT => {
@@ -120,17 +132,7 @@ fn subject(identity: Option<&Identity>, ip: IpAddr) -> Subject {
 
 /// The one place auth failures become answers: 401 with our challenge, 403, 429 or 400.
 pub fn auth_refusal(gw: &Gateway, ask: &Ask<'_>, e: &AuthError) -> ProxyError {
-    let reason = match e {
-        AuthError::MissingCredentials => Some(AuthFailureReason::MissingCredentials),
-        AuthError::MalformedHeader(_) => Some(AuthFailureReason::Malformed),
-        AuthError::BadCredentials => Some(AuthFailureReason::BadPassword),
-        AuthError::InvalidToken(_)
-        | AuthError::TokenRejected(_)
-        | AuthError::InsufficientScope { .. } => Some(AuthFailureReason::InvalidToken),
-        AuthError::Denied { .. } => Some(AuthFailureReason::Forbidden),
-        _ => None,
-    };
-    if let Some(r) = reason {
+    if let Some(r) = failure_reason(e) {
         gw.metrics.auth_failure(r);
     }
     let err = match e.kind() {
@@ -162,6 +164,23 @@ pub fn auth_refusal(gw: &Gateway, ask: &Ask<'_>, e: &AuthError) -> ProxyError {
     ProxyError::Registry(err)
 }
 
+/// The `reason` label of `mirrorgate_auth_failures_total` for a refusal; `None` for throttling (counted as a
+/// limit), bad token-endpoint requests and internal failures.
+fn failure_reason(e: &AuthError) -> Option<AuthFailureReason> {
+    Some(match e {
+        AuthError::MissingCredentials => AuthFailureReason::MissingCredentials,
+        AuthError::MalformedHeader(_) => AuthFailureReason::Malformed,
+        AuthError::UnknownUser => AuthFailureReason::UnknownUser,
+        AuthError::BadCredentials => AuthFailureReason::BadPassword,
+        AuthError::ExpiredToken(_) => AuthFailureReason::ExpiredToken,
+        AuthError::InvalidToken(_)
+        | AuthError::TokenRejected(_)
+        | AuthError::InsufficientScope { .. } => AuthFailureReason::InvalidToken,
+        AuthError::Denied { .. } | AuthError::CatalogRefused { .. } => AuthFailureReason::Forbidden,
+        _ => return None,
+    })
+}
+
 /// A limit hit becomes 429 (503 when shared limit state is required and unreachable), with `Retry-After` and
 /// the `RateLimit-*` headers.
 fn limit_refusal(gw: &Gateway, limited: &Limited) -> ProxyError {
@@ -190,4 +209,107 @@ fn limit_refusal(gw: &Gateway, limited: &Limited) -> ProxyError {
         }
     }
     ProxyError::Registry(err)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    // Pins issue 21 item 1: only a path parsed as the ping is the ping; a missing repository otherwise is the
+    // catalog (refused), whatever the kind says, and a named repository is always a repository request.
+    #[test]
+    fn resource_from_the_parsed_path() {
+        assert_eq!(resource(Some(RequestKind::Ping), None), Resource::Ping);
+        assert_eq!(
+            resource(Some(RequestKind::Catalog), None),
+            Resource::Catalog
+        );
+        assert_eq!(resource(None, None), Resource::Catalog);
+        assert_eq!(
+            resource(Some(RequestKind::Manifest), None),
+            Resource::Catalog
+        );
+        for kind in [RequestKind::Tags, RequestKind::Referrers, RequestKind::Blob] {
+            assert_eq!(
+                resource(Some(kind), Some("a/b")),
+                Resource::Repository("a/b")
+            );
+        }
+    }
+
+    // Pins issue 15: every `reason` label value the README lists is reachable from an auth error.
+    #[test]
+    fn every_failure_reason_is_reachable() {
+        let jwt =
+            || jsonwebtoken::errors::Error::from(jsonwebtoken::errors::ErrorKind::InvalidToken);
+        let expired =
+            jsonwebtoken::errors::Error::from(jsonwebtoken::errors::ErrorKind::ExpiredSignature);
+        let cases = [
+            (
+                AuthError::MissingCredentials,
+                Some(AuthFailureReason::MissingCredentials),
+            ),
+            (
+                AuthError::MalformedHeader(mirrorgate_auth::HeaderError::Empty),
+                Some(AuthFailureReason::Malformed),
+            ),
+            (AuthError::UnknownUser, Some(AuthFailureReason::UnknownUser)),
+            (
+                AuthError::BadCredentials,
+                Some(AuthFailureReason::BadPassword),
+            ),
+            (
+                AuthError::InvalidToken(jwt()),
+                Some(AuthFailureReason::InvalidToken),
+            ),
+            (
+                AuthError::TokenRejected("x"),
+                Some(AuthFailureReason::InvalidToken),
+            ),
+            (
+                AuthError::ExpiredToken(expired),
+                Some(AuthFailureReason::ExpiredToken),
+            ),
+            (
+                AuthError::Denied {
+                    who: "t/u".into(),
+                    route_host: "h".into(),
+                    repository: "r".into(),
+                    action: Action::Delete,
+                },
+                Some(AuthFailureReason::Forbidden),
+            ),
+            (
+                AuthError::CatalogRefused {
+                    who: "t/u".into(),
+                    route_host: "h".into(),
+                },
+                Some(AuthFailureReason::Forbidden),
+            ),
+            (
+                AuthError::Throttled {
+                    retry_after: Duration::from_secs(1),
+                },
+                None,
+            ),
+        ];
+        let mut seen = Vec::new();
+        for (e, want) in cases {
+            assert_eq!(failure_reason(&e), want, "{e:?}");
+            seen.extend(want);
+        }
+        for r in [
+            AuthFailureReason::MissingCredentials,
+            AuthFailureReason::Malformed,
+            AuthFailureReason::UnknownUser,
+            AuthFailureReason::BadPassword,
+            AuthFailureReason::InvalidToken,
+            AuthFailureReason::ExpiredToken,
+            AuthFailureReason::Forbidden,
+        ] {
+            assert!(seen.contains(&r), "{} is never produced", r.as_str());
+        }
+    }
 }

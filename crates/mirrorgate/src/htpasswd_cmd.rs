@@ -158,15 +158,11 @@ fn check_password(password: &str) -> Result<()> {
     Ok(())
 }
 
-/// `user:$2y$NN$...`, the form `htpasswd -B` writes and every htpasswd reader accepts.
+/// `user:$2y$NN$...`, made by `mirrorgate-auth`, which also reads these lines: one owner of the format.
 fn hash_line(user: &str, password: &str, cost: u32) -> Result<String> {
-    let parts = bcrypt::non_truncating_hash_with_result(password, cost).with_context(|| {
+    mirrorgate_auth::hash_line(user, password, cost).with_context(|| {
         format!("hashing the password with bcrypt cost {cost} (use a cost from 4 to 31)")
-    })?;
-    Ok(format!(
-        "{user}:{}",
-        parts.format_for_version(bcrypt::Version::TwoY)
-    ))
+    })
 }
 
 /// The user field of an htpasswd line, if the line is a user line (the gateway trims lines the same way).

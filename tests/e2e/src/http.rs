@@ -35,6 +35,9 @@ pub struct RawRequest {
     pub headers: Vec<(String, String)>,
     /// Accept any server certificate (only for checks about what happens with unknown names).
     pub insecure: bool,
+    /// The loopback address to connect from (default: whatever the OS picks, 127.0.0.1), so a scenario can
+    /// be two clients on two addresses.
+    pub source: Option<std::net::Ipv4Addr>,
 }
 
 impl RawRequest {
@@ -49,6 +52,7 @@ impl RawRequest {
             h2: false,
             headers: Vec::new(),
             insecure: false,
+            source: None,
         }
     }
 
@@ -86,6 +90,13 @@ impl RawRequest {
 
     pub fn with_header(mut self, name: &str, value: &str) -> Self {
         self.headers.push((name.to_string(), value.to_string()));
+        self
+    }
+
+    /// The same request sent from `source` (a 127.0.0.0/8 address: only loopback, ever).
+    pub fn from_source(mut self, source: std::net::Ipv4Addr) -> Self {
+        assert!(source.is_loopback(), "{source} is not a loopback address");
+        self.source = Some(source);
         self
     }
 
@@ -203,9 +214,16 @@ impl HttpCheck {
         &self,
         req: &RawRequest,
     ) -> anyhow::Result<(http::Response<hyper::body::Incoming>, http::Version)> {
-        let tcp = tokio::net::TcpStream::connect(("127.0.0.1", req.port))
-            .await
-            .with_context(|| format!("connecting to 127.0.0.1:{}", req.port))?;
+        let target = std::net::SocketAddr::from(([127, 0, 0, 1], req.port));
+        let tcp = match req.source {
+            None => tokio::net::TcpStream::connect(target).await,
+            Some(source) => {
+                let socket = tokio::net::TcpSocket::new_v4()?;
+                socket.bind((source, 0).into())?;
+                socket.connect(target).await
+            }
+        }
+        .with_context(|| format!("connecting to {target} from {:?}", req.source))?;
         let Some(sni) = &req.sni else {
             let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
                 .await

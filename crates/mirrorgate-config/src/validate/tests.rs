@@ -227,6 +227,26 @@ fn tenant_rules() {
     assert_eq!(keys, ["tenant[1].allow", "tenant[2].users"], "{e}");
 }
 
+// Pins issue 21 item 8: `delete:` is a known allow prefix; an unknown prefix is refused with its line and key.
+#[test]
+fn allow_prefixes() {
+    let dir = tempfile::tempdir().unwrap();
+    let ok = format!(
+        "{MINIMAL}\n[[tenant]]\nname = \"a\"\nallow = [\"docker.test/*\", \"push:docker.test/t/*\", \"delete:docker.test/t/*\"]\n"
+    );
+    let c = parse_in(dir.path(), &ok).unwrap();
+    assert_eq!(c.tenants[0].allow.len(), 3);
+    let bad = format!(
+        "{MINIMAL}\n[[tenant]]\nname = \"a\"\nallow = [\n  \"docker.test/*\",\n  \"remove:docker.test/t/*\",\n]\n"
+    );
+    let e = parse_in(dir.path(), &bad).unwrap_err();
+    assert_eq!(e.0.len(), 1, "{e}");
+    assert_eq!(e.0[0].key, "tenant[1].allow", "{e}");
+    let line = bad[..bad.find("remove:").unwrap()].lines().count();
+    assert_eq!(e.0[0].line, line, "{e}");
+    assert!(e.to_string().contains("unknown prefix `remove:`"), "{e}");
+}
+
 // Pins that a syntax error is located too.
 #[test]
 fn syntax_errors_are_located() {
