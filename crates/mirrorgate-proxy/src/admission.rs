@@ -100,7 +100,7 @@ async fn may_read(
     repository: &str,
 ) -> bool {
     let read = AccessRequest {
-        repository: Some(repository),
+        resource: Resource::Repository(repository),
         action: Action::Pull,
         ..*req
     };

@@ -126,16 +126,6 @@ impl Plan {
     }
 }
 
-/// The access rule action of an HTTP method: reads are pull, everything else (uploads, unknown methods, which
-/// get the stronger requirement) is push.
-pub fn action_for(method: &Method) -> Action {
-    if method == Method::GET || method == Method::HEAD {
-        Action::Pull
-    } else {
-        Action::Push
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -30,7 +30,7 @@ use mirrorgate_registry::{manifest_accept, RegistryPath, Scope};
 use crate::admission::{admit, Ask};
 use crate::attempt::Attempt;
 use crate::body::{empty, full, GatewayBody};
-use crate::context::{action_for, ConnInfo, Plan, RequestCtx, RequestFacts};
+use crate::context::{ConnInfo, Plan, RequestCtx, RequestFacts};
 use crate::error::{EndpointError, ProxyError};
 use crate::headers;
 use crate::plan::{checked_authority, plan};
@@ -68,7 +68,7 @@ pub async fn serve(
         authority,
         client_ip,
         method: req.method().clone(),
-        action: action_for(req.method()),
+        action: mirrorgate_auth::Action::for_request(req.method(), plan.path.kind()),
     };
 
     // Phases 3–5: identify, authorize, limit.
