@@ -7,6 +7,7 @@
 
 mod admission;
 mod body;
+mod connect;
 mod error;
 mod forward;
 mod headers;
@@ -18,6 +19,7 @@ mod token_endpoint;
 mod upstream;
 
 pub use body::{BoxError, GatewayBody};
+pub use connect::{is_private, refused_by_guard, PrivateAddress};
 pub use error::ProxyError;
 pub use runtime::{Gateway, Runtime};
 pub use server::{serve_http, serve_https, Http01Responder};
