@@ -188,21 +188,13 @@ fn admit(
     }
 }
 
-/// Requests refused before any routing, on every listener: both `Content-Length` and `Transfer-Encoding`
-/// (a smuggling vector: intermediaries disagree on which frames the body) is 400 with the connection closed,
-/// and an over-long URI is 414. hyper already refuses conflicting lengths and bad chunking itself. When
-/// `Transfer-Encoding` comes first, hyper drops the `Content-Length` line before the request is visible here;
-/// it then decodes the body as chunked and closes the connection after the answer (RFC 9112 §6.3), so nothing
-/// can be smuggled either way.
+/// Requests refused before any routing, on every listener: an over-long URI is 414 (a precise answer rather
+/// than the 431 of a head past [`MAX_HEAD_BYTES`]).
+///
+/// `Content-Length` together with `Transfer-Encoding` never gets here: hyper (1.12) drops the
+/// `Content-Length` in either order, decodes the body as chunked and closes the connection after the answer
+/// (RFC 9112 §6.3), so nothing can be smuggled behind it; conflicting lengths and bad chunking are its 400.
 fn refuse_before_routing<B>(req: &Request<B>) -> Option<Response<GatewayBody>> {
-    let headers = req.headers();
-    if headers.contains_key(header::CONTENT_LENGTH) && headers.contains_key(header::TRANSFER_ENCODING)
-    {
-        let mut r = status_only(StatusCode::BAD_REQUEST);
-        r.headers_mut()
-            .insert(header::CONNECTION, HeaderValue::from_static("close"));
-        return Some(r);
-    }
     let uri_len = req.uri().path_and_query().map_or(0, |pq| pq.as_str().len());
     if uri_len > MAX_URI_BYTES {
         return Some(status_only(StatusCode::URI_TOO_LONG));
