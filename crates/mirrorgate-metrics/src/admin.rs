@@ -21,7 +21,11 @@ pub const METRICS_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8
 /// - `GET /healthz`: `200 ok` while the process runs (liveness).
 /// - `GET /readyz`: `200 ready`, or `503` listing what is missing (see [`Health::missing`]).
 /// - `HEAD` works like `GET`; other methods get `405`; other paths `404`.
-pub fn admin_response<B>(req: &Request<B>, metrics: &Metrics, health: &Health) -> Response<Full<Bytes>> {
+pub fn admin_response<B>(
+    req: &Request<B>,
+    metrics: &Metrics,
+    health: &Health,
+) -> Response<Full<Bytes>> {
     let path = req.uri().path();
     if !matches!(path, "/metrics" | "/healthz" | "/readyz") {
         return text(StatusCode::NOT_FOUND, "not found\n");

@@ -213,9 +213,7 @@ mod tests {
         (port, seen)
     }
 
-    fn guarded_client(
-        lookup: Arc<dyn Lookup>,
-    ) -> Client<PublicOnlyConnector, Empty<bytes::Bytes>> {
+    fn guarded_client(lookup: Arc<dyn Lookup>) -> Client<PublicOnlyConnector, Empty<bytes::Bytes>> {
         let mut http = HttpConnector::new_with_resolver(PublicOnlyResolver::new(lookup));
         http.set_connect_timeout(Some(Duration::from_millis(300)));
         Client::builder(TokioExecutor::new()).build(PublicOnlyConnector::new(http))

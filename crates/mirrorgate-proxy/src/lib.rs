@@ -22,7 +22,7 @@ mod upstream;
 pub use body::{BoxError, GatewayBody};
 pub use connect::{is_private, refused_by_guard, PrivateAddress};
 pub use error::ProxyError;
-pub use runtime::{Gateway, Runtime};
 pub use listener::{ConnectionCaps, Refusal};
+pub use runtime::{Gateway, Runtime};
 pub use server::{serve_admin, serve_http, serve_https, Http01Responder};
 pub use specs::{auth_enabled, auth_spec, limits_spec, tenant_specs};

@@ -96,7 +96,9 @@ fn idle_h2_connection_is_closed_after_idle_timeout() {
         let mut tls = tls_from(&s.ca, "127.0.0.1", s.ports.https, b"h2")
             .await
             .unwrap();
-        tls.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").await.unwrap();
+        tls.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+            .await
+            .unwrap();
         tls.write_all(&[0, 0, 0, 4, 0, 0, 0, 0, 0]).await.unwrap();
         tls.flush().await.unwrap();
         let started = Instant::now();
@@ -140,7 +142,10 @@ fn idle_h2_connection_is_closed_after_idle_timeout() {
         elapsed >= Duration::from_millis(1500),
         "closed too early: {elapsed:?}"
     );
-    assert!(elapsed < Duration::from_secs(12), "closed late: {elapsed:?}");
+    assert!(
+        elapsed < Duration::from_secs(12),
+        "closed late: {elapsed:?}"
+    );
 }
 
 // One address may hold max_connections_per_ip (3) connections: the fourth is closed right after accept and
@@ -160,7 +165,10 @@ fn connections_past_the_per_ip_cap_are_closed_other_addresses_served() {
             );
         }
         let fourth = tls_from(&s.ca, "127.0.0.1", s.ports.https, b"http/1.1").await;
-        assert!(fourth.is_err(), "a fourth connection from 127.0.0.1 was served");
+        assert!(
+            fourth.is_err(),
+            "a fourth connection from 127.0.0.1 was served"
+        );
         let other = get_from(&s, "127.0.0.2", "/healthz-not-routed").await;
         assert!(other.is_some(), "127.0.0.2 was not served");
         held.pop();
@@ -228,10 +236,7 @@ fn admin_answers_while_https_is_at_its_cap() {
 fn heads_over_64_kib_are_431_long_uris_414() {
     let s = Stage::new("conn-heads");
     let (up, _) = counting_upstream();
-    let _gw = s.gateway_with(
-        "upstream_timeout = \"1s\"",
-        &route("docker.test", &up, ""),
-    );
+    let _gw = s.gateway_with("upstream_timeout = \"1s\"", &route("docker.test", &up, ""));
     let host = s.authority("docker.test");
     let send = |head: String| {
         runtime().block_on(async {

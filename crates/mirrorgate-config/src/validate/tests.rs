@@ -46,9 +46,12 @@ fn connection_keys_are_validated() {
     assert_eq!(c.server.max_connections, 100);
     assert_eq!(c.server.max_connections_per_ip, 3);
     assert!(c.server.allow_missing_sni);
-    let e = parse_in(dir.path(), &with("max_connections_per_ip = 0\nidle_timeout = \"0s\""))
-        .unwrap_err()
-        .to_string();
+    let e = parse_in(
+        dir.path(),
+        &with("max_connections_per_ip = 0\nidle_timeout = \"0s\""),
+    )
+    .unwrap_err()
+    .to_string();
     assert!(e.contains("server.max_connections_per_ip"), "{e}");
     assert!(e.contains("server.idle_timeout"), "{e}");
     assert!(parse_in(dir.path(), &with("max_connections = -1")).is_err());
