@@ -222,6 +222,10 @@ def assert_rules(rendered, case, root):
         c.rule("every [server] and [[tenant]] key of the values reaches the TOML (metrics_user_labels, "
                "tenant_concurrent_requests included)",
                toml["server"].get("metrics_user_labels") is True
+               and toml["server"].get("idle_timeout") == "90s"
+               and toml["server"].get("max_connections") == 30000
+               and toml["server"].get("max_connections_per_ip") == 512
+               and toml["server"].get("allow_missing_sni") is False
                and toml["tenant"][0].get("tenant_concurrent_requests") == 256,
                f"server={toml['server']}, tenant[0]={toml['tenant'][0]}")
         c.rule("PDB guards the gateway pods",

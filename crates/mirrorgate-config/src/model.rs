@@ -56,6 +56,15 @@ pub struct ServerConfig {
     /// Label request metrics by user too (off by default: user names are personal data and, with many users,
     /// the largest cardinality cost; capped at 1000 values even when on).
     pub metrics_user_labels: bool,
+    /// A connection with no request in flight (an h2 connection without open streams, a kept-alive HTTP/1.1
+    /// connection between requests) is closed after this (default 60 s): idle sockets are file descriptors.
+    pub idle_timeout: Duration,
+    /// Connections the https and http listeners hold at once (default 20000); past it new ones are closed
+    /// right after accept. The admin listener is not counted and keeps answering.
+    pub max_connections: u32,
+    /// Connections one source address may hold at once (default 256). Counted at accept time, so the address
+    /// is the TCP peer's (a proxy in `trusted_proxies` counts as one source).
+    pub max_connections_per_ip: u32,
     /// Serve TLS clients that send no SNI (IP-literal access). Off by default: without SNI the certificate a
     /// client accepted vouches for no host, so any routed host could be named over such a connection (421).
     pub allow_missing_sni: bool,

@@ -40,6 +40,9 @@ pub(crate) struct RawServer {
     pub shutdown_grace: Option<S<String>>,
     pub log_format: Option<S<String>>,
     pub metrics_user_labels: Option<S<bool>>,
+    pub idle_timeout: Option<S<String>>,
+    pub max_connections: Option<S<u32>>,
+    pub max_connections_per_ip: Option<S<u32>>,
     pub allow_missing_sni: Option<S<bool>>,
 }
 

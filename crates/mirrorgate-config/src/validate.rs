@@ -28,6 +28,15 @@ mod defaults {
     pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
     /// One year, the value HSTS preload lists ask for.
     pub const HSTS: &str = "max-age=31536000";
+    /// Long enough that a client between two pulls keeps its connection, short enough that thousands of
+    /// parked sockets do not pile up.
+    pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+    /// Far above what one instance serves in practice, well below the file-descriptor limit
+    /// (RLIMIT_NOFILE is raised to its hard limit at start, commonly 524288 or 1048576).
+    pub const MAX_CONNECTIONS: u32 = 20_000;
+    /// A busy node behind NAT (a CI runner pulling many layers in parallel) stays far below it; one host
+    /// alone cannot take the global cap.
+    pub const MAX_CONNECTIONS_PER_IP: u32 = 256;
     /// Docker Hub hands out 300 s tokens; clients refresh on 401 anyway.
     pub const TOKEN_TTL: Duration = Duration::from_secs(300);
 }
@@ -312,6 +321,17 @@ fn server(v: &mut Validator<'_>, raw: &S<RawServer>) -> Option<ServerConfig> {
         "server.shutdown_grace",
         defaults::SHUTDOWN_GRACE,
     );
+    let idle_timeout = v.duration(
+        &r.idle_timeout,
+        "server.idle_timeout",
+        defaults::IDLE_TIMEOUT,
+    );
+    let max_connections = v
+        .positive(&r.max_connections, "server.max_connections")
+        .unwrap_or(defaults::MAX_CONNECTIONS);
+    let max_connections_per_ip = v
+        .positive(&r.max_connections_per_ip, "server.max_connections_per_ip")
+        .unwrap_or(defaults::MAX_CONNECTIONS_PER_IP);
     if let (Some(a), Some(b)) = (https, http) {
         if a == b {
             if let Some(h) = &r.http {
@@ -331,6 +351,9 @@ fn server(v: &mut Validator<'_>, raw: &S<RawServer>) -> Option<ServerConfig> {
         shutdown_grace,
         log_format,
         metrics_user_labels: r.metrics_user_labels.as_ref().is_some_and(|b| *b.get_ref()),
+        idle_timeout,
+        max_connections,
+        max_connections_per_ip,
         allow_missing_sni: r.allow_missing_sni.as_ref().is_some_and(|b| *b.get_ref()),
     })
 }

@@ -1,22 +1,13 @@
-//! The admin listener: `/metrics`, `/healthz`, `/readyz` over plain HTTP/1.1.
+//! The admin pages: `/metrics`, `/healthz`, `/readyz`.
 //!
-//! It is meant for a private address (loopback, a pod port) and carries no authentication, so it serves
-//! nothing but these three read-only pages. Probes hit it every few seconds, so every answer is built from
-//! atomics and the registry without touching the request path's locks.
-
-use std::convert::Infallible;
-use std::sync::Arc;
-use std::time::Duration;
+//! They are meant for a private address (loopback, a pod port) and carry no authentication, so nothing but
+//! these three read-only pages is served. Probes hit them every few seconds, so every answer is built from
+//! atomics and the registry without touching the request path's locks. The listener that serves them is the
+//! proxy's (`mirrorgate_proxy::serve_admin`), which shares its accept loop with the public listeners.
 
 use bytes::Bytes;
 use http::{header, Method, Request, Response, StatusCode};
 use http_body_util::Full;
-use hyper::body::Incoming;
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::server::graceful::GracefulShutdown;
-use tokio::net::TcpListener;
-use tokio_util::sync::CancellationToken;
 
 use crate::health::Health;
 use crate::metrics::Metrics;
@@ -24,78 +15,17 @@ use crate::metrics::Metrics;
 /// The `Content-Type` of the text exposition format 0.0.4 that `/metrics` serves.
 pub const METRICS_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
-/// A client that has not sent its request head by then is dropped (slow or stuck scrapers).
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long open admin connections may take to finish once shutdown starts.
-const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
-/// Pause after a failed `accept` (typically out of file descriptors) so the loop does not spin.
-const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
-
-/// Serves the admin pages on `listener` until `shutdown` is cancelled, then lets open connections
-/// finish (up to a few seconds) and returns.
+/// Answers one admin request:
 ///
 /// - `GET /metrics`: every registered family in the text format ([`METRICS_CONTENT_TYPE`]).
 /// - `GET /healthz`: `200 ok` while the process runs (liveness).
 /// - `GET /readyz`: `200 ready`, or `503` listing what is missing (see [`Health::missing`]).
 /// - `HEAD` works like `GET`; other methods get `405`; other paths `404`.
-///
-/// Admin connections count in the connection metrics under `listener="admin"`.
-pub async fn serve_admin(
-    listener: TcpListener,
-    metrics: Arc<Metrics>,
-    health: Arc<Health>,
-    shutdown: CancellationToken,
-) {
-    let graceful = GracefulShutdown::new();
-    let mut http = hyper::server::conn::http1::Builder::new();
-    http.timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT)
-        .keep_alive(true);
-    if let Ok(addr) = listener.local_addr() {
-        tracing::info!(%addr, "admin listener serving /metrics /healthz /readyz");
-    }
-
-    loop {
-        let (stream, peer) = tokio::select! {
-            () = shutdown.cancelled() => break,
-            accepted = listener.accept() => match accepted {
-                Ok(pair) => pair,
-                Err(error) => {
-                    tracing::warn!(%error, "admin listener: accept failed");
-                    tokio::time::sleep(ACCEPT_BACKOFF).await;
-                    continue;
-                }
-            },
-        };
-        let guard = metrics.connection_opened("admin");
-        let service = {
-            let metrics = Arc::clone(&metrics);
-            let health = Arc::clone(&health);
-            service_fn(move |req| {
-                let response = respond(&req, &metrics, &health);
-                async move { Ok::<_, Infallible>(response) }
-            })
-        };
-        let conn = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
-        tokio::spawn(async move {
-            if let Err(error) = conn.await {
-                tracing::debug!(%peer, %error, "admin connection ended with an error");
-            }
-            drop(guard);
-        });
-    }
-
-    drop(listener);
-    if tokio::time::timeout(DRAIN_TIMEOUT, graceful.shutdown())
-        .await
-        .is_err()
-    {
-        tracing::warn!("admin listener: connections still open after the drain timeout");
-    }
-}
-
-/// Answers one admin request.
-fn respond(req: &Request<Incoming>, metrics: &Metrics, health: &Health) -> Response<Full<Bytes>> {
+pub fn admin_response<B>(
+    req: &Request<B>,
+    metrics: &Metrics,
+    health: &Health,
+) -> Response<Full<Bytes>> {
     let path = req.uri().path();
     if !matches!(path, "/metrics" | "/healthz" | "/readyz") {
         return text(StatusCode::NOT_FOUND, "not found\n");
@@ -158,10 +88,9 @@ fn with_type(
 
 #[cfg(test)]
 mod tests {
-    use std::net::SocketAddr;
+    use std::sync::Arc;
 
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    use tokio::net::TcpStream;
+    use http_body_util::BodyExt;
 
     use super::*;
     use crate::metrics::tests::{parse_exposition, value_of};
@@ -169,107 +98,75 @@ mod tests {
 
     struct Reply {
         status: u16,
-        headers: Vec<(String, String)>,
+        headers: http::HeaderMap,
         body: String,
     }
 
     impl Reply {
         fn header(&self, name: &str) -> Option<&str> {
-            self.headers
-                .iter()
-                .find(|(k, _)| k.eq_ignore_ascii_case(name))
-                .map(|(_, v)| v.as_str())
+            self.headers.get(name).and_then(|v| v.to_str().ok())
         }
     }
 
-    /// Sends one raw HTTP/1.1 request over a fresh loopback connection and reads the whole answer.
-    async fn call(addr: SocketAddr, method: &str, path: &str) -> Reply {
-        let mut stream = TcpStream::connect(addr).await.unwrap();
-        let request =
-            format!("{method} {path} HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n");
-        stream.write_all(request.as_bytes()).await.unwrap();
-        let mut raw = Vec::new();
-        tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut raw))
-            .await
-            .unwrap()
+    /// One request through [`admin_response`] (the socket side is the proxy's listener, tested there).
+    async fn call(metrics: &Metrics, health: &Health, method: &str, path: &str) -> Reply {
+        let req = Request::builder()
+            .method(method)
+            .uri(path)
+            .body(())
             .unwrap();
-        let raw = String::from_utf8(raw).unwrap();
-        let (head, body) = raw.split_once("\r\n\r\n").unwrap();
-        let mut lines = head.split("\r\n");
-        let status = lines
-            .next()
-            .unwrap()
-            .split(' ')
-            .nth(1)
-            .unwrap()
-            .parse()
-            .unwrap();
-        let headers = lines
-            .map(|l| {
-                let (k, v) = l.split_once(':').unwrap();
-                (k.trim().to_owned(), v.trim().to_owned())
-            })
-            .collect();
+        let (parts, body) = admin_response(&req, metrics, health).into_parts();
+        let body = body.collect().await.unwrap().to_bytes();
+        let body = if method == "HEAD" {
+            String::new()
+        } else {
+            String::from_utf8(body.to_vec()).unwrap()
+        };
         Reply {
-            status,
-            headers,
-            body: body.to_owned(),
+            status: parts.status.as_u16(),
+            headers: parts.headers,
+            body,
         }
     }
 
-    async fn start() -> (
-        SocketAddr,
-        Arc<Metrics>,
-        Arc<Health>,
-        CancellationToken,
-        tokio::task::JoinHandle<()>,
-    ) {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let metrics = Metrics::new(MetricsOptions::default()).unwrap();
-        let health = Arc::new(Health::new());
-        let shutdown = CancellationToken::new();
-        let task = tokio::spawn(serve_admin(
-            listener,
-            Arc::clone(&metrics),
-            Arc::clone(&health),
-            shutdown.clone(),
-        ));
-        (addr, metrics, health, shutdown, task)
+    fn start() -> (Arc<Metrics>, Arc<Health>) {
+        (
+            Metrics::new(MetricsOptions::default()).unwrap(),
+            Arc::new(Health::new()),
+        )
     }
 
-    // Rule: /metrics serves the text format 0.0.4 with the registry's families over a real socket.
+    // Rule: /metrics serves the text format 0.0.4 with the registry's families.
     #[tokio::test]
     async fn metrics_page_serves_exposition() {
-        let (addr, metrics, _health, shutdown, task) = start().await;
+        let (metrics, health) = start();
         metrics.auth_failure(crate::AuthFailureReason::Forbidden);
-        let reply = call(addr, "GET", "/metrics").await;
+        let _conn = metrics.connection_opened("admin");
+        let reply = call(&metrics, &health, "GET", "/metrics").await;
         assert_eq!(reply.status, 200);
         assert_eq!(reply.header("content-type"), Some(METRICS_CONTENT_TYPE));
+        assert_eq!(reply.header("cache-control"), Some("no-store"));
         let samples = parse_exposition(&reply.body);
         let forbidden = [("reason", "forbidden")];
         assert_eq!(
             value_of(&samples, "mirrorgate_auth_failures_total", &forbidden),
             Some(1.0)
         );
-        // The scrape's own connection is counted while it is open.
         let admin = [("listener", "admin")];
         assert_eq!(
             value_of(&samples, "mirrorgate_connections_active", &admin),
             Some(1.0)
         );
-        shutdown.cancel();
-        task.await.unwrap();
     }
 
     // Rule: /healthz is 200 while alive; /readyz is 503 naming what is missing until all conditions hold.
     #[tokio::test]
     async fn health_and_readiness() {
-        let (addr, _metrics, health, shutdown, task) = start().await;
-        let live = call(addr, "GET", "/healthz").await;
+        let (metrics, health) = start();
+        let live = call(&metrics, &health, "GET", "/healthz").await;
         assert_eq!((live.status, live.body.as_str()), (200, "ok\n"));
 
-        let not_ready = call(addr, "GET", "/readyz").await;
+        let not_ready = call(&metrics, &health, "GET", "/readyz").await;
         assert_eq!(not_ready.status, 503);
         assert!(
             not_ready.body.contains("no usable certificate"),
@@ -284,42 +181,30 @@ mod tests {
 
         health.set_listeners_bound(true);
         health.set_config_loaded(true);
-        let still = call(addr, "GET", "/readyz").await;
+        let still = call(&metrics, &health, "GET", "/readyz").await;
         assert_eq!(still.status, 503);
         assert_eq!(still.body, "not ready: no usable certificate\n");
 
         health.set_certificate_ready(true);
-        let ready = call(addr, "GET", "/readyz").await;
+        let ready = call(&metrics, &health, "GET", "/readyz").await;
         assert_eq!((ready.status, ready.body.as_str()), (200, "ready\n"));
-        shutdown.cancel();
-        task.await.unwrap();
+
+        health.set_draining(true);
+        let draining = call(&metrics, &health, "GET", "/readyz").await;
+        assert_eq!(draining.status, 503);
+        assert_eq!(draining.body, "not ready: shutting down\n");
     }
 
     // Rule: unknown paths are 404 and non-GET methods on known paths are 405 with Allow.
     #[tokio::test]
     async fn unknown_paths_and_methods() {
-        let (addr, _metrics, _health, shutdown, task) = start().await;
-        assert_eq!(call(addr, "GET", "/v2/").await.status, 404);
-        assert_eq!(call(addr, "GET", "/metrics/extra").await.status, 404);
-        let post = call(addr, "POST", "/metrics").await;
+        let (m, h) = start();
+        assert_eq!(call(&m, &h, "GET", "/v2/").await.status, 404);
+        assert_eq!(call(&m, &h, "GET", "/metrics/extra").await.status, 404);
+        let post = call(&m, &h, "POST", "/metrics").await;
         assert_eq!(post.status, 405);
         assert_eq!(post.header("allow"), Some("GET, HEAD"));
-        let head = call(addr, "HEAD", "/healthz").await;
-        assert_eq!((head.status, head.body.as_str()), (200, ""));
-        shutdown.cancel();
-        task.await.unwrap();
-    }
-
-    // Rule: cancelling the token stops the listener: the future returns and the port refuses connections.
-    #[tokio::test]
-    async fn shutdown_stops_listening() {
-        let (addr, _metrics, _health, shutdown, task) = start().await;
-        assert_eq!(call(addr, "GET", "/healthz").await.status, 200);
-        shutdown.cancel();
-        tokio::time::timeout(Duration::from_secs(10), task)
-            .await
-            .unwrap()
-            .unwrap();
-        assert!(TcpStream::connect(addr).await.is_err());
+        let head = call(&m, &h, "HEAD", "/healthz").await;
+        assert_eq!(head.status, 200);
     }
 }

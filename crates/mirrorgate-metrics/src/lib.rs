@@ -7,8 +7,9 @@
 //! endpoint, tenant) or capped, so a hostile client cannot blow up the series count with raw paths,
 //! digests or user names.
 //!
-//! The admin listener ([`serve_admin`]) serves `/metrics`, `/healthz` and `/readyz` on a private, plain
-//! HTTP/1.1 port; readiness comes from [`Health`], a handful of atomics the rest of the gateway flips.
+//! The admin pages ([`admin_response`]: `/metrics`, `/healthz`, `/readyz`) are served by the proxy's admin
+//! listener on a private, plain HTTP/1.1 port; readiness comes from [`Health`], a handful of atomics the rest
+//! of the gateway flips.
 //!
 //! Process metrics (`process_cpu_seconds_total`, `process_resident_memory_bytes`, `process_open_fds`, ...)
 //! are registered on Linux under their standard, prefix-free names so stock dashboards and alerts work.
@@ -19,7 +20,7 @@ mod health;
 mod labels;
 mod metrics;
 
-pub use admin::{serve_admin, METRICS_CONTENT_TYPE};
+pub use admin::{admin_response, METRICS_CONTENT_TYPE};
 pub use error::MetricsError;
 pub use health::Health;
 pub use labels::{

@@ -111,6 +111,7 @@ pub struct Metrics {
     connections_active: IntGaugeVec,
     connections: IntCounterVec,
     tls_handshake_errors: IntCounterVec,
+    connections_refused: IntCounterVec,
     certificate_expiry: GaugeVec,
     acme_renewals: IntCounterVec,
 
@@ -267,6 +268,11 @@ impl Metrics {
             "Connections accepted.",
             &["listener"],
         )?;
+        let connections_refused = b.counter(
+            "mirrorgate_connections_refused_total",
+            "Connections closed right after accept because a connection cap was reached.",
+            &["listener", "reason"],
+        )?;
         let tls_handshake_errors = b.counter(
             "mirrorgate_tls_handshake_errors_total",
             "TLS handshakes that failed.",
@@ -377,6 +383,7 @@ impl Metrics {
             connections_active,
             connections,
             tls_handshake_errors,
+            connections_refused,
             certificate_expiry,
             acme_renewals,
             config_reloads,
@@ -525,6 +532,14 @@ impl Metrics {
         let active = self.connections_active.with_label_values(&[listener]);
         active.inc();
         ConnectionGuard { active }
+    }
+
+    /// Counts a connection closed right after accept. `reason` is a fixed name chosen in code (`"per_ip"`,
+    /// `"global"`).
+    pub fn connection_refused(&self, listener: &'static str, reason: &'static str) {
+        self.connections_refused
+            .with_label_values(&[listener, reason])
+            .inc();
     }
 
     /// Records a failed TLS handshake. `reason` is a fixed name chosen in code (`"no_certificate"`,
@@ -726,6 +741,7 @@ pub(crate) mod tests {
         m.set_limiter_keys("user_requests", 12);
         let conn = m.connection_opened("https");
         m.tls_handshake_error("https", "no_certificate");
+        m.connection_refused("https", "per_ip");
         m.set_certificate_expiry(
             "docker.example",
             UNIX_EPOCH + Duration::from_secs(1_900_000_000),
@@ -921,7 +937,7 @@ pub(crate) mod tests {
             .filter_map(|l| l.strip_prefix("# TYPE "))
             .filter_map(|l| l.split(' ').next())
             .collect();
-        assert_eq!(m.family_names().len(), 23);
+        assert_eq!(m.family_names().len(), 24);
         for name in m.family_names() {
             assert!(name.starts_with("mirrorgate_"), "{name}");
             assert!(typed.contains(name), "{name} not exposed");

@@ -21,6 +21,8 @@ pub struct Attempt<'a> {
     pub headers: &'a HeaderMap,
     /// The token scope this request needs upstream (`repository:library/alpine:pull`).
     pub scope: Option<&'a str>,
+    /// Whether the endpoint's server-side credentials may be used for this request.
+    pub with_credentials: bool,
 }
 
 impl Attempt<'_> {

@@ -93,11 +93,7 @@ pub enum EndpointError {
 pub enum RedirectRefusal {
     #[error("not an http(s) URL")]
     Scheme,
-    #[error("no host")]
-    NoHost,
-    #[error("cannot resolve the host")]
-    Resolve(#[source] Box<std::io::Error>),
-    #[error("it resolves to a loopback, private or link-local address")]
+    #[error("it is or resolves to a loopback, private or link-local address")]
     PrivateAddress,
     #[error("too many redirects")]
     TooManyHops,

@@ -158,6 +158,8 @@ async fn forward(
             path_and_query: &path_and_query,
             headers: &base_headers,
             scope: scope.as_deref(),
+            // The catalog lists every repository the account can see: never with the gateway's account.
+            with_credentials: plan.path != RegistryPath::Catalog,
         };
         let can_move_on = idempotent && i + 1 < order.len();
         let resp = match attempt.send_with_auth(req_body, replayable).await {

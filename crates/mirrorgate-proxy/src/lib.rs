@@ -6,7 +6,8 @@
 //! crate decides *where* and *when* and moves bytes. Read `forward` first: it lists the request phases.
 //!
 //! Modules, in the order a request meets them:
-//! - `server`: listeners, connections, the access log when a response body ends.
+//! - `listener`, `server`: the accept loop, connection caps and idle closing; TLS and HTTP serving, the access
+//!   log when a response body ends; `connect`: the guarded connector for untrusted upstream targets.
 //! - `context`: what phases carry (connection facts, request facts, the routed request, the plan).
 //! - `router`, `plan`: host → route; path, `?ns=` and path prefix → plan; name rewrites.
 //! - `token_endpoint`: the local `/token` answer.
@@ -20,10 +21,12 @@
 mod admission;
 mod attempt;
 mod body;
+mod connect;
 mod context;
 mod error;
 mod forward;
 mod headers;
+mod listener;
 mod plan;
 mod redirect;
 mod respond;
@@ -36,8 +39,10 @@ mod upstream;
 mod upstream_auth;
 
 pub use body::{BoxError, GatewayBody};
+pub use connect::{is_private, refused_by_guard, PrivateAddress};
 pub use error::{EndpointError, ProxyError, RedirectRefusal, Report};
+pub use listener::{ConnectionCaps, Refusal};
 pub use runtime::{Gateway, Runtime};
-pub use server::{serve_http, serve_https, Http01Responder};
+pub use server::{serve_admin, serve_http, serve_https, Http01Responder};
 pub use specs::{auth_enabled, auth_spec, limits_spec, tenant_specs};
 pub use upstream_auth::TokenFetchError;

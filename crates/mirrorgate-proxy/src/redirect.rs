@@ -1,8 +1,7 @@
 //! Blob redirects followed server-side (`blob_redirects = "follow"`): the CDN answer is fetched without any
-//! credentials so the bytes pass through limits and byte counts, behind the SSRF guard (loopback, private,
-//! link-local and CGNAT targets are refused unless the route sets `danger_allow_private_redirects`).
-
-use std::net::IpAddr;
+//! credentials so the bytes pass through limits and byte counts, behind the SSRF guard: the untrusted client's
+//! connector refuses loopback, private, link-local and CGNAT addresses at connect time, unless the route sets
+//! `danger_allow_private_redirects`.
 
 use http::header;
 use http::{Request, Response};
@@ -11,6 +10,7 @@ use mirrorgate_registry::strip_response_headers;
 use url::Url;
 
 use crate::body::{empty, GatewayBody};
+use crate::connect::refused_by_guard;
 use crate::context::RequestCtx;
 use crate::error::{EndpointError, ProxyError, RedirectRefusal};
 use crate::headers;
@@ -26,21 +26,29 @@ pub async fn follow_redirect(
 ) -> Result<Response<GatewayBody>, ProxyError> {
     let route = ctx.route;
     for _ in 0..MAX_HOPS {
-        check_redirect_target(&target, route.config.danger_allow_private_redirects).await?;
+        check_redirect_target(&target)?;
         let req = Request::builder()
             .method(ctx.method.clone())
             .uri(target.as_str())
             .body(empty())
             .map_err(|e| ProxyError::Internal(format!("redirect request: {e}")))?;
         let timeout = ctx.rt.config.server.upstream_timeout;
-        let resp = tokio::time::timeout(timeout, route.client.send(req))
+        let allow_private = route.config.danger_allow_private_redirects;
+        let resp = tokio::time::timeout(timeout, route.client.send_untrusted(req, allow_private))
             .await
             .map_err(|_| ProxyError::Timeout(timeout))?
             .map_err(|source| {
-                ProxyError::Unavailable(EndpointError::Send {
-                    origin: redact(&target),
-                    source,
-                })
+                if refused_by_guard(&source).is_some() {
+                    ProxyError::Redirect {
+                        target: redact(&target),
+                        reason: RedirectRefusal::PrivateAddress,
+                    }
+                } else {
+                    ProxyError::Unavailable(EndpointError::Send {
+                        origin: redact(&target),
+                        source,
+                    })
+                }
             })?;
         if resp.status().is_redirection() {
             if let Some(next) = resp
@@ -68,49 +76,16 @@ pub async fn follow_redirect(
     })
 }
 
-async fn check_redirect_target(target: &Url, allow_private: bool) -> Result<(), ProxyError> {
-    let refuse = |reason| ProxyError::Redirect {
-        target: redact(target),
-        reason,
-    };
-    if !matches!(target.scheme(), "http" | "https") {
-        return Err(refuse(RedirectRefusal::Scheme));
-    }
-    if allow_private {
-        return Ok(());
-    }
-    let host = target
-        .host_str()
-        .ok_or_else(|| refuse(RedirectRefusal::NoHost))?;
-    let port = target.port_or_known_default().unwrap_or(443);
-    let addrs = tokio::net::lookup_host((host.trim_matches(['[', ']']), port))
-        .await
-        .map_err(|e| refuse(RedirectRefusal::Resolve(e.into())))?;
-    for addr in addrs {
-        if is_private(addr.ip()) {
-            return Err(refuse(RedirectRefusal::PrivateAddress));
-        }
-    }
-    Ok(())
-}
-
-fn is_private(ip: IpAddr) -> bool {
-    match ip {
-        IpAddr::V4(v4) => {
-            v4.is_loopback()
-                || v4.is_private()
-                || v4.is_link_local()
-                || v4.is_unspecified()
-                || v4.is_broadcast()
-                || v4.octets()[0] == 100 && (v4.octets()[1] & 0xc0) == 64 // CGNAT 100.64/10
-        }
-        IpAddr::V6(v6) => {
-            v6.is_loopback()
-                || v6.is_unspecified()
-                || (v6.segments()[0] & 0xfe00) == 0xfc00 // unique local
-                || (v6.segments()[0] & 0xffc0) == 0xfe80 // link local
-                || v6.to_ipv4_mapped().is_some_and(|v4| is_private(IpAddr::V4(v4)))
-        }
+/// Only http(s) targets are followed; which addresses may be reached is decided when connecting (the guarded
+/// connector in `connect`), so a name cannot resolve to a public address here and to loopback there.
+fn check_redirect_target(target: &Url) -> Result<(), ProxyError> {
+    if matches!(target.scheme(), "http" | "https") {
+        Ok(())
+    } else {
+        Err(ProxyError::Redirect {
+            target: redact(target),
+            reason: RedirectRefusal::Scheme,
+        })
     }
 }
 
@@ -118,39 +93,12 @@ fn is_private(ip: IpAddr) -> bool {
 mod tests {
     use super::*;
 
-    // Pins the SSRF guard's address classes.
+    // Pins that only http(s) redirect targets are followed.
     #[test]
-    fn private_addresses_are_recognised() {
-        for ip in [
-            "127.0.0.1",
-            "10.1.2.3",
-            "192.168.1.1",
-            "172.16.0.1",
-            "169.254.169.254",
-            "100.64.0.1",
-            "::1",
-            "fd00::1",
-            "fe80::1",
-            "::ffff:127.0.0.1",
-            "0.0.0.0",
-        ] {
-            assert!(is_private(ip.parse().unwrap()), "{ip}");
+    fn only_http_targets() {
+        assert!(check_redirect_target(&Url::parse("https://cdn.example/blob").unwrap()).is_ok());
+        for bad in ["file:///etc/passwd", "gopher://x/", "ftp://x/"] {
+            assert!(check_redirect_target(&Url::parse(bad).unwrap()).is_err(), "{bad}");
         }
-        for ip in ["8.8.8.8", "2606:4700::1111", "100.128.0.1"] {
-            assert!(!is_private(ip.parse().unwrap()), "{ip}");
-        }
-    }
-
-    // Pins that the SSRF guard refuses loopback targets unless the route opts in.
-    #[tokio::test]
-    async fn loopback_redirects_refused_by_default() {
-        let u = Url::parse("http://127.0.0.1:9/blob").unwrap();
-        assert!(check_redirect_target(&u, false).await.is_err());
-        assert!(check_redirect_target(&u, true).await.is_ok());
-        assert!(
-            check_redirect_target(&Url::parse("file:///etc/passwd").unwrap(), true)
-                .await
-                .is_err()
-        );
     }
 }

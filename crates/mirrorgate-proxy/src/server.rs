@@ -14,42 +14,54 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
-use mirrorgate_metrics::{RequestLabels, UNROUTED_LABEL};
+use mirrorgate_metrics::{Health, Metrics, RequestLabels, UNROUTED_LABEL};
 use mirrorgate_registry::RequestKind;
+use mirrorgate_tls::ACME_TLS_ALPN;
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::body::{empty, full, Completion, GatewayBody, Metered};
 use crate::context::{ConnInfo, RequestFacts};
 use crate::forward::serve;
+use crate::listener::{accept_loop, drain, drive, Activity, Busy, ConnectionCaps};
 use crate::runtime::Gateway;
 
-/// The largest request head accepted (h1 read buffer, h2 header list): registry requests have small heads;
-/// bigger ones get 431 instead of tying up memory. Above 64 KiB so that a request line longer than the URI limit
-/// (65534 bytes) still gets its precise 414.
-const MAX_HEAD_BYTES: usize = 128 * 1024;
+/// The largest request head accepted, in total (h1 read buffer, h2 header list): registry clients send a few
+/// KiB at most (a Bearer token with an `x5c` chain is under 4 KiB). Envoy's default is 60 KiB, nginx's 32 KiB.
+/// Bigger heads get 431 instead of tying up memory. hyper also bounds its h1 write buffer by this figure.
+const MAX_HEAD_BYTES: usize = 64 * 1024;
+/// URIs longer than this get a precise 414 (a longer one cannot fit in [`MAX_HEAD_BYTES`] and is a 431).
+const MAX_URI_BYTES: usize = 32 * 1024;
 /// A TLS handshake that takes longer than this is dropped (slow-handshake attacks hold sockets otherwise).
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Streams per h2 connection: enough for parallel layer pulls, bounded against stream floods.
 const MAX_H2_STREAMS: u32 = 128;
-/// The ALPN protocol of ACME TLS-ALPN-01 validation; such connections carry no HTTP.
-const ACME_TLS_ALPN: &[u8] = b"acme-tls/1";
+/// The plain-HTTP listener only redirects and answers ACME: a short head timeout and a short drain.
+const HTTP_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+const HTTP_DRAIN: Duration = Duration::from_secs(5);
+/// The admin listener: slow or stuck scrapers are dropped; open scrapes get a few seconds at exit.
+const ADMIN_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+const ADMIN_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+const ADMIN_DRAIN: Duration = Duration::from_secs(5);
 
 /// Answers ACME HTTP-01 challenges: token → key authorization.
 pub type Http01Responder = Arc<dyn Fn(&str) -> Option<String> + Send + Sync>;
 
-/// Serves the TLS listener until `shutdown`, then waits up to `grace` for open requests.
+/// Serves the TLS listener until `stop`, then waits up to `grace` for open requests. Connections past the
+/// caps in `caps` (shared with the plain-HTTP listener) are closed right after accept.
 pub async fn serve_https(
     listener: TcpListener,
     tls: Arc<rustls::ServerConfig>,
     gateway: Arc<Gateway>,
-    shutdown: CancellationToken,
+    caps: Arc<ConnectionCaps>,
+    stop: CancellationToken,
     grace: Duration,
 ) {
     let acceptor = TlsAcceptor::from(tls);
-    let graceful = GracefulShutdown::new();
+    let tracker = TaskTracker::new();
+    let draining = CancellationToken::new();
     let mut http = auto::Builder::new(TokioExecutor::new());
     let header_timeout = gateway.runtime().config.server.client_header_timeout;
     http.http1()
@@ -64,26 +76,18 @@ pub async fn serve_https(
         .keep_alive_interval(Some(Duration::from_secs(30)))
         .max_pending_accept_reset_streams(Some(64));
     let http = Arc::new(http);
-    loop {
-        let (tcp, peer) = tokio::select! {
-            () = shutdown.cancelled() => break,
-            accepted = listener.accept() => match accepted {
-                Ok(a) => a,
-                Err(e) => {
-                    // EMFILE and friends: back off instead of spinning.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
+    accept_loop(listener, "https", &stop, |tcp, peer| {
+        let Some(permit) = admit(&gateway, &caps, "https", peer) else {
+            return;
         };
         let _ = tcp.set_nodelay(true);
         let acceptor = acceptor.clone();
         let gateway = gateway.clone();
         let http = http.clone();
+        let draining = draining.clone();
         let conn_guard = gateway.metrics.connection_opened("https");
-        let watcher = graceful.watcher();
-        tokio::spawn(async move {
+        tracker.spawn(async move {
+            let _permit = permit;
             let _conn_guard = conn_guard;
             let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
                 Ok(Ok(tls)) => tls,
@@ -108,11 +112,22 @@ pub async fn serve_https(
                 peer,
                 sni: session.server_name().map(str::to_ascii_lowercase),
             });
-            let service = service_fn(move |req: Request<Incoming>| {
-                let gateway = gateway.clone();
-                let conn = conn.clone();
-                async move { Ok::<_, Infallible>(handle(&gateway, &conn, req).await) }
-            });
+            let idle_timeout = gateway.runtime().config.server.idle_timeout;
+            let activity = Activity::new();
+            let service = {
+                let activity = activity.clone();
+                service_fn(move |req: Request<Incoming>| {
+                    let gateway = gateway.clone();
+                    let conn = conn.clone();
+                    let busy = activity.busy();
+                    async move {
+                        if let Some(refused) = refuse_before_routing(&req) {
+                            return Ok::<_, Infallible>(refused);
+                        }
+                        Ok::<_, Infallible>(handle(&gateway, &conn, req, busy).await)
+                    }
+                })
+            };
             // hyper-util's auto server reads the first bytes to tell h1 from h2 before any header timer runs:
             // a client that completes TLS and then says nothing would hold the socket forever.
             let first_byte = Arc::new(AtomicBool::new(false));
@@ -120,35 +135,72 @@ pub async fn serve_https(
                 inner: tls,
                 seen: first_byte.clone(),
             };
-            let served = watcher.watch(
-                http.serve_connection(TokioIo::new(io), service)
-                    .into_owned(),
-            );
+            let served = async {
+                drive!(
+                    http.serve_connection(TokioIo::new(io), service),
+                    &activity,
+                    idle_timeout,
+                    &draining
+                )
+            };
             tokio::pin!(served);
             let result = tokio::select! {
-                r = &mut served => r,
+                r = &mut served => r.unwrap_or(Ok(())),
                 () = tokio::time::sleep(header_timeout) => {
                     if !first_byte.load(Ordering::Acquire) {
                         tracing::debug!(%peer, "no request after the TLS handshake; closing");
                         return;
                     }
-                    served.await
+                    served.await.unwrap_or(Ok(()))
                 }
             };
             if let Err(e) = result {
                 tracing::debug!(%peer, error = %e, "connection ended with an error");
             }
         });
-    }
-    drop(listener);
-    drain(graceful, grace).await;
+    })
+    .await;
+    drain(&tracker, &draining, "https", grace).await;
 }
 
-async fn drain(graceful: GracefulShutdown, grace: Duration) {
-    tokio::select! {
-        () = graceful.shutdown() => tracing::info!("all connections drained"),
-        () = tokio::time::sleep(grace) => tracing::warn!(?grace, "grace period over; closing remaining connections"),
+/// Counts a new public connection against the caps of the current config, or closes it (counted in
+/// `mirrorgate_connections_refused_total`). At accept time the TCP peer is the only address known.
+fn admit(
+    gateway: &Gateway,
+    caps: &Arc<ConnectionCaps>,
+    listener: &'static str,
+    peer: std::net::SocketAddr,
+) -> Option<crate::listener::ConnectionPermit> {
+    let runtime = gateway.runtime();
+    let server = &runtime.config.server;
+    match caps.admit(
+        peer.ip(),
+        server.max_connections,
+        server.max_connections_per_ip,
+    ) {
+        Ok(permit) => Some(permit),
+        Err(refusal) => {
+            gateway
+                .metrics
+                .connection_refused(listener, refusal.label());
+            tracing::debug!(%peer, listener, reason = refusal.label(), "connection cap reached; closing");
+            None
+        }
     }
+}
+
+/// Requests refused before any routing, on every listener: an over-long URI is 414 (a precise answer rather
+/// than the 431 of a head past [`MAX_HEAD_BYTES`]).
+///
+/// `Content-Length` together with `Transfer-Encoding` never gets here: hyper (1.12) drops the
+/// `Content-Length` in either order, decodes the body as chunked and closes the connection after the answer
+/// (RFC 9112 §6.3), so nothing can be smuggled behind it; conflicting lengths and bad chunking are its 400.
+fn refuse_before_routing<B>(req: &Request<B>) -> Option<Response<GatewayBody>> {
+    let uri_len = req.uri().path_and_query().map_or(0, |pq| pq.as_str().len());
+    if uri_len > MAX_URI_BYTES {
+        return Some(status_only(StatusCode::URI_TOO_LONG));
+    }
+    None
 }
 
 /// A connection's byte stream that notes when the first byte arrives (see the idle-after-handshake guard).
@@ -224,6 +276,7 @@ async fn handle(
     gateway: &Arc<Gateway>,
     conn: &ConnInfo,
     req: Request<Incoming>,
+    busy: Busy,
 ) -> Response<GatewayBody> {
     let started = Instant::now();
     let runtime = gateway.runtime();
@@ -287,6 +340,8 @@ async fn handle(
     let peer = conn.peer;
     let idle = Some(runtime.config.server.upstream_timeout);
     let on_done = Box::new(move |bytes: u64, completion: Completion| {
+        // The connection counts as busy until the answer is sent or abandoned (this closure runs or drops).
+        let _busy = busy;
         let elapsed = started.elapsed();
         let route = facts.route.as_deref().unwrap_or(UNROUTED_LABEL);
         let kind = metric_kind(facts.kind);
@@ -336,48 +391,94 @@ fn metric_kind(kind: Option<RequestKind>) -> mirrorgate_metrics::RequestKind {
 
 /// Serves the plain-HTTP listener: ACME HTTP-01 answers, and a 308 to https (path and query kept) for
 /// everything else. The https port is read from the current config, so moving the https listener on reload
-/// needs no restart here.
+/// needs no restart here. Its connections count against the same caps as the https listener's.
 pub async fn serve_http(
     listener: TcpListener,
     acme: Option<Http01Responder>,
     gateway: Arc<Gateway>,
-    shutdown: CancellationToken,
+    caps: Arc<ConnectionCaps>,
+    stop: CancellationToken,
 ) {
-    {
-        let graceful = GracefulShutdown::new();
-        let mut http = hyper::server::conn::http1::Builder::new();
-        http.timer(TokioTimer::new())
-            .header_read_timeout(Duration::from_secs(10));
-        loop {
-            let (tcp, _) = tokio::select! {
-                () = shutdown.cancelled() => break,
-                accepted = listener.accept() => match accepted {
-                    Ok(a) => a,
-                    Err(_) => {
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
-                },
-            };
-            let acme = acme.clone();
-            let guard = gateway.metrics.connection_opened("http");
-            let gw = gateway.clone();
-            let service = service_fn(move |req: Request<Incoming>| {
-                let acme = acme.clone();
+    let tracker = TaskTracker::new();
+    let draining = CancellationToken::new();
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(HTTP_HEADER_TIMEOUT)
+        .max_buf_size(MAX_HEAD_BYTES);
+    accept_loop(listener, "http", &stop, |tcp, peer| {
+        let Some(permit) = admit(&gateway, &caps, "http", peer) else {
+            return;
+        };
+        let acme = acme.clone();
+        let guard = gateway.metrics.connection_opened("http");
+        let gw = gateway.clone();
+        let activity = Activity::new();
+        let service = {
+            let activity = activity.clone();
+            service_fn(move |req: Request<Incoming>| {
+                let _busy = activity.busy();
                 let https_port = gw.runtime().config.server.https.port();
-                async move {
-                    Ok::<_, Infallible>(redirect_or_challenge(&req, https_port, acme.as_ref()))
-                }
-            });
-            let conn = http.serve_connection(TokioIo::new(tcp), service);
-            let watched = graceful.watch(conn);
-            tokio::spawn(async move {
-                let _guard = guard;
-                let _ = watched.await;
-            });
-        }
-        drain(graceful, Duration::from_secs(5)).await;
+                let response = refuse_before_routing(&req)
+                    .unwrap_or_else(|| redirect_or_challenge(&req, https_port, acme.as_ref()));
+                async move { Ok::<_, Infallible>(response) }
+            })
+        };
+        let conn = http.serve_connection(TokioIo::new(tcp), service);
+        let idle_timeout = gateway.runtime().config.server.idle_timeout;
+        let draining = draining.clone();
+        tracker.spawn(async move {
+            let _permit = permit;
+            let _guard = guard;
+            let _ = drive!(conn, &activity, idle_timeout, &draining);
+        });
+    })
+    .await;
+    drain(&tracker, &draining, "http", HTTP_DRAIN).await;
+}
+
+/// Serves the admin pages (`/metrics`, `/healthz`, `/readyz`, see `mirrorgate_metrics::admin_response`) until
+/// `stop`. Not counted against the connection caps, so probes are answered while the public listeners are
+/// full; the binary stops it only after the public listeners have drained, so `/readyz` says 503 during the
+/// drain instead of refusing connections.
+pub async fn serve_admin(
+    listener: TcpListener,
+    metrics: Arc<Metrics>,
+    health: Arc<Health>,
+    stop: CancellationToken,
+) {
+    let tracker = TaskTracker::new();
+    let draining = CancellationToken::new();
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(ADMIN_HEADER_TIMEOUT)
+        .keep_alive(true);
+    if let Ok(addr) = listener.local_addr() {
+        tracing::info!(%addr, "admin listener serving /metrics /healthz /readyz");
     }
+    accept_loop(listener, "admin", &stop, |tcp, peer| {
+        let guard = metrics.connection_opened("admin");
+        let activity = Activity::new();
+        let service = {
+            let metrics = Arc::clone(&metrics);
+            let health = Arc::clone(&health);
+            let activity = activity.clone();
+            service_fn(move |req| {
+                let _busy = activity.busy();
+                let response = mirrorgate_metrics::admin_response(&req, &metrics, &health);
+                async move { Ok::<_, Infallible>(response) }
+            })
+        };
+        let conn = http.serve_connection(TokioIo::new(tcp), service);
+        let draining = draining.clone();
+        tracker.spawn(async move {
+            let _guard = guard;
+            if let Some(Err(error)) = drive!(conn, &activity, ADMIN_IDLE_TIMEOUT, &draining) {
+                tracing::debug!(%peer, %error, "admin connection ended with an error");
+            }
+        });
+    })
+    .await;
+    drain(&tracker, &draining, "admin", ADMIN_DRAIN).await;
 }
 
 fn redirect_or_challenge<B>(

@@ -18,15 +18,26 @@ use rustls_pki_types::CertificateDer;
 use url::Url;
 
 use crate::body::GatewayBody;
+use crate::connect::{PublicOnlyConnector, PublicOnlyResolver, SystemLookup};
 use crate::error::ProxyError;
 
 /// How long an endpoint that failed is skipped (unless every endpoint is down, then it is tried anyway).
 const DOWN_FOR: Duration = Duration::from_secs(10);
 
-/// A pooled HTTP client for upstream requests.
+/// The largest read buffer of an upstream HTTP/1.1 connection. hyper's default grows adaptively to ~400 KiB,
+/// and every byte of it is held per stream while a slow client reads: 64 KiB keeps throughput (it is several
+/// TLS records per read) and bounds memory per slow reader.
+const UPSTREAM_READ_BUF: usize = 64 * 1024;
+
+/// Pooled HTTP clients for upstream requests, sharing one TLS config: `configured` for the upstreams and
+/// endpoints written in the config (trusted as written, loopback and private addresses included), `untrusted`
+/// for URLs learned at run time (redirect targets, token realms), which never connects to a loopback, private
+/// or link-local address (checked at connect time, see `connect`). Two pools, so a connection opened for a
+/// configured endpoint is never reused for an untrusted URL naming the same authority.
 #[derive(Clone)]
 pub struct UpstreamClient {
     client: Client<HttpsConnector<HttpConnector>, GatewayBody>,
+    untrusted: Client<HttpsConnector<PublicOnlyConnector>, GatewayBody>,
 }
 
 impl UpstreamClient {
@@ -65,29 +76,63 @@ impl UpstreamClient {
         .with_root_certificates(roots)
         .with_no_client_auth();
         let mut http = HttpConnector::new();
-        http.enforce_http(false);
-        http.set_connect_timeout(Some(connect_timeout));
-        http.set_nodelay(true);
-        http.set_keepalive(Some(Duration::from_secs(60)));
+        configure(&mut http, connect_timeout);
+        let mut guarded =
+            HttpConnector::new_with_resolver(PublicOnlyResolver::new(Arc::new(SystemLookup)));
+        configure(&mut guarded, connect_timeout);
         let https = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_tls_config(tls)
+            .with_tls_config(tls.clone())
             .https_or_http()
             .enable_all_versions()
             .wrap_connector(http);
-        let client = Client::builder(TokioExecutor::new())
+        let guarded = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_or_http()
+            .enable_all_versions()
+            .wrap_connector(PublicOnlyConnector::new(guarded));
+        let mut builder = Client::builder(TokioExecutor::new());
+        builder
             .pool_idle_timeout(Duration::from_secs(90))
             .pool_max_idle_per_host(64)
-            .build(https);
-        Ok(UpstreamClient { client })
+            .http1_max_buf_size(UPSTREAM_READ_BUF);
+        Ok(UpstreamClient {
+            client: builder.build(https),
+            untrusted: builder.build(guarded),
+        })
     }
 
-    /// Sends one request; the caller owns timeouts (they differ between headers and body).
+    /// Sends one request to a configured upstream or endpoint; the caller owns timeouts (they differ between
+    /// headers and body).
     pub async fn send(
         &self,
         req: Request<GatewayBody>,
     ) -> Result<http::Response<Incoming>, hyper_util::client::legacy::Error> {
         self.client.request(req).await
     }
+
+    /// Sends one request to a URL the config did not name (a redirect target, a token realm from a challenge).
+    /// Unless `allow_private` (the route's `danger_allow_private_redirects`), a destination that is or resolves
+    /// to a loopback, private or link-local address fails without a connection;
+    /// [`crate::connect::refused_by_guard`] tells that failure apart.
+    pub async fn send_untrusted(
+        &self,
+        req: Request<GatewayBody>,
+        allow_private: bool,
+    ) -> Result<http::Response<Incoming>, hyper_util::client::legacy::Error> {
+        if allow_private {
+            self.client.request(req).await
+        } else {
+            self.untrusted.request(req).await
+        }
+    }
+}
+
+/// The socket settings both connectors share.
+fn configure<R>(http: &mut HttpConnector<R>, connect_timeout: Duration) {
+    http.enforce_http(false);
+    http.set_connect_timeout(Some(connect_timeout));
+    http.set_nodelay(true);
+    http.set_keepalive(Some(Duration::from_secs(60)));
 }
 
 /// One place requests can be sent: a backend cache or the upstream registry itself.

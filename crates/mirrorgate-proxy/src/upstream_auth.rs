@@ -54,6 +54,16 @@ pub enum TokenFetchError {
 }
 
 impl Attempt<'_> {
+    /// The server-side credentials this try may use: the endpoint's own, except for requests that must never
+    /// carry them (the catalog: it lists every repository the account can see).
+    fn credentials(&self) -> Option<&Credentials> {
+        if self.with_credentials {
+            self.endpoint.credentials.as_ref()
+        } else {
+            None
+        }
+    }
+
     /// Sends the request, doing the token dance on a 401: learn the challenge, fetch (or reuse) the token, and
     /// retry once. Later requests to the same origin attach the cached token up front.
     pub async fn send_with_auth(
@@ -90,7 +100,7 @@ impl Attempt<'_> {
         gw.schemes.insert(endpoint.origin.clone(), scheme.clone());
         // A 401 despite a token we sent means the cached token went stale (revoked, clock skew): fetch anew.
         if let (Some(_), UpstreamAuthScheme::Bearer { .. }) = (&auth, &scheme) {
-            if let Some(key) = token_key(endpoint, &scheme, self.scope) {
+            if let Some(key) = token_key(endpoint, self.credentials(), &scheme, self.scope) {
                 gw.tokens.invalidate(&key);
             }
         }
@@ -108,14 +118,14 @@ impl Attempt<'_> {
         scheme: &UpstreamAuthScheme,
     ) -> Result<Option<HeaderValue>, ProxyError> {
         let (ctx, endpoint) = (self.ctx, self.endpoint);
-        let creds = endpoint.credentials.as_ref();
+        let creds = self.credentials();
         let (realm, service) = match scheme {
             UpstreamAuthScheme::Basic => {
                 return Ok(creds.and_then(|c| basic(&c.username, c.password.expose())))
             }
             UpstreamAuthScheme::Bearer { realm, service } => (realm, service),
         };
-        let Some(key) = token_key(endpoint, scheme, self.scope) else {
+        let Some(key) = token_key(endpoint, creds, scheme, self.scope) else {
             return Ok(None);
         };
         let scopes: Vec<String> = self.scope.map(str::to_string).into_iter().collect();
@@ -127,10 +137,17 @@ impl Attempt<'_> {
             .upstream_timeout
             .min(MAX_TOKEN_DEADLINE);
         let label = &ctx.route.label;
+        // The realm comes from the upstream's answer, not from the config: a realm on a private address is
+        // reached only on the upstream's own host or when the route allows private targets, so a hostile
+        // upstream cannot point our credentials at an internal service.
+        let allow_private = ctx.route.config.danger_allow_private_redirects
+            || realm.host_str() == endpoint.url.host_str();
         let fetched = ctx
             .gw
             .tokens
-            .get_or_fetch(&key, || fetch_token(ctx, url, creds, deadline))
+            .get_or_fetch(&key, || {
+                fetch_token(ctx, url, creds, deadline, allow_private)
+            })
             .await;
         match fetched {
             Ok((token, outcome)) => {
@@ -152,10 +169,12 @@ impl Attempt<'_> {
     }
 }
 
-/// The token cache key of a request to `endpoint`; `None` unless the scheme is Bearer. The credential id names
-/// the credential by user and upstream origin (never the password), so two upstreams' tokens never mix.
-pub fn token_key(
+/// The token cache key of a request to `endpoint` with `creds`; `None` unless the scheme is Bearer. The
+/// credential id names the credential by user and upstream origin (never the password), so two upstreams'
+/// tokens never mix.
+fn token_key(
     endpoint: &Endpoint,
+    creds: Option<&Credentials>,
     scheme: &UpstreamAuthScheme,
     scope: Option<&str>,
 ) -> Option<TokenKey> {
@@ -166,10 +185,7 @@ pub fn token_key(
         realm: realm.to_string(),
         service: service.clone(),
         scope: scope.unwrap_or_default().to_string(),
-        credential_id: endpoint
-            .credentials
-            .as_ref()
-            .map(|c| format!("{}@{}", c.username, endpoint.origin)),
+        credential_id: creds.map(|c| format!("{}@{}", c.username, endpoint.origin)),
     })
 }
 
@@ -188,6 +204,7 @@ async fn fetch_token(
     url: Url,
     creds: Option<&Credentials>,
     deadline: Duration,
+    allow_private: bool,
 ) -> Result<UpstreamToken, TokenFetchError> {
     let mut req = Request::builder().method(Method::GET).uri(url.as_str());
     if let (Some(h), Some(c)) = (req.headers_mut(), creds) {
@@ -202,7 +219,7 @@ async fn fetch_token(
         let resp = ctx
             .route
             .client
-            .send(req)
+            .send_untrusted(req, allow_private)
             .await
             .map_err(|e| TokenFetchError::Send(Arc::new(e)))?;
         let status = resp.status();

@@ -3,6 +3,7 @@
 
 mod check;
 mod client_config;
+mod fds;
 mod htpasswd_cmd;
 mod run;
 mod telemetry;

@@ -16,7 +16,7 @@ use tokio::net::TcpListener;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio_util::sync::CancellationToken;
 
-use crate::{check, telemetry, tls_setup};
+use crate::{check, fds, telemetry, tls_setup};
 
 /// How often the htpasswd file is checked (new users work, removed users stop, within this).
 const HTPASSWD_POLL: Duration = Duration::from_secs(2);
@@ -68,6 +68,7 @@ pub fn main(path: &Path) -> ExitCode {
     };
     telemetry::init(checked.config.server.log_format);
     log_warnings(&checked.warnings);
+    let nofile = fds::raise_nofile_limit();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -78,7 +79,7 @@ pub fn main(path: &Path) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(serve(path.to_path_buf(), checked)) {
+    match runtime.block_on(serve(path.to_path_buf(), checked, nofile)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("mirrorgate: {e:#}");
@@ -87,7 +88,7 @@ pub fn main(path: &Path) -> ExitCode {
     }
 }
 
-async fn serve(path: PathBuf, checked: check::Checked) -> anyhow::Result<()> {
+async fn serve(path: PathBuf, checked: check::Checked, nofile: Option<u64>) -> anyhow::Result<()> {
     let check::Checked {
         config, runtime, ..
     } = checked;
@@ -136,6 +137,7 @@ async fn serve(path: PathBuf, checked: check::Checked) -> anyhow::Result<()> {
         health: health.clone(),
         tls_config: tls.server_config.clone(),
         http01: tls.http01_responder(),
+        caps: mirrorgate_proxy::ConnectionCaps::new(nofile),
     };
     let mut listeners = Listeners::new(shutdown.clone());
     listeners.apply(&config.server, &spawner).await?;
@@ -188,6 +190,7 @@ async fn serve(path: PathBuf, checked: check::Checked) -> anyhow::Result<()> {
     );
     health.set_draining(true);
     shutdown.cancel();
+    // The admin listener outlives the drain: probes see 503 and /metrics stays scrapeable until exit.
     server.listeners.join().await;
     Ok(())
 }
@@ -259,6 +262,8 @@ struct Spawner {
     health: Arc<Health>,
     tls_config: Arc<rustls::ServerConfig>,
     http01: mirrorgate_proxy::Http01Responder,
+    /// Open connections of the https and http listeners, against `max_connections(_per_ip)`.
+    caps: Arc<mirrorgate_proxy::ConnectionCaps>,
 }
 
 /// One running listener: its address and the token that stops its accept loop (its open connections then
@@ -269,13 +274,16 @@ struct Running {
 }
 
 /// The https, http and admin listeners, moved to new addresses on reload without a gap: the new socket is
-/// bound (and serving) before the old one stops accepting.
+/// bound (and serving) before the old one stops accepting. The admin listener hangs off its own token, so
+/// it keeps answering while the public listeners drain after `shutdown`.
 struct Listeners {
     https: Option<Running>,
     http: Option<Running>,
     admin: Option<Running>,
     tasks: tokio::task::JoinSet<()>,
+    admin_tasks: tokio::task::JoinSet<()>,
     shutdown: CancellationToken,
+    admin_shutdown: CancellationToken,
 }
 
 #[derive(Clone, Copy)]
@@ -292,7 +300,9 @@ impl Listeners {
             http: None,
             admin: None,
             tasks: tokio::task::JoinSet::new(),
+            admin_tasks: tokio::task::JoinSet::new(),
             shutdown,
+            admin_shutdown: CancellationToken::new(),
         }
     }
 
@@ -315,7 +325,10 @@ impl Listeners {
             }
         }
         for (kind, addr, listener) in bound {
-            let stop = self.shutdown.child_token();
+            let stop = match kind {
+                Kind::Admin => self.admin_shutdown.child_token(),
+                Kind::Https | Kind::Http => self.shutdown.child_token(),
+            };
             self.spawn(kind, listener, stop.clone(), spawner, server.shutdown_grace);
             if let Some(old) = self.slot(kind).replace(Running { addr, stop }) {
                 tracing::info!(from = %old.addr, to = %addr, "listener moved");
@@ -354,6 +367,7 @@ impl Listeners {
                 listener,
                 s.tls_config.clone(),
                 s.gateway.clone(),
+                s.caps.clone(),
                 stop,
                 grace,
             )),
@@ -361,9 +375,10 @@ impl Listeners {
                 listener,
                 Some(s.http01.clone()),
                 s.gateway.clone(),
+                s.caps.clone(),
                 stop,
             )),
-            Kind::Admin => self.tasks.spawn(mirrorgate_metrics::serve_admin(
+            Kind::Admin => self.admin_tasks.spawn(mirrorgate_proxy::serve_admin(
                 listener,
                 s.metrics.clone(),
                 s.health.clone(),
@@ -372,9 +387,12 @@ impl Listeners {
         };
     }
 
-    /// Waits for every listener task (after shutdown: until their connections drained or the grace ran out).
+    /// Waits for the public listener tasks (after shutdown: until their connections drained or the grace ran
+    /// out), then stops the admin listener and waits for it.
     async fn join(mut self) {
         while self.tasks.join_next().await.is_some() {}
+        self.admin_shutdown.cancel();
+        while self.admin_tasks.join_next().await.is_some() {}
     }
 }
 

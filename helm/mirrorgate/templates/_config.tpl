@@ -16,7 +16,7 @@ https = {{ printf "%s:%d" $bindFmt (int .Values.ports.https) | toJson }}
 http = {{ printf "%s:%d" $bindFmt (int .Values.ports.http) | toJson }}
 {{- end }}
 admin = {{ printf "%s:%d" $bindFmt (int .Values.ports.admin) | toJson }}
-{{- include "mirrorgate.tomlKeys" (dict "v" .Values.server "at" "server" "keys" (list "trusted_proxies" "hsts" "upstream_timeout" "connect_timeout" "client_header_timeout" "shutdown_grace" "log_format" "metrics_user_labels") "chartKeys" (list "bindAddress")) }}
+{{- include "mirrorgate.tomlKeys" (dict "v" .Values.server "at" "server" "keys" (list "trusted_proxies" "hsts" "upstream_timeout" "connect_timeout" "client_header_timeout" "shutdown_grace" "log_format" "metrics_user_labels" "idle_timeout" "max_connections" "max_connections_per_ip" "allow_missing_sni") "chartKeys" (list "bindAddress")) }}
 
 [tls]
 storage = {{ printf "%s/certs" (include "mirrorgate.stateDir" .) | toJson }}

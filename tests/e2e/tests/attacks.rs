@@ -962,7 +962,7 @@ fn crlf_injection_never_reaches_the_upstream() {
 }
 
 // 6. Oversized heads: more headers than the parser allows is 431, a head beyond the read buffer is 431 (or a
-//    close), a 100 KiB URI is 414, and none of them reaches the upstream; the gateway serves afterwards.
+//    close), a 40 KiB URI is 414 and a 100 KiB one 431, and none of them reaches the upstream; the gateway serves afterwards.
 #[test]
 fn oversized_heads_are_refused_and_the_gateway_keeps_serving() {
     let s = stage("atk-big");
@@ -997,14 +997,23 @@ fn oversized_heads_are_refused_and_the_gateway_keeps_serving() {
         out.status()
     );
 
-    let long_path = format!("/v2/library/big/manifests/{}", "a".repeat(100 * 1024));
+    // a URI that fits the 64 KiB head gets a precise 414; a 100 KiB one is a head too large (431)
+    let long_path = format!("/v2/library/big/manifests/{}", "a".repeat(40 * 1024));
     let out = s.raw(
         "docker.test",
         s.head(&format!("GET {long_path} HTTP/1.1"), &[], false)
             .as_bytes(),
         Duration::from_secs(10),
     );
-    assert_eq!(out.status(), Some(414), "100 KiB URI: {}", out.text());
+    assert_eq!(out.status(), Some(414), "40 KiB URI: {}", out.text());
+    let longer_path = format!("/v2/library/big/manifests/{}", "a".repeat(100 * 1024));
+    let out = s.raw(
+        "docker.test",
+        s.head(&format!("GET {longer_path} HTTP/1.1"), &[], false)
+            .as_bytes(),
+        Duration::from_secs(10),
+    );
+    assert_eq!(out.status(), Some(431), "100 KiB URI: {}", out.text());
     assert_eq!(
         up.count("/library/big/"),
         0,

@@ -743,3 +743,46 @@ fn config_deleted_keeps_serving_then_recreated_is_picked_up() {
         gw.log().get(log_before..).unwrap_or_default()
     );
 }
+
+// ---------------------------------------------------------------------------------------------------------
+// Issue 22.3: the admin listener through a drain.
+
+// SIGTERM with a request in flight (an upstream that never answers holds the drain open for the grace): the
+// admin listener keeps serving — /readyz turns 503 "shutting down", /metrics still 200 — until the process
+// exits, instead of refusing connections the moment draining starts.
+#[test]
+fn readyz_turns_503_during_the_drain_and_metrics_stay_up() {
+    let s = stage("fault-drain-admin");
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let silent_url = format!("http://127.0.0.1:{}", silent.local_addr().unwrap().port());
+    let mut gw = s.gateway_with(
+        "shutdown_grace = \"6s\"\nupstream_timeout = \"60s\"",
+        &route("docker.test", &silent_url, &[]),
+    );
+    let req = s.get("docker.test", "/v2/library/held/manifests/latest");
+    let http = s.http.clone();
+    let in_flight = std::thread::spawn(move || http.send(&req).map(|r| r.status));
+    // the request is in flight once the silent upstream has its connection
+    let (_held, _) = silent.accept().unwrap();
+    gw.terminate().unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    let admin = s.ports.admin;
+    let ask = |path: &str| {
+        s.http.send(&mirrorgate_e2e::RawRequest::plain(
+            admin,
+            &format!("127.0.0.1:{admin}"),
+            path,
+        ))
+    };
+    let ready = ask("/readyz").expect("/readyz refused during the drain");
+    assert_eq!(ready.status, 503, "{}", ready.text());
+    assert!(ready.text().contains("shutting down"), "{}", ready.text());
+    let scraped = ask("/metrics").expect("/metrics refused during the drain");
+    assert_eq!(scraped.status, 200);
+    gw.wait_exit(Duration::from_secs(30)).unwrap();
+    let _ = in_flight.join();
+    assert!(
+        std::net::TcpStream::connect(("127.0.0.1", admin)).is_err(),
+        "admin still listening after exit"
+    );
+}

@@ -26,6 +26,35 @@ fn minimal_config_gets_documented_defaults() {
     assert_eq!(c.tls.storage, dir.path().join("certs"));
     assert_eq!(c.routes[0].blob_redirects, BlobRedirects::Follow);
     assert!(c.limits.redis_fail_open);
+    assert_eq!(c.server.idle_timeout, Duration::from_secs(60));
+    assert_eq!(c.server.max_connections, 20_000);
+    assert_eq!(c.server.max_connections_per_ip, 256);
+    assert!(!c.server.allow_missing_sni);
+}
+
+// Pins the connection keys of `[server]`: values reach the validated type, zero caps are refused with the key.
+#[test]
+fn connection_keys_are_validated() {
+    let dir = tempfile::tempdir().unwrap();
+    let with = |lines: &str| MINIMAL.replacen("[server]\n", &format!("[server]\n{lines}\n"), 1);
+    let c = parse_in(
+        dir.path(),
+        &with("idle_timeout = \"5s\"\nmax_connections = 100\nmax_connections_per_ip = 3\nallow_missing_sni = true"),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(c.server.idle_timeout, Duration::from_secs(5));
+    assert_eq!(c.server.max_connections, 100);
+    assert_eq!(c.server.max_connections_per_ip, 3);
+    assert!(c.server.allow_missing_sni);
+    let e = parse_in(
+        dir.path(),
+        &with("max_connections_per_ip = 0\nidle_timeout = \"0s\""),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("server.max_connections_per_ip"), "{e}");
+    assert!(e.contains("server.idle_timeout"), "{e}");
+    assert!(parse_in(dir.path(), &with("max_connections = -1")).is_err());
 }
 
 // Pins that the full example of config.md is accepted, so the contract document stays true.
@@ -50,6 +79,10 @@ admin = "127.0.0.1:9090"
 trusted_proxies = ["10.0.0.0/8"]
 hsts = "max-age=31536000"
 upstream_timeout = "600s"
+idle_timeout = "60s"
+max_connections = 20000
+max_connections_per_ip = 256
+allow_missing_sni = false
 
 [tls]
 storage = "certs"
