@@ -40,6 +40,6 @@ pub use rewrite::{
 };
 pub use scope::{Action, Scope};
 pub use token::{
-    token_request_url, CacheOutcome, TokenCache, TokenCacheStats, TokenKey, TokenResponse,
-    UpstreamToken,
+    token_request_url, CacheOutcome, TokenCache, TokenCacheStats, TokenDeadline, TokenKey,
+    TokenResponse, UpstreamToken,
 };

@@ -5,6 +5,7 @@ mod check;
 mod client_config;
 mod htpasswd_cmd;
 mod run;
+mod storage_check;
 mod telemetry;
 mod tls_setup;
 
