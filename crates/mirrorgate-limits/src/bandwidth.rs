@@ -268,7 +268,7 @@ mod tests {
         tenants.insert(
             Arc::from("slow"),
             TenantLimits {
-                bytes_per_second: Some(2 * MIB),
+                bytes_per_second: std::num::NonZeroU64::new(2 * MIB),
                 ..TenantLimits::default()
             },
         );

@@ -16,6 +16,7 @@ mod clock;
 mod decision;
 mod error;
 mod limiter;
+mod script;
 mod shared;
 mod spec;
 

@@ -8,9 +8,9 @@
 
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::num::NonZeroU32;
+use std::num::{NonZeroU32, NonZeroU64};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use dashmap::DashMap;
@@ -25,12 +25,13 @@ use http::HeaderMap;
 use crate::bandwidth::ByteBucket;
 use crate::clock::TimeSource;
 use crate::decision::{LimitKind, LimitScope, Limited, RateInfo};
-use crate::shared::{AdmitError, RateArgs, Shared, SharedPermit, SharedRequest};
-use crate::spec::{nonzero_rate, AnonymousLimits, LimitsSpec, TenantLimits};
+use crate::script::{InflightArgs, QuotaArgs, RateArgs, SharedRequest};
+use crate::shared::{AdmitError, Shared, SharedPermit};
+use crate::spec::{AnonymousLimits, LimitsSpec, TenantLimits};
 use crate::LimitsError;
 
 /// Housekeeping (evicting idle keys) runs inline every this many checks, so memory stays bounded
-/// even when nobody calls [`Limiter::housekeep`] or [`Limiter::spawn_housekeeping`].
+/// even when nobody calls [`Limiter::housekeep`] (the binary calls it on a timer and exports the key counts).
 const HOUSEKEEP_EVERY: u64 = 8192;
 
 /// A concurrency refusal has no exact retry time; one second is a polite back-off.
@@ -324,9 +325,9 @@ struct BucketMap<K: std::hash::Hash + Eq> {
 }
 
 impl<K: std::hash::Hash + Eq + Clone> BucketMap<K> {
-    fn new(rate: Option<u64>) -> Option<Self> {
-        nonzero_rate(rate).map(|rate| Self {
-            rate,
+    fn new(rate: Option<NonZeroU64>) -> Option<Self> {
+        rate.map(|rate| Self {
+            rate: rate.get(),
             buckets: DashMap::new(),
         })
     }
@@ -380,11 +381,12 @@ impl TenantState {
                 .tenant_concurrent_requests
                 .map(|max| (max.get(), Arc::default())),
             users_bytes: BucketMap::new(spec.bytes_per_second),
-            total_bytes: nonzero_rate(spec.tenant_bytes_per_second)
-                .map(|rate| Arc::new(ByteBucket::new(rate))),
+            total_bytes: spec
+                .tenant_bytes_per_second
+                .map(|rate| Arc::new(ByteBucket::new(rate.get()))),
             quota: spec.bytes_per_day.map(|limit| {
                 Arc::new(DailyQuota {
-                    limit,
+                    limit: limit.get(),
                     clock: clock.clone(),
                     today: Mutex::new((clock.utc_day(), 0)),
                     unflushed: AtomicU64::new(0),
@@ -398,6 +400,7 @@ impl TenantState {
 
 struct AnonState {
     ip_rate: Option<Rate<KeyedLimiter<IpAddr>>>,
+    ip_inflight: Option<ConcurrencyMap<IpAddr>>,
     ip_bytes: Option<BucketMap<IpAddr>>,
 }
 
@@ -405,6 +408,10 @@ impl AnonState {
     fn new(spec: &AnonymousLimits, clock: &TimeSource) -> Self {
         Self {
             ip_rate: keyed(spec.requests_per_second, spec.burst, clock),
+            ip_inflight: spec.concurrent_requests.map(|max| ConcurrencyMap {
+                max: max.get(),
+                counters: DashMap::new(),
+            }),
             ip_bytes: BucketMap::new(spec.bytes_per_second),
         }
     }
@@ -524,6 +531,12 @@ impl Limiter {
 
     fn check_anonymous(&self, ip: IpAddr) -> Result<Admission, Limited> {
         let mut admission = Admission::default();
+        if let Some(inflight) = &self.anonymous.ip_inflight {
+            let permit = inflight
+                .acquire(&ip)
+                .ok_or_else(|| concurrency_limited(LimitScope::Ip, inflight.max))?;
+            admission.permits.push(permit);
+        }
         if let Some(rate) = &self.anonymous.ip_rate {
             admission.rate = Some(self.outcome(rate.limiter.check_key(&ip), LimitScope::Ip)?);
         }
@@ -606,9 +619,15 @@ impl Limiter {
         let mut request = SharedRequest::default();
         match &subject.class {
             SubjectClass::Anonymous => {
-                let rate = self.anonymous.ip_rate.as_ref()?;
-                request.first_rate =
-                    Some(rate.args(format!("rate:ip:{}", subject.ip), LimitScope::Ip));
+                let ip = subject.ip;
+                request.first_rate = (self.anonymous.ip_rate.as_ref())
+                    .map(|r| r.args(format!("rate:ip:{ip}"), LimitScope::Ip));
+                request.first_inflight =
+                    (self.anonymous.ip_inflight.as_ref()).map(|c| InflightArgs {
+                        key: format!("conc:ip:{ip}"),
+                        max: c.max,
+                        scope: LimitScope::Ip,
+                    });
             }
             SubjectClass::Tenant(name) => {
                 let tenant = self.tenants.get(name)?;
@@ -621,21 +640,22 @@ impl Limiter {
                     .total_rate
                     .as_ref()
                     .map(|r| r.args(format!("rate:{name}"), LimitScope::Tenant));
-                request.user_inflight = tenant
-                    .users_inflight
-                    .as_ref()
-                    .map(|c| (format!("conc:{name}:{user}"), c.max));
-                request.tenant_inflight = tenant
-                    .total_inflight
-                    .as_ref()
-                    .map(|(max, _)| (format!("conc:{name}"), *max));
-                request.quota = tenant.quota.as_ref().map(|q| {
-                    (
-                        format!("quota:{name}:{}", self.clock.utc_day()),
-                        q.limit(),
-                        q.unflushed.load(Ordering::Relaxed),
-                        self.clock.until_utc_midnight(),
-                    )
+                request.first_inflight = tenant.users_inflight.as_ref().map(|c| InflightArgs {
+                    key: format!("conc:{name}:{user}"),
+                    max: c.max,
+                    scope: LimitScope::User,
+                });
+                request.tenant_inflight =
+                    tenant.total_inflight.as_ref().map(|(max, _)| InflightArgs {
+                        key: format!("conc:{name}"),
+                        max: *max,
+                        scope: LimitScope::Tenant,
+                    });
+                request.quota = tenant.quota.as_ref().map(|q| QuotaArgs {
+                    key: format!("quota:{name}:{}", self.clock.utc_day()),
+                    limit: q.limit(),
+                    unflushed: q.unflushed.load(Ordering::Relaxed),
+                    until_midnight: self.clock.until_utc_midnight(),
                 });
             }
         }
@@ -644,7 +664,7 @@ impl Limiter {
 
     /// Evicts keys whose state equals a fresh one (rate limiters past their burst window, idle
     /// concurrency counters, full and unused bandwidth buckets) and gives the memory back. Runs
-    /// inline every 8192 checks; [`Limiter::spawn_housekeeping`] runs it on a timer instead.
+    /// inline every 8192 checks; the binary also runs it on a timer, with the current limiter of each reload.
     pub fn housekeep(&self) {
         if self.housekeeping.swap(true, Ordering::AcqRel) {
             return; // another thread is at it
@@ -665,27 +685,13 @@ impl Limiter {
             rate.limiter.retain_recent();
             rate.limiter.shrink_to_fit();
         }
+        if let Some(inflight) = &self.anonymous.ip_inflight {
+            inflight.evict_idle();
+        }
         if let Some(bytes) = &self.anonymous.ip_bytes {
             bytes.evict_idle();
         }
         self.housekeeping.store(false, Ordering::Release);
-    }
-
-    /// Runs [`Limiter::housekeep`] every `every` until the limiter is dropped.
-    pub fn spawn_housekeeping(self: &Arc<Self>, every: Duration) -> tokio::task::JoinHandle<()> {
-        let weak: Weak<Self> = Arc::downgrade(self);
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(every);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            tick.tick().await;
-            loop {
-                tick.tick().await;
-                let Some(limiter) = weak.upgrade() else {
-                    return;
-                };
-                limiter.housekeep();
-            }
-        })
     }
 
     /// Keys currently held, for metrics.
@@ -699,6 +705,11 @@ impl Limiter {
                 .map_or(0, |c| c.counters.len());
             counts.byte_buckets += tenant.users_bytes.as_ref().map_or(0, |b| b.buckets.len());
         }
+        counts.concurrency += self
+            .anonymous
+            .ip_inflight
+            .as_ref()
+            .map_or(0, |c| c.counters.len());
         counts.ip_rate = self
             .anonymous
             .ip_rate
@@ -894,7 +905,7 @@ mod tests {
     fn quota_exhausts_and_rolls_over_at_utc_midnight() {
         let clock = TimeSource::manual(Duration::from_secs(19_723 * 86_400 + 86_400 - 60));
         let limits = TenantLimits {
-            bytes_per_day: Some(1000),
+            bytes_per_day: NonZeroU64::new(1000),
             ..TenantLimits::default()
         };
         let limiter = tenant_limiter(limits, &clock);
@@ -925,7 +936,8 @@ mod tests {
             anonymous: AnonymousLimits {
                 requests_per_second: nz(10),
                 burst: nz(20),
-                bytes_per_second: Some(1 << 20),
+                bytes_per_second: NonZeroU64::new(1 << 20),
+                concurrent_requests: None,
             },
             ..LimitsSpec::default()
         };
@@ -955,6 +967,7 @@ mod tests {
                 requests_per_second: nz(1),
                 burst: nz(1),
                 bytes_per_second: None,
+                concurrent_requests: None,
             },
             ..LimitsSpec::default()
         };
@@ -964,5 +977,30 @@ mod tests {
         assert_eq!(refused.scope, LimitScope::Ip);
         assert_eq!(refused.retry_after, Duration::from_secs(1));
         limiter.check_local(&Subject::anonymous(ip(2))).unwrap();
+    }
+
+    // Pins `[limits] concurrent_requests`: each anonymous source IP holds at most that many requests in
+    // flight (refused with scope `ip`), a finished request gives its slot back, and other IPs are unaffected.
+    #[test]
+    fn anonymous_concurrency_is_per_ip() {
+        let spec = LimitsSpec {
+            anonymous: AnonymousLimits {
+                concurrent_requests: nz(2),
+                ..AnonymousLimits::default()
+            },
+            ..LimitsSpec::default()
+        };
+        let limiter = Limiter::with_clock(spec, TimeSource::manual(START)).unwrap();
+        let first = limiter.check_local(&Subject::anonymous(ip(1))).unwrap();
+        let _second = limiter.check_local(&Subject::anonymous(ip(1))).unwrap();
+        let refused = limiter.check_local(&Subject::anonymous(ip(1))).unwrap_err();
+        assert_eq!(
+            (refused.kind, refused.scope, refused.limit),
+            (LimitKind::Concurrency, LimitScope::Ip, 2)
+        );
+        let _other = limiter.check_local(&Subject::anonymous(ip(2))).unwrap();
+        drop(first);
+        limiter.check_local(&Subject::anonymous(ip(1))).unwrap();
+        assert_eq!(limiter.key_counts().concurrency, 2);
     }
 }

@@ -16,7 +16,6 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use mirrorgate_metrics::{RequestLabels, UNROUTED_LABEL};
-use mirrorgate_registry::RequestKind;
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
@@ -288,14 +287,13 @@ async fn handle(
     let on_done = Box::new(move |bytes: u64, completion: Completion| {
         let elapsed = started.elapsed();
         let route = facts.route.as_deref().unwrap_or(UNROUTED_LABEL);
-        let kind = metric_kind(facts.kind);
         gw.metrics.request_done(
             &RequestLabels {
                 route,
                 tenant: facts.tenant.as_deref(),
                 user: facts.user.as_deref(),
                 method: &method,
-                kind,
+                kind: facts.kind,
             },
             status.as_u16(),
             elapsed,
@@ -320,17 +318,6 @@ async fn handle(
     });
     let body = GatewayBody::new(Metered::new(body, idle, on_done));
     Response::from_parts(parts, body)
-}
-
-fn metric_kind(kind: Option<RequestKind>) -> mirrorgate_metrics::RequestKind {
-    match kind {
-        Some(RequestKind::Manifest) => mirrorgate_metrics::RequestKind::Manifest,
-        Some(RequestKind::Blob) | Some(RequestKind::Upload) => {
-            mirrorgate_metrics::RequestKind::Blob
-        }
-        Some(RequestKind::Ping) => mirrorgate_metrics::RequestKind::Ping,
-        _ => mirrorgate_metrics::RequestKind::Other,
-    }
 }
 
 /// Serves the plain-HTTP listener: ACME HTTP-01 answers, and a 308 to https (path and query kept) for
