@@ -8,26 +8,24 @@
 
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::num::{NonZeroU32, NonZeroU64};
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
-use dashmap::DashMap;
 use governor::clock::Clock;
-use governor::middleware::{StateInformationMiddleware, StateSnapshot};
+use governor::middleware::StateSnapshot;
 use governor::nanos::Nanos;
-use governor::state::keyed::DashMapStateStore;
-use governor::state::{InMemoryState, NotKeyed};
-use governor::{NotUntil, Quota, RateLimiter};
-use http::HeaderMap;
+use governor::NotUntil;
 
-use crate::bandwidth::ByteBucket;
+use crate::admission::{Admission, LocalPermit};
 use crate::clock::TimeSource;
 use crate::decision::{LimitKind, LimitScope, Limited, RateInfo};
-use crate::script::{InflightArgs, QuotaArgs, RateArgs, SharedRequest};
-use crate::shared::{AdmitError, Shared, SharedPermit};
-use crate::spec::{AnonymousLimits, LimitsSpec, TenantLimits};
+use crate::quota::QuotaHandle;
+use crate::script::{InflightArgs, QuotaArgs, SharedRequest};
+use crate::shared::{AdmitError, Shared};
+use crate::spec::LimitsSpec;
+use crate::state::{AnonState, TenantState};
+use crate::subject::{Subject, SubjectClass, UserKey};
 use crate::LimitsError;
 
 /// Housekeeping (evicting idle keys) runs inline every this many checks, so memory stays bounded
@@ -36,78 +34,6 @@ const HOUSEKEEP_EVERY: u64 = 8192;
 
 /// A concurrency refusal has no exact retry time; one second is a polite back-off.
 const CONCURRENCY_RETRY: Duration = Duration::from_secs(1);
-
-type KeyedLimiter<K> = RateLimiter<K, DashMapStateStore<K>, TimeSource, StateInformationMiddleware>;
-type DirectLimiter = RateLimiter<NotKeyed, InMemoryState, TimeSource, StateInformationMiddleware>;
-
-/// Who is asking, as far as limits care.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Subject {
-    /// The authenticated user, if any.
-    pub user: Option<Arc<str>>,
-    /// The tenant the request is accounted to, if any (for logs; limits follow `class`).
-    pub tenant: Option<Arc<str>>,
-    /// The client's address (after trusted-proxy resolution).
-    pub ip: IpAddr,
-    /// Which limits apply.
-    pub class: SubjectClass,
-}
-
-/// Which set of limits applies to a [`Subject`].
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum SubjectClass {
-    /// The named tenant's limits; per-user limits key on `user`, or on `ip` without a user
-    /// (tenants recognised by source CIDR).
-    Tenant(Arc<str>),
-    /// The `[limits]` defaults, per source IP.
-    Anonymous,
-}
-
-impl Subject {
-    /// A request of `tenant`, by `user` when credentials were given.
-    pub fn tenant(tenant: impl Into<Arc<str>>, user: Option<&str>, ip: IpAddr) -> Self {
-        let tenant = tenant.into();
-        Self {
-            user: user.map(Arc::from),
-            tenant: Some(tenant.clone()),
-            ip,
-            class: SubjectClass::Tenant(tenant),
-        }
-    }
-
-    /// An anonymous request from `ip`.
-    pub fn anonymous(ip: IpAddr) -> Self {
-        Self {
-            user: None,
-            tenant: None,
-            ip,
-            class: SubjectClass::Anonymous,
-        }
-    }
-}
-
-/// The per-user key inside a tenant: a user name, or the source IP for credential-less clients.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-enum UserKey {
-    Name(Arc<str>),
-    Ip(IpAddr),
-}
-
-impl UserKey {
-    fn of(subject: &Subject) -> Self {
-        match &subject.user {
-            Some(user) => Self::Name(user.clone()),
-            None => Self::Ip(subject.ip),
-        }
-    }
-
-    fn redis_part(&self) -> String {
-        match self {
-            Self::Name(name) => format!("u:{name}"),
-            Self::Ip(ip) => format!("ip:{ip}"),
-        }
-    }
-}
 
 /// How many keys the limiter holds, for metrics and for checking that eviction works.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -120,301 +46,6 @@ pub struct KeyCounts {
     pub concurrency: usize,
     /// Per-user and per-IP bandwidth buckets.
     pub byte_buckets: usize,
-}
-
-/// A request that may go on. Keep it alive until the response body has ended or was dropped
-/// (hand it to [`crate::ThrottledBody`]): it holds the concurrency permits.
-#[derive(Debug, Default)]
-pub struct Admission {
-    permits: Vec<LocalPermit>,
-    shared_permit: Option<SharedPermit>,
-    rate: Option<RateInfo>,
-    buckets: Vec<Arc<ByteBucket>>,
-    quota: Option<QuotaHandle>,
-}
-
-impl Admission {
-    /// An admission with no limits at all (unlimited routes, unknown tenants).
-    pub fn unlimited() -> Self {
-        Self::default()
-    }
-
-    /// `RateLimit-Limit`/`-Remaining`/`-Reset` for a successful response, from the request-rate
-    /// limit with the least room left. Best effort: `limit` is the burst size, `remaining` how
-    /// many requests could be sent at once right now (in shared mode, as Redis saw it), `reset`
-    /// the time until the full burst is back. Empty when no request rate applies.
-    pub fn rate_limit_headers(&self) -> HeaderMap {
-        self.rate.map(|r| r.headers()).unwrap_or_default()
-    }
-
-    /// The request-rate state behind [`Admission::rate_limit_headers`].
-    pub fn rate_info(&self) -> Option<RateInfo> {
-        self.rate
-    }
-
-    /// Counts bytes sent outside a [`crate::ThrottledBody`] towards the daily quota.
-    pub fn record_bytes(&self, n: u64) {
-        if let Some(quota) = &self.quota {
-            quota.record(n);
-        }
-    }
-
-    /// Wraps a response body so it is throttled, counted, and releases this admission at its end.
-    pub fn throttle<B>(self, body: B) -> crate::ThrottledBody<B> {
-        crate::ThrottledBody::new(body, self)
-    }
-
-    pub(crate) fn buckets(&self) -> &[Arc<ByteBucket>] {
-        &self.buckets
-    }
-
-    pub(crate) fn quota_handle(&self) -> Option<QuotaHandle> {
-        self.quota.clone()
-    }
-}
-
-/// One in-flight slot; given back on drop.
-#[derive(Debug)]
-struct LocalPermit(Arc<AtomicU32>);
-
-impl LocalPermit {
-    fn try_acquire(counter: &Arc<AtomicU32>, max: u32) -> Option<Self> {
-        counter
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-                (n < max).then_some(n + 1)
-            })
-            .ok()
-            .map(|_| Self(counter.clone()))
-    }
-}
-
-impl Drop for LocalPermit {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::AcqRel);
-    }
-}
-
-/// A tenant's bytes sent today. In shared mode, bytes not yet flushed to Redis wait in
-/// `unflushed`.
-#[derive(Debug)]
-pub(crate) struct DailyQuota {
-    limit: u64,
-    clock: TimeSource,
-    /// (UTC day, bytes sent that day by this replica)
-    today: Mutex<(u64, u64)>,
-    pub(crate) unflushed: AtomicU64,
-    shared: bool,
-}
-
-impl DailyQuota {
-    pub(crate) fn limit(&self) -> u64 {
-        self.limit
-    }
-
-    fn used(&self) -> u64 {
-        let day = self.clock.utc_day();
-        let mut today = self.today.lock().unwrap_or_else(|p| p.into_inner());
-        if today.0 != day {
-            *today = (day, 0);
-        }
-        today.1
-    }
-
-    fn record(&self, n: u64) {
-        let day = self.clock.utc_day();
-        {
-            let mut today = self.today.lock().unwrap_or_else(|p| p.into_inner());
-            if today.0 != day {
-                *today = (day, 0);
-            }
-            today.1 = today.1.saturating_add(n);
-        }
-        if self.shared {
-            self.unflushed.fetch_add(n, Ordering::Relaxed);
-        }
-    }
-
-    fn check(&self) -> Result<(), Limited> {
-        if self.used() < self.limit {
-            return Ok(());
-        }
-        let until = self.clock.until_utc_midnight();
-        Err(Limited {
-            kind: LimitKind::Quota,
-            scope: LimitScope::Tenant,
-            retry_after: until,
-            limit: self.limit,
-            remaining: 0,
-            reset: until,
-        })
-    }
-}
-
-/// Where a body reports the bytes it sent.
-#[derive(Debug, Clone)]
-pub(crate) struct QuotaHandle(Arc<DailyQuota>);
-
-impl QuotaHandle {
-    pub(crate) fn record(&self, n: u64) {
-        self.0.record(n);
-    }
-}
-
-/// A GCRA limiter with what the headers need to know about it.
-struct Rate<L> {
-    limiter: L,
-    rps: NonZeroU32,
-    burst: NonZeroU32,
-}
-
-impl<L> Rate<L> {
-    fn args(&self, key: String, scope: LimitScope) -> RateArgs {
-        RateArgs {
-            key,
-            interval: Duration::from_secs(1) / self.rps.get(),
-            burst: self.burst.get(),
-            scope,
-        }
-    }
-}
-
-fn quota(rps: NonZeroU32, burst: NonZeroU32) -> Quota {
-    Quota::per_second(rps).allow_burst(burst)
-}
-
-fn keyed<K: std::hash::Hash + Eq + Clone>(
-    rps: Option<NonZeroU32>,
-    burst: Option<NonZeroU32>,
-    clock: &TimeSource,
-) -> Option<Rate<KeyedLimiter<K>>> {
-    let rps = rps?;
-    let burst = burst.unwrap_or(rps);
-    let limiter = RateLimiter::dashmap_with_clock(quota(rps, burst), clock.clone())
-        .with_middleware::<StateInformationMiddleware>();
-    Some(Rate {
-        limiter,
-        rps,
-        burst,
-    })
-}
-
-/// Counters per key, evicted when idle.
-struct ConcurrencyMap<K: std::hash::Hash + Eq> {
-    max: u32,
-    counters: DashMap<K, Arc<AtomicU32>>,
-}
-
-impl<K: std::hash::Hash + Eq + Clone> ConcurrencyMap<K> {
-    fn acquire(&self, key: &K) -> Option<LocalPermit> {
-        // Cloned under the shard lock: eviction (also under that lock) sees the extra reference.
-        let counter = self.counters.entry(key.clone()).or_default().clone();
-        LocalPermit::try_acquire(&counter, self.max)
-    }
-
-    fn evict_idle(&self) {
-        self.counters
-            .retain(|_, c| Arc::strong_count(c) > 1 || c.load(Ordering::Acquire) > 0);
-        self.counters.shrink_to_fit();
-    }
-}
-
-/// Bandwidth buckets per key, evicted when full and unused.
-struct BucketMap<K: std::hash::Hash + Eq> {
-    rate: u64,
-    buckets: DashMap<K, Arc<ByteBucket>>,
-}
-
-impl<K: std::hash::Hash + Eq + Clone> BucketMap<K> {
-    fn new(rate: Option<NonZeroU64>) -> Option<Self> {
-        rate.map(|rate| Self {
-            rate: rate.get(),
-            buckets: DashMap::new(),
-        })
-    }
-
-    fn get(&self, key: &K) -> Arc<ByteBucket> {
-        self.buckets
-            .entry(key.clone())
-            .or_insert_with(|| Arc::new(ByteBucket::new(self.rate)))
-            .clone()
-    }
-
-    fn evict_idle(&self) {
-        // Only full buckets go: dropping one in debt would let a client reset its rate.
-        self.buckets
-            .retain(|_, b| Arc::strong_count(b) > 1 || !b.is_full());
-        self.buckets.shrink_to_fit();
-    }
-}
-
-struct TenantState {
-    name: Arc<str>,
-    users_rate: Option<Rate<KeyedLimiter<UserKey>>>,
-    total_rate: Option<Rate<DirectLimiter>>,
-    users_inflight: Option<ConcurrencyMap<UserKey>>,
-    total_inflight: Option<(u32, Arc<AtomicU32>)>,
-    users_bytes: Option<BucketMap<UserKey>>,
-    total_bytes: Option<Arc<ByteBucket>>,
-    quota: Option<Arc<DailyQuota>>,
-}
-
-impl TenantState {
-    fn new(name: Arc<str>, spec: &TenantLimits, clock: &TimeSource, shared: bool) -> Self {
-        let total_rate = spec.tenant_requests_per_second.map(|rps| {
-            let burst = spec.burst.map_or(rps, |b| b.max(rps));
-            let limiter = RateLimiter::direct_with_clock(quota(rps, burst), clock.clone())
-                .with_middleware::<StateInformationMiddleware>();
-            Rate {
-                limiter,
-                rps,
-                burst,
-            }
-        });
-        Self {
-            users_rate: keyed(spec.requests_per_second, spec.burst, clock),
-            total_rate,
-            users_inflight: spec.concurrent_requests.map(|max| ConcurrencyMap {
-                max: max.get(),
-                counters: DashMap::new(),
-            }),
-            total_inflight: spec
-                .tenant_concurrent_requests
-                .map(|max| (max.get(), Arc::default())),
-            users_bytes: BucketMap::new(spec.bytes_per_second),
-            total_bytes: spec
-                .tenant_bytes_per_second
-                .map(|rate| Arc::new(ByteBucket::new(rate.get()))),
-            quota: spec.bytes_per_day.map(|limit| {
-                Arc::new(DailyQuota {
-                    limit: limit.get(),
-                    clock: clock.clone(),
-                    today: Mutex::new((clock.utc_day(), 0)),
-                    unflushed: AtomicU64::new(0),
-                    shared,
-                })
-            }),
-            name,
-        }
-    }
-}
-
-struct AnonState {
-    ip_rate: Option<Rate<KeyedLimiter<IpAddr>>>,
-    ip_inflight: Option<ConcurrencyMap<IpAddr>>,
-    ip_bytes: Option<BucketMap<IpAddr>>,
-}
-
-impl AnonState {
-    fn new(spec: &AnonymousLimits, clock: &TimeSource) -> Self {
-        Self {
-            ip_rate: keyed(spec.requests_per_second, spec.burst, clock),
-            ip_inflight: spec.concurrent_requests.map(|max| ConcurrencyMap {
-                max: max.get(),
-                counters: DashMap::new(),
-            }),
-            ip_bytes: BucketMap::new(spec.bytes_per_second),
-        }
-    }
 }
 
 /// Request rates, concurrency caps, bandwidth buckets and daily quotas for every tenant, user and
@@ -761,8 +392,10 @@ fn scope_of(subject: &Subject) -> LimitScope {
 #[cfg(test)]
 mod tests {
     use std::net::Ipv4Addr;
+    use std::num::{NonZeroU32, NonZeroU64};
 
     use super::*;
+    use crate::spec::{AnonymousLimits, TenantLimits};
 
     const START: Duration = Duration::from_secs(19_723 * 86_400 + 12 * 3600); // a UTC noon
 

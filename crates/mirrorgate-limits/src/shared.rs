@@ -26,7 +26,7 @@ use redis::Script;
 
 use crate::clock::TimeSource;
 use crate::decision::{LimitKind, Limited, RateInfo};
-use crate::limiter::DailyQuota;
+use crate::quota::DailyQuota;
 use crate::script::{AdmitCall, AdmitReply, SharedRequest, Verdict, ADMIT_LUA};
 use crate::spec::SharedSpec;
 use crate::LimitsError;
