@@ -3,6 +3,7 @@
 
 use std::fmt;
 use std::net::SocketAddr;
+use std::num::{NonZeroU32, NonZeroU64};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -134,15 +135,16 @@ pub struct TenantConfig {
     pub name: String,
     pub users: Vec<String>,
     pub cidrs: Vec<IpNet>,
-    pub requests_per_second: Option<u32>,
-    pub burst: Option<u32>,
-    pub bytes_per_second: Option<u64>,
-    pub concurrent_requests: Option<u32>,
-    pub tenant_requests_per_second: Option<u32>,
-    pub tenant_bytes_per_second: Option<u64>,
+    // Limits: `None` is "no limit" (the key left out); zero is refused by validation, so the types say so.
+    pub requests_per_second: Option<NonZeroU32>,
+    pub burst: Option<NonZeroU32>,
+    pub bytes_per_second: Option<NonZeroU64>,
+    pub concurrent_requests: Option<NonZeroU32>,
+    pub tenant_requests_per_second: Option<NonZeroU32>,
+    pub tenant_bytes_per_second: Option<NonZeroU64>,
     /// In-flight requests of the whole tenant (`concurrent_requests` is per user).
-    pub tenant_concurrent_requests: Option<u32>,
-    pub bytes_per_day: Option<u64>,
+    pub tenant_concurrent_requests: Option<NonZeroU32>,
+    pub bytes_per_day: Option<NonZeroU64>,
     /// `route-host/repository-glob` patterns, `push:` prefixed for push, `delete:` for delete.
     pub allow: Vec<String>,
 }
@@ -156,13 +158,13 @@ pub struct LimitsConfig {
     pub redis_fail_open: bool,
 }
 
-/// Per-IP limits for anonymous clients.
+/// Per-IP limits for anonymous clients; `None` is "no limit", zero is refused by validation.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct AnonymousLimits {
-    pub requests_per_second: Option<u32>,
-    pub burst: Option<u32>,
-    pub bytes_per_second: Option<u64>,
-    pub concurrent_requests: Option<u32>,
+    pub requests_per_second: Option<NonZeroU32>,
+    pub burst: Option<NonZeroU32>,
+    pub bytes_per_second: Option<NonZeroU64>,
+    pub concurrent_requests: Option<NonZeroU32>,
 }
 
 /// `[[route]]`: one public host (or wildcard) and where its requests go.

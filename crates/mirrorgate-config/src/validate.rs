@@ -1,6 +1,7 @@
 //! Raw → validated, in one pass that records every problem instead of stopping at the first.
 
 use std::collections::HashMap;
+use std::num::{NonZeroU32, NonZeroU64};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -100,20 +101,15 @@ impl Validator<'_> {
         }
     }
 
-    fn size(&mut self, at: &Option<S<RawSize>>, key: &str) -> Option<u64> {
+    /// A byte limit; zero is refused (see [`values::ZERO_LIMIT`]).
+    fn size(&mut self, at: &Option<S<RawSize>>, key: &str) -> Option<NonZeroU64> {
         at.as_ref().and_then(|s| self.check(s, key, values::size))
     }
 
-    fn positive(&mut self, at: &Option<S<u32>>, key: &str) -> Option<u32> {
-        at.as_ref().and_then(|s| {
-            self.check(s, key, |&n| {
-                if n == 0 {
-                    Err("must be greater than zero".to_string())
-                } else {
-                    Ok(n)
-                }
-            })
-        })
+    /// A count limit; zero is refused (see [`values::ZERO_LIMIT`]).
+    fn positive(&mut self, at: &Option<S<u32>>, key: &str) -> Option<NonZeroU32> {
+        at.as_ref()
+            .and_then(|s| self.check(s, key, |&n| values::count(n)))
     }
 
     /// A secret given inline, as `*_env` (environment variable name) or `*_file` (path): at most one of them.
@@ -328,10 +324,10 @@ fn server(v: &mut Validator<'_>, raw: &S<RawServer>) -> Option<ServerConfig> {
     );
     let max_connections = v
         .positive(&r.max_connections, "server.max_connections")
-        .unwrap_or(defaults::MAX_CONNECTIONS);
+        .map_or(defaults::MAX_CONNECTIONS, |n| n.get());
     let max_connections_per_ip = v
         .positive(&r.max_connections_per_ip, "server.max_connections_per_ip")
-        .unwrap_or(defaults::MAX_CONNECTIONS_PER_IP);
+        .map_or(defaults::MAX_CONNECTIONS_PER_IP, |n| n.get());
     if let (Some(a), Some(b)) = (https, http) {
         if a == b {
             if let Some(h) = &r.http {

@@ -1,6 +1,7 @@
 //! Parsers for the value shapes the contract uses: durations, sizes, socket addresses, URLs.
 
 use std::net::SocketAddr;
+use std::num::{NonZeroU32, NonZeroU64};
 use std::time::Duration;
 
 use url::Url;
@@ -17,8 +18,18 @@ pub(crate) fn duration(s: &str) -> Result<Duration, String> {
     Ok(d)
 }
 
-/// `"50MiB"`, `"5 MB"` or an integer number of bytes; zero is refused (a zero bandwidth would stall forever).
-pub(crate) fn size(raw: &RawSize) -> Result<u64, String> {
+/// The one rule for every limit (counts and sizes): zero is refused, and no limit is written by leaving the
+/// key out. A zero that meant "unlimited" in one place and "nothing allowed" (a stalled body) in another was
+/// a trap; now neither reading exists.
+pub(crate) const ZERO_LIMIT: &str = "must be greater than zero; omit the key for no limit";
+
+/// A count limit (requests per second, burst, concurrent requests); see [`ZERO_LIMIT`].
+pub(crate) fn count(n: u32) -> Result<NonZeroU32, String> {
+    NonZeroU32::new(n).ok_or_else(|| ZERO_LIMIT.to_owned())
+}
+
+/// `"50MiB"`, `"5 MB"` or an integer number of bytes, for byte limits; see [`ZERO_LIMIT`].
+pub(crate) fn size(raw: &RawSize) -> Result<NonZeroU64, String> {
     let n = match raw {
         RawSize::Bytes(n) => *n,
         RawSize::Text(s) => s
@@ -29,10 +40,7 @@ pub(crate) fn size(raw: &RawSize) -> Result<u64, String> {
             })?
             .as_u64(),
     };
-    if n == 0 {
-        return Err("must be greater than zero".into());
-    }
-    Ok(n)
+    NonZeroU64::new(n).ok_or_else(|| ZERO_LIMIT.to_owned())
 }
 
 /// `127.0.0.1:8443`, `[::]:443`.
@@ -79,11 +87,21 @@ mod tests {
     // Pins the size format: binary units are binary, bare integers are bytes.
     #[test]
     fn sizes() {
-        assert_eq!(size(&RawSize::Text("50MiB".into())), Ok(50 * 1024 * 1024));
-        assert_eq!(size(&RawSize::Text("1GiB".into())), Ok(1 << 30));
-        assert_eq!(size(&RawSize::Bytes(1000)), Ok(1000));
+        let bytes = |n: u64| NonZeroU64::new(n).ok_or_else(String::new);
+        assert_eq!(
+            size(&RawSize::Text("50MiB".into())),
+            bytes(50 * 1024 * 1024)
+        );
+        assert_eq!(size(&RawSize::Text("1GiB".into())), bytes(1 << 30));
+        assert_eq!(size(&RawSize::Bytes(1000)), bytes(1000));
         assert!(size(&RawSize::Text("lots".into())).is_err());
-        assert!(size(&RawSize::Bytes(0)).is_err());
+        assert_eq!(size(&RawSize::Bytes(0)), Err(ZERO_LIMIT.to_owned()));
+        assert_eq!(
+            size(&RawSize::Text("0 MiB".into())),
+            Err(ZERO_LIMIT.to_owned())
+        );
+        assert_eq!(count(0), Err(ZERO_LIMIT.to_owned()));
+        assert_eq!(count(3).map(NonZeroU32::get), Ok(3));
     }
 
     // Pins that upstream URLs are bases: no path, no userinfo.

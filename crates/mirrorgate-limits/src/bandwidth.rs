@@ -20,7 +20,8 @@ use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
 use tokio::time::{Instant, Sleep};
 
-use crate::limiter::{Admission, QuotaHandle};
+use crate::admission::Admission;
+use crate::quota::QuotaHandle;
 
 /// Largest slice one stream releases per reservation: small enough for fairness between a
 /// user's parallel streams, large enough to keep per-frame overhead low.
@@ -268,7 +269,7 @@ mod tests {
         tenants.insert(
             Arc::from("slow"),
             TenantLimits {
-                bytes_per_second: Some(2 * MIB),
+                bytes_per_second: std::num::NonZeroU64::new(2 * MIB),
                 ..TenantLimits::default()
             },
         );

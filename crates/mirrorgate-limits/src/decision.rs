@@ -9,7 +9,8 @@ use std::time::Duration;
 
 use http::{HeaderMap, HeaderName, HeaderValue};
 
-/// Which limit refused the request.
+/// Which limit refused the request. The one definition: metrics labels (`limit` on
+/// `mirrorgate_rate_limited_total`) and the proxy use this type.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum LimitKind {
@@ -21,9 +22,12 @@ pub enum LimitKind {
     Quota,
     /// Shared limits are required (`fail_open = false`) but Redis cannot be reached.
     Unavailable,
+    /// Too many failed logins from one source. Decided by the authenticator's throttle, not by the
+    /// [`crate::Limiter`]; listed here so every refusal is counted under one label set.
+    AuthFailures,
 }
 
-/// Whose limit it was.
+/// Whose limit it was. The one definition, as for [`LimitKind`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum LimitScope {
     /// One user (or one source IP inside a CIDR tenant).
@@ -42,6 +46,7 @@ impl LimitKind {
             Self::Concurrency => "concurrency",
             Self::Quota => "quota",
             Self::Unavailable => "unavailable",
+            Self::AuthFailures => "auth_failures",
         }
     }
 }

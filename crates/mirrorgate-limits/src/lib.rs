@@ -9,19 +9,26 @@
 //! together through Redis and fall back to local limits when Redis is gone.
 //!
 //! The specs here are plain structs so this crate does not depend on the config schema; the
-//! binary maps `[[tenant]]` and `[limits]` into a [`LimitsSpec`].
+//! proxy (`mirrorgate-proxy` `specs.rs`) maps `[[tenant]]` and `[limits]` into a [`LimitsSpec`].
 
+mod admission;
 mod bandwidth;
 mod clock;
 mod decision;
 mod error;
 mod limiter;
+mod quota;
+mod script;
 mod shared;
 mod spec;
+mod state;
+mod subject;
 
+pub use admission::Admission;
 pub use bandwidth::{ByteBucket, OnBytes, ThrottledBody};
 pub use clock::TimeSource;
 pub use decision::{LimitKind, LimitScope, Limited, RateInfo};
 pub use error::LimitsError;
-pub use limiter::{Admission, KeyCounts, Limiter, Subject, SubjectClass};
+pub use limiter::{KeyCounts, Limiter};
 pub use spec::{AnonymousLimits, LimitsSpec, SharedSpec, TenantLimits};
+pub use subject::{Subject, SubjectClass};

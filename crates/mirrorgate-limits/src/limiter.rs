@@ -8,105 +8,32 @@
 
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::num::NonZeroU32;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
-use dashmap::DashMap;
 use governor::clock::Clock;
-use governor::middleware::{StateInformationMiddleware, StateSnapshot};
+use governor::middleware::StateSnapshot;
 use governor::nanos::Nanos;
-use governor::state::keyed::DashMapStateStore;
-use governor::state::{InMemoryState, NotKeyed};
-use governor::{NotUntil, Quota, RateLimiter};
-use http::HeaderMap;
+use governor::NotUntil;
 
-use crate::bandwidth::ByteBucket;
+use crate::admission::{Admission, LocalPermit};
 use crate::clock::TimeSource;
 use crate::decision::{LimitKind, LimitScope, Limited, RateInfo};
-use crate::shared::{AdmitError, RateArgs, Shared, SharedPermit, SharedRequest};
-use crate::spec::{nonzero_rate, AnonymousLimits, LimitsSpec, TenantLimits};
+use crate::quota::QuotaHandle;
+use crate::script::{InflightArgs, QuotaArgs, SharedRequest};
+use crate::shared::{AdmitError, Shared};
+use crate::spec::LimitsSpec;
+use crate::state::{AnonState, TenantState};
+use crate::subject::{Subject, SubjectClass, UserKey};
 use crate::LimitsError;
 
 /// Housekeeping (evicting idle keys) runs inline every this many checks, so memory stays bounded
-/// even when nobody calls [`Limiter::housekeep`] or [`Limiter::spawn_housekeeping`].
+/// even when nobody calls [`Limiter::housekeep`] (the binary calls it on a timer and exports the key counts).
 const HOUSEKEEP_EVERY: u64 = 8192;
 
 /// A concurrency refusal has no exact retry time; one second is a polite back-off.
 const CONCURRENCY_RETRY: Duration = Duration::from_secs(1);
-
-type KeyedLimiter<K> = RateLimiter<K, DashMapStateStore<K>, TimeSource, StateInformationMiddleware>;
-type DirectLimiter = RateLimiter<NotKeyed, InMemoryState, TimeSource, StateInformationMiddleware>;
-
-/// Who is asking, as far as limits care.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Subject {
-    /// The authenticated user, if any.
-    pub user: Option<Arc<str>>,
-    /// The tenant the request is accounted to, if any (for logs; limits follow `class`).
-    pub tenant: Option<Arc<str>>,
-    /// The client's address (after trusted-proxy resolution).
-    pub ip: IpAddr,
-    /// Which limits apply.
-    pub class: SubjectClass,
-}
-
-/// Which set of limits applies to a [`Subject`].
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum SubjectClass {
-    /// The named tenant's limits; per-user limits key on `user`, or on `ip` without a user
-    /// (tenants recognised by source CIDR).
-    Tenant(Arc<str>),
-    /// The `[limits]` defaults, per source IP.
-    Anonymous,
-}
-
-impl Subject {
-    /// A request of `tenant`, by `user` when credentials were given.
-    pub fn tenant(tenant: impl Into<Arc<str>>, user: Option<&str>, ip: IpAddr) -> Self {
-        let tenant = tenant.into();
-        Self {
-            user: user.map(Arc::from),
-            tenant: Some(tenant.clone()),
-            ip,
-            class: SubjectClass::Tenant(tenant),
-        }
-    }
-
-    /// An anonymous request from `ip`.
-    pub fn anonymous(ip: IpAddr) -> Self {
-        Self {
-            user: None,
-            tenant: None,
-            ip,
-            class: SubjectClass::Anonymous,
-        }
-    }
-}
-
-/// The per-user key inside a tenant: a user name, or the source IP for credential-less clients.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-enum UserKey {
-    Name(Arc<str>),
-    Ip(IpAddr),
-}
-
-impl UserKey {
-    fn of(subject: &Subject) -> Self {
-        match &subject.user {
-            Some(user) => Self::Name(user.clone()),
-            None => Self::Ip(subject.ip),
-        }
-    }
-
-    fn redis_part(&self) -> String {
-        match self {
-            Self::Name(name) => format!("u:{name}"),
-            Self::Ip(ip) => format!("ip:{ip}"),
-        }
-    }
-}
 
 /// How many keys the limiter holds, for metrics and for checking that eviction works.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -119,295 +46,6 @@ pub struct KeyCounts {
     pub concurrency: usize,
     /// Per-user and per-IP bandwidth buckets.
     pub byte_buckets: usize,
-}
-
-/// A request that may go on. Keep it alive until the response body has ended or was dropped
-/// (hand it to [`crate::ThrottledBody`]): it holds the concurrency permits.
-#[derive(Debug, Default)]
-pub struct Admission {
-    permits: Vec<LocalPermit>,
-    shared_permit: Option<SharedPermit>,
-    rate: Option<RateInfo>,
-    buckets: Vec<Arc<ByteBucket>>,
-    quota: Option<QuotaHandle>,
-}
-
-impl Admission {
-    /// An admission with no limits at all (unlimited routes, unknown tenants).
-    pub fn unlimited() -> Self {
-        Self::default()
-    }
-
-    /// `RateLimit-Limit`/`-Remaining`/`-Reset` for a successful response, from the request-rate
-    /// limit with the least room left. Best effort: `limit` is the burst size, `remaining` how
-    /// many requests could be sent at once right now (in shared mode, as Redis saw it), `reset`
-    /// the time until the full burst is back. Empty when no request rate applies.
-    pub fn rate_limit_headers(&self) -> HeaderMap {
-        self.rate.map(|r| r.headers()).unwrap_or_default()
-    }
-
-    /// The request-rate state behind [`Admission::rate_limit_headers`].
-    pub fn rate_info(&self) -> Option<RateInfo> {
-        self.rate
-    }
-
-    /// Counts bytes sent outside a [`crate::ThrottledBody`] towards the daily quota.
-    pub fn record_bytes(&self, n: u64) {
-        if let Some(quota) = &self.quota {
-            quota.record(n);
-        }
-    }
-
-    /// Wraps a response body so it is throttled, counted, and releases this admission at its end.
-    pub fn throttle<B>(self, body: B) -> crate::ThrottledBody<B> {
-        crate::ThrottledBody::new(body, self)
-    }
-
-    pub(crate) fn buckets(&self) -> &[Arc<ByteBucket>] {
-        &self.buckets
-    }
-
-    pub(crate) fn quota_handle(&self) -> Option<QuotaHandle> {
-        self.quota.clone()
-    }
-}
-
-/// One in-flight slot; given back on drop.
-#[derive(Debug)]
-struct LocalPermit(Arc<AtomicU32>);
-
-impl LocalPermit {
-    fn try_acquire(counter: &Arc<AtomicU32>, max: u32) -> Option<Self> {
-        counter
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-                (n < max).then_some(n + 1)
-            })
-            .ok()
-            .map(|_| Self(counter.clone()))
-    }
-}
-
-impl Drop for LocalPermit {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::AcqRel);
-    }
-}
-
-/// A tenant's bytes sent today. In shared mode, bytes not yet flushed to Redis wait in
-/// `unflushed`.
-#[derive(Debug)]
-pub(crate) struct DailyQuota {
-    limit: u64,
-    clock: TimeSource,
-    /// (UTC day, bytes sent that day by this replica)
-    today: Mutex<(u64, u64)>,
-    pub(crate) unflushed: AtomicU64,
-    shared: bool,
-}
-
-impl DailyQuota {
-    pub(crate) fn limit(&self) -> u64 {
-        self.limit
-    }
-
-    fn used(&self) -> u64 {
-        let day = self.clock.utc_day();
-        let mut today = self.today.lock().unwrap_or_else(|p| p.into_inner());
-        if today.0 != day {
-            *today = (day, 0);
-        }
-        today.1
-    }
-
-    fn record(&self, n: u64) {
-        let day = self.clock.utc_day();
-        {
-            let mut today = self.today.lock().unwrap_or_else(|p| p.into_inner());
-            if today.0 != day {
-                *today = (day, 0);
-            }
-            today.1 = today.1.saturating_add(n);
-        }
-        if self.shared {
-            self.unflushed.fetch_add(n, Ordering::Relaxed);
-        }
-    }
-
-    fn check(&self) -> Result<(), Limited> {
-        if self.used() < self.limit {
-            return Ok(());
-        }
-        let until = self.clock.until_utc_midnight();
-        Err(Limited {
-            kind: LimitKind::Quota,
-            scope: LimitScope::Tenant,
-            retry_after: until,
-            limit: self.limit,
-            remaining: 0,
-            reset: until,
-        })
-    }
-}
-
-/// Where a body reports the bytes it sent.
-#[derive(Debug, Clone)]
-pub(crate) struct QuotaHandle(Arc<DailyQuota>);
-
-impl QuotaHandle {
-    pub(crate) fn record(&self, n: u64) {
-        self.0.record(n);
-    }
-}
-
-/// A GCRA limiter with what the headers need to know about it.
-struct Rate<L> {
-    limiter: L,
-    rps: NonZeroU32,
-    burst: NonZeroU32,
-}
-
-impl<L> Rate<L> {
-    fn args(&self, key: String, scope: LimitScope) -> RateArgs {
-        RateArgs {
-            key,
-            interval: Duration::from_secs(1) / self.rps.get(),
-            burst: self.burst.get(),
-            scope,
-        }
-    }
-}
-
-fn quota(rps: NonZeroU32, burst: NonZeroU32) -> Quota {
-    Quota::per_second(rps).allow_burst(burst)
-}
-
-fn keyed<K: std::hash::Hash + Eq + Clone>(
-    rps: Option<NonZeroU32>,
-    burst: Option<NonZeroU32>,
-    clock: &TimeSource,
-) -> Option<Rate<KeyedLimiter<K>>> {
-    let rps = rps?;
-    let burst = burst.unwrap_or(rps);
-    let limiter = RateLimiter::dashmap_with_clock(quota(rps, burst), clock.clone())
-        .with_middleware::<StateInformationMiddleware>();
-    Some(Rate {
-        limiter,
-        rps,
-        burst,
-    })
-}
-
-/// Counters per key, evicted when idle.
-struct ConcurrencyMap<K: std::hash::Hash + Eq> {
-    max: u32,
-    counters: DashMap<K, Arc<AtomicU32>>,
-}
-
-impl<K: std::hash::Hash + Eq + Clone> ConcurrencyMap<K> {
-    fn acquire(&self, key: &K) -> Option<LocalPermit> {
-        // Cloned under the shard lock: eviction (also under that lock) sees the extra reference.
-        let counter = self.counters.entry(key.clone()).or_default().clone();
-        LocalPermit::try_acquire(&counter, self.max)
-    }
-
-    fn evict_idle(&self) {
-        self.counters
-            .retain(|_, c| Arc::strong_count(c) > 1 || c.load(Ordering::Acquire) > 0);
-        self.counters.shrink_to_fit();
-    }
-}
-
-/// Bandwidth buckets per key, evicted when full and unused.
-struct BucketMap<K: std::hash::Hash + Eq> {
-    rate: u64,
-    buckets: DashMap<K, Arc<ByteBucket>>,
-}
-
-impl<K: std::hash::Hash + Eq + Clone> BucketMap<K> {
-    fn new(rate: Option<u64>) -> Option<Self> {
-        nonzero_rate(rate).map(|rate| Self {
-            rate,
-            buckets: DashMap::new(),
-        })
-    }
-
-    fn get(&self, key: &K) -> Arc<ByteBucket> {
-        self.buckets
-            .entry(key.clone())
-            .or_insert_with(|| Arc::new(ByteBucket::new(self.rate)))
-            .clone()
-    }
-
-    fn evict_idle(&self) {
-        // Only full buckets go: dropping one in debt would let a client reset its rate.
-        self.buckets
-            .retain(|_, b| Arc::strong_count(b) > 1 || !b.is_full());
-        self.buckets.shrink_to_fit();
-    }
-}
-
-struct TenantState {
-    name: Arc<str>,
-    users_rate: Option<Rate<KeyedLimiter<UserKey>>>,
-    total_rate: Option<Rate<DirectLimiter>>,
-    users_inflight: Option<ConcurrencyMap<UserKey>>,
-    total_inflight: Option<(u32, Arc<AtomicU32>)>,
-    users_bytes: Option<BucketMap<UserKey>>,
-    total_bytes: Option<Arc<ByteBucket>>,
-    quota: Option<Arc<DailyQuota>>,
-}
-
-impl TenantState {
-    fn new(name: Arc<str>, spec: &TenantLimits, clock: &TimeSource, shared: bool) -> Self {
-        let total_rate = spec.tenant_requests_per_second.map(|rps| {
-            let burst = spec.burst.map_or(rps, |b| b.max(rps));
-            let limiter = RateLimiter::direct_with_clock(quota(rps, burst), clock.clone())
-                .with_middleware::<StateInformationMiddleware>();
-            Rate {
-                limiter,
-                rps,
-                burst,
-            }
-        });
-        Self {
-            users_rate: keyed(spec.requests_per_second, spec.burst, clock),
-            total_rate,
-            users_inflight: spec.concurrent_requests.map(|max| ConcurrencyMap {
-                max: max.get(),
-                counters: DashMap::new(),
-            }),
-            total_inflight: spec
-                .tenant_concurrent_requests
-                .map(|max| (max.get(), Arc::default())),
-            users_bytes: BucketMap::new(spec.bytes_per_second),
-            total_bytes: nonzero_rate(spec.tenant_bytes_per_second)
-                .map(|rate| Arc::new(ByteBucket::new(rate))),
-            quota: spec.bytes_per_day.map(|limit| {
-                Arc::new(DailyQuota {
-                    limit,
-                    clock: clock.clone(),
-                    today: Mutex::new((clock.utc_day(), 0)),
-                    unflushed: AtomicU64::new(0),
-                    shared,
-                })
-            }),
-            name,
-        }
-    }
-}
-
-struct AnonState {
-    ip_rate: Option<Rate<KeyedLimiter<IpAddr>>>,
-    ip_bytes: Option<BucketMap<IpAddr>>,
-}
-
-impl AnonState {
-    fn new(spec: &AnonymousLimits, clock: &TimeSource) -> Self {
-        Self {
-            ip_rate: keyed(spec.requests_per_second, spec.burst, clock),
-            ip_bytes: BucketMap::new(spec.bytes_per_second),
-        }
-    }
 }
 
 /// Request rates, concurrency caps, bandwidth buckets and daily quotas for every tenant, user and
@@ -524,6 +162,12 @@ impl Limiter {
 
     fn check_anonymous(&self, ip: IpAddr) -> Result<Admission, Limited> {
         let mut admission = Admission::default();
+        if let Some(inflight) = &self.anonymous.ip_inflight {
+            let permit = inflight
+                .acquire(&ip)
+                .ok_or_else(|| concurrency_limited(LimitScope::Ip, inflight.max))?;
+            admission.permits.push(permit);
+        }
         if let Some(rate) = &self.anonymous.ip_rate {
             admission.rate = Some(self.outcome(rate.limiter.check_key(&ip), LimitScope::Ip)?);
         }
@@ -606,9 +250,15 @@ impl Limiter {
         let mut request = SharedRequest::default();
         match &subject.class {
             SubjectClass::Anonymous => {
-                let rate = self.anonymous.ip_rate.as_ref()?;
-                request.first_rate =
-                    Some(rate.args(format!("rate:ip:{}", subject.ip), LimitScope::Ip));
+                let ip = subject.ip;
+                request.first_rate = (self.anonymous.ip_rate.as_ref())
+                    .map(|r| r.args(format!("rate:ip:{ip}"), LimitScope::Ip));
+                request.first_inflight =
+                    (self.anonymous.ip_inflight.as_ref()).map(|c| InflightArgs {
+                        key: format!("conc:ip:{ip}"),
+                        max: c.max,
+                        scope: LimitScope::Ip,
+                    });
             }
             SubjectClass::Tenant(name) => {
                 let tenant = self.tenants.get(name)?;
@@ -621,21 +271,22 @@ impl Limiter {
                     .total_rate
                     .as_ref()
                     .map(|r| r.args(format!("rate:{name}"), LimitScope::Tenant));
-                request.user_inflight = tenant
-                    .users_inflight
-                    .as_ref()
-                    .map(|c| (format!("conc:{name}:{user}"), c.max));
-                request.tenant_inflight = tenant
-                    .total_inflight
-                    .as_ref()
-                    .map(|(max, _)| (format!("conc:{name}"), *max));
-                request.quota = tenant.quota.as_ref().map(|q| {
-                    (
-                        format!("quota:{name}:{}", self.clock.utc_day()),
-                        q.limit(),
-                        q.unflushed.load(Ordering::Relaxed),
-                        self.clock.until_utc_midnight(),
-                    )
+                request.first_inflight = tenant.users_inflight.as_ref().map(|c| InflightArgs {
+                    key: format!("conc:{name}:{user}"),
+                    max: c.max,
+                    scope: LimitScope::User,
+                });
+                request.tenant_inflight =
+                    tenant.total_inflight.as_ref().map(|(max, _)| InflightArgs {
+                        key: format!("conc:{name}"),
+                        max: *max,
+                        scope: LimitScope::Tenant,
+                    });
+                request.quota = tenant.quota.as_ref().map(|q| QuotaArgs {
+                    key: format!("quota:{name}:{}", self.clock.utc_day()),
+                    limit: q.limit(),
+                    unflushed: q.unflushed.load(Ordering::Relaxed),
+                    until_midnight: self.clock.until_utc_midnight(),
                 });
             }
         }
@@ -644,7 +295,7 @@ impl Limiter {
 
     /// Evicts keys whose state equals a fresh one (rate limiters past their burst window, idle
     /// concurrency counters, full and unused bandwidth buckets) and gives the memory back. Runs
-    /// inline every 8192 checks; [`Limiter::spawn_housekeeping`] runs it on a timer instead.
+    /// inline every 8192 checks; the binary also runs it on a timer, with the current limiter of each reload.
     pub fn housekeep(&self) {
         if self.housekeeping.swap(true, Ordering::AcqRel) {
             return; // another thread is at it
@@ -665,27 +316,13 @@ impl Limiter {
             rate.limiter.retain_recent();
             rate.limiter.shrink_to_fit();
         }
+        if let Some(inflight) = &self.anonymous.ip_inflight {
+            inflight.evict_idle();
+        }
         if let Some(bytes) = &self.anonymous.ip_bytes {
             bytes.evict_idle();
         }
         self.housekeeping.store(false, Ordering::Release);
-    }
-
-    /// Runs [`Limiter::housekeep`] every `every` until the limiter is dropped.
-    pub fn spawn_housekeeping(self: &Arc<Self>, every: Duration) -> tokio::task::JoinHandle<()> {
-        let weak: Weak<Self> = Arc::downgrade(self);
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(every);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            tick.tick().await;
-            loop {
-                tick.tick().await;
-                let Some(limiter) = weak.upgrade() else {
-                    return;
-                };
-                limiter.housekeep();
-            }
-        })
     }
 
     /// Keys currently held, for metrics.
@@ -699,6 +336,11 @@ impl Limiter {
                 .map_or(0, |c| c.counters.len());
             counts.byte_buckets += tenant.users_bytes.as_ref().map_or(0, |b| b.buckets.len());
         }
+        counts.concurrency += self
+            .anonymous
+            .ip_inflight
+            .as_ref()
+            .map_or(0, |c| c.counters.len());
         counts.ip_rate = self
             .anonymous
             .ip_rate
@@ -750,8 +392,10 @@ fn scope_of(subject: &Subject) -> LimitScope {
 #[cfg(test)]
 mod tests {
     use std::net::Ipv4Addr;
+    use std::num::{NonZeroU32, NonZeroU64};
 
     use super::*;
+    use crate::spec::{AnonymousLimits, TenantLimits};
 
     const START: Duration = Duration::from_secs(19_723 * 86_400 + 12 * 3600); // a UTC noon
 
@@ -894,7 +538,7 @@ mod tests {
     fn quota_exhausts_and_rolls_over_at_utc_midnight() {
         let clock = TimeSource::manual(Duration::from_secs(19_723 * 86_400 + 86_400 - 60));
         let limits = TenantLimits {
-            bytes_per_day: Some(1000),
+            bytes_per_day: NonZeroU64::new(1000),
             ..TenantLimits::default()
         };
         let limiter = tenant_limiter(limits, &clock);
@@ -925,7 +569,8 @@ mod tests {
             anonymous: AnonymousLimits {
                 requests_per_second: nz(10),
                 burst: nz(20),
-                bytes_per_second: Some(1 << 20),
+                bytes_per_second: NonZeroU64::new(1 << 20),
+                concurrent_requests: None,
             },
             ..LimitsSpec::default()
         };
@@ -955,6 +600,7 @@ mod tests {
                 requests_per_second: nz(1),
                 burst: nz(1),
                 bytes_per_second: None,
+                concurrent_requests: None,
             },
             ..LimitsSpec::default()
         };
@@ -964,5 +610,30 @@ mod tests {
         assert_eq!(refused.scope, LimitScope::Ip);
         assert_eq!(refused.retry_after, Duration::from_secs(1));
         limiter.check_local(&Subject::anonymous(ip(2))).unwrap();
+    }
+
+    // Pins `[limits] concurrent_requests`: each anonymous source IP holds at most that many requests in
+    // flight (refused with scope `ip`), a finished request gives its slot back, and other IPs are unaffected.
+    #[test]
+    fn anonymous_concurrency_is_per_ip() {
+        let spec = LimitsSpec {
+            anonymous: AnonymousLimits {
+                concurrent_requests: nz(2),
+                ..AnonymousLimits::default()
+            },
+            ..LimitsSpec::default()
+        };
+        let limiter = Limiter::with_clock(spec, TimeSource::manual(START)).unwrap();
+        let first = limiter.check_local(&Subject::anonymous(ip(1))).unwrap();
+        let _second = limiter.check_local(&Subject::anonymous(ip(1))).unwrap();
+        let refused = limiter.check_local(&Subject::anonymous(ip(1))).unwrap_err();
+        assert_eq!(
+            (refused.kind, refused.scope, refused.limit),
+            (LimitKind::Concurrency, LimitScope::Ip, 2)
+        );
+        let _other = limiter.check_local(&Subject::anonymous(ip(2))).unwrap();
+        drop(first);
+        limiter.check_local(&Subject::anonymous(ip(1))).unwrap();
+        assert_eq!(limiter.key_counts().concurrency, 2);
     }
 }

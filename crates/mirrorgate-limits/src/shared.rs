@@ -25,8 +25,9 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::Script;
 
 use crate::clock::TimeSource;
-use crate::decision::{LimitKind, LimitScope, Limited, RateInfo};
-use crate::limiter::DailyQuota;
+use crate::decision::{LimitKind, Limited, RateInfo};
+use crate::quota::DailyQuota;
+use crate::script::{AdmitCall, AdmitReply, SharedRequest, Verdict, ADMIT_LUA};
 use crate::spec::SharedSpec;
 use crate::LimitsError;
 
@@ -36,70 +37,14 @@ const LEASE: Duration = Duration::from_secs(30);
 const RENEW_EVERY: Duration = Duration::from_secs(10);
 /// Background tick: quota flush and health probe period.
 const TICK: Duration = Duration::from_millis(250);
+/// A concurrency refusal has no exact retry time; one second is a polite back-off.
+const CONCURRENCY_RETRY: Duration = Duration::from_secs(1);
 /// Background calls (connect, probe, flush, renew) may take longer than request-path calls.
 const BACKGROUND_TIMEOUT: Duration = Duration::from_millis(500);
 
 const UNKNOWN: u8 = 0;
 const UP: u8 = 1;
 const DOWN: u8 = 2;
-
-/// GCRA for up to two rate keys, concurrency for up to two lease sets, and the daily quota, all
-/// or nothing. A limit of 0 means "not limited" and its key is not touched.
-const ADMIT_LUA: &str = r#"
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-local now_ms = math.floor(now / 1000)
-local qmax = tonumber(ARGV[7])
-if qmax > 0 then
-  local used = tonumber(redis.call('GET', KEYS[5]) or '0') + tonumber(ARGV[8])
-  if used >= qmax then return {3, 1, 0, qmax, 0} end
-end
-local scopes = {tonumber(ARGV[11]), 1}
-local tats = {}
-local best = nil
-for i = 1, 2 do
-  local interval = tonumber(ARGV[2 * i - 1])
-  if interval > 0 then
-    local burst = tonumber(ARGV[2 * i])
-    local tau = interval * (burst - 1)
-    local tat = tonumber(redis.call('GET', KEYS[i]) or '0')
-    if tat < now then tat = now end
-    if now < tat - tau then
-      return {1, scopes[i], math.ceil(tat - tau - now), burst, 0}
-    end
-    local remaining = math.floor((now + tau - tat) / interval)
-    tats[i] = tat + interval
-    if best == nil or remaining < best[2] then
-      best = {burst, remaining, tats[i] - now, scopes[i]}
-    end
-  end
-end
-local lease = tonumber(ARGV[10])
-for i = 3, 4 do
-  local max = tonumber(ARGV[i + 2])
-  if max > 0 then
-    redis.call('ZREMRANGEBYSCORE', KEYS[i], '-inf', now_ms)
-    if redis.call('ZCARD', KEYS[i]) >= max then
-      local scope = 1
-      if i == 3 then scope = scopes[1] end
-      return {2, scope, 0, max, 0}
-    end
-  end
-end
-for i = 1, 2 do
-  if tats[i] then
-    redis.call('SET', KEYS[i], string.format('%.0f', tats[i]), 'PX', math.ceil((tats[i] - now) / 1000) + 1)
-  end
-end
-for i = 3, 4 do
-  if tonumber(ARGV[i + 2]) > 0 then
-    redis.call('ZADD', KEYS[i], now_ms + lease, ARGV[9])
-    redis.call('PEXPIRE', KEYS[i], lease * 2)
-  end
-end
-if best then return {0, best[4], math.floor(best[3]), best[1], best[2]} end
-return {0, 0, 0, 0, 0}
-"#;
 
 /// Pushes the lease of one permit forward in each of its sets (only if it is still there).
 const RENEW_LUA: &str = r#"
@@ -112,37 +57,6 @@ for _, key in ipairs(KEYS) do
 end
 return 1
 "#;
-
-/// One request-rate limit to check in Redis.
-#[derive(Debug, Clone)]
-pub(crate) struct RateArgs {
-    pub(crate) key: String,
-    pub(crate) interval: Duration,
-    pub(crate) burst: u32,
-    pub(crate) scope: LimitScope,
-}
-
-/// Everything Redis must decide for one request. Keys are relative to the key prefix.
-#[derive(Debug, Default)]
-pub(crate) struct SharedRequest {
-    /// The per-user (or per-IP) rate.
-    pub(crate) first_rate: Option<RateArgs>,
-    pub(crate) tenant_rate: Option<RateArgs>,
-    pub(crate) user_inflight: Option<(String, u32)>,
-    pub(crate) tenant_inflight: Option<(String, u32)>,
-    /// (key, bytes per day, bytes sent here but not flushed yet, time to the day's end)
-    pub(crate) quota: Option<(String, u64, u64, Duration)>,
-}
-
-impl SharedRequest {
-    pub(crate) fn is_empty(&self) -> bool {
-        self.first_rate.is_none()
-            && self.tenant_rate.is_none()
-            && self.user_inflight.is_none()
-            && self.tenant_inflight.is_none()
-            && self.quota.is_none()
-    }
-}
 
 /// Why Redis did not admit a request.
 #[derive(Debug)]
@@ -255,64 +169,18 @@ impl Shared {
         let Some(mut conn) = self.connection() else {
             return Err(AdmitError::Unreachable);
         };
-        let none = self.key("none");
-        let mut inflight_keys = Vec::new();
-        let mut invocation = self.admit.prepare_invoke();
-        let first_scope = request
-            .first_rate
-            .as_ref()
-            .map_or(LimitScope::User, |r| r.scope);
-        for rate in [&request.first_rate, &request.tenant_rate] {
-            match rate {
-                Some(r) => invocation.key(self.key(&r.key)),
-                None => invocation.key(&none),
-            };
-        }
-        for inflight in [&request.user_inflight, &request.tenant_inflight] {
-            match inflight {
-                Some((key, _)) => {
-                    let key = self.key(key);
-                    inflight_keys.push(key.clone());
-                    invocation.key(key)
-                }
-                None => invocation.key(&none),
-            };
-        }
-        match &request.quota {
-            Some((key, ..)) => invocation.key(self.key(key)),
-            None => invocation.key(&none),
-        };
-        for rate in [&request.first_rate, &request.tenant_rate] {
-            match rate {
-                Some(r) => invocation
-                    .arg(
-                        u64::try_from(r.interval.as_micros())
-                            .unwrap_or(u64::MAX)
-                            .max(1),
-                    )
-                    .arg(r.burst),
-                None => invocation.arg(0).arg(0),
-            };
-        }
-        for inflight in [&request.user_inflight, &request.tenant_inflight] {
-            invocation.arg(inflight.as_ref().map_or(0, |(_, max)| *max));
-        }
-        let (quota_max, quota_extra, until_midnight) = request
-            .quota
-            .as_ref()
-            .map_or((0, 0, Duration::ZERO), |q| (q.1, q.2, q.3));
         let member = format!(
             "{}:{}",
             self.replica,
             self.next_permit.fetch_add(1, Ordering::Relaxed)
         );
-        invocation
-            .arg(quota_max)
-            .arg(quota_extra)
-            .arg(&member)
-            .arg(u64::try_from(LEASE.as_millis()).unwrap_or(u64::MAX))
-            .arg(scope_code(first_scope));
-
+        let call = AdmitCall {
+            request: &request,
+            key_prefix: &self.spec.key_prefix,
+            member: &member,
+            lease: LEASE,
+        };
+        let invocation = call.invocation(&self.admit);
         let reply: Vec<i64> =
             match tokio::time::timeout(self.spec.timeout, invocation.invoke_async(&mut conn)).await
             {
@@ -326,51 +194,47 @@ impl Shared {
                     return Err(AdmitError::Unreachable);
                 }
             };
-        let field = |i: usize| reply.get(i).copied().unwrap_or(0).max(0);
-        let (code, scope, micros) = (field(0), scope_from(field(1)), field(2));
-        let (limit, remaining) = (field(3).unsigned_abs(), field(4).unsigned_abs());
-        let micros = Duration::from_micros(micros.unsigned_abs());
-        match code {
-            0 => {
-                let permit = (!inflight_keys.is_empty()).then(|| {
-                    self.live.insert(member.clone(), inflight_keys.clone());
+        let Some(reply) = AdmitReply::parse(&reply) else {
+            tracing::warn!(?reply, "unexpected reply from the shared-limits script");
+            return Err(AdmitError::Unreachable);
+        };
+        let limited = |kind, retry_after| {
+            Err(AdmitError::Limited(Limited {
+                kind,
+                scope: reply.scope,
+                retry_after,
+                limit: reply.limit,
+                remaining: 0,
+                reset: retry_after,
+            }))
+        };
+        match reply.verdict {
+            Verdict::Admitted => {
+                let keys = call.inflight_keys();
+                let permit = (!keys.is_empty()).then(|| {
+                    self.live.insert(member.clone(), keys.clone());
                     SharedPermit {
                         shared: self.clone(),
                         member,
-                        keys: inflight_keys,
+                        keys,
                     }
                 });
-                let rate = (limit > 0).then_some(RateInfo {
-                    limit,
-                    remaining,
-                    reset: micros,
+                let rate = (reply.limit > 0).then_some(RateInfo {
+                    limit: reply.limit,
+                    remaining: reply.remaining,
+                    reset: reply.wait,
                 });
                 Ok((permit, rate))
             }
-            1 => Err(AdmitError::Limited(Limited {
-                kind: LimitKind::RequestRate,
-                scope,
-                retry_after: micros,
-                limit,
-                remaining: 0,
-                reset: micros,
-            })),
-            2 => Err(AdmitError::Limited(Limited {
-                kind: LimitKind::Concurrency,
-                scope,
-                retry_after: Duration::from_secs(1),
-                limit,
-                remaining: 0,
-                reset: Duration::from_secs(1),
-            })),
-            _ => Err(AdmitError::Limited(Limited {
-                kind: LimitKind::Quota,
-                scope: LimitScope::Tenant,
-                retry_after: until_midnight,
-                limit,
-                remaining: 0,
-                reset: until_midnight,
-            })),
+            Verdict::RateLimited => limited(LimitKind::RequestRate, reply.wait),
+            Verdict::ConcurrencyLimited => limited(LimitKind::Concurrency, CONCURRENCY_RETRY),
+            Verdict::QuotaUsed => limited(
+                LimitKind::Quota,
+                request
+                    .quota
+                    .as_ref()
+                    .map_or(Duration::ZERO, |q| q.until_midnight),
+            ),
         }
     }
 
@@ -498,22 +362,6 @@ async fn background(weak: Weak<Shared>) {
     }
 }
 
-fn scope_code(scope: LimitScope) -> u8 {
-    match scope {
-        LimitScope::User => 0,
-        LimitScope::Tenant => 1,
-        LimitScope::Ip => 2,
-    }
-}
-
-fn scope_from(code: i64) -> LimitScope {
-    match code {
-        1 => LimitScope::Tenant,
-        2 => LimitScope::Ip,
-        _ => LimitScope::User,
-    }
-}
-
 /// A concurrency slot held in Redis; removed on drop (or expired by its lease).
 pub(crate) struct SharedPermit {
     shared: Arc<Shared>,
@@ -550,7 +398,7 @@ mod tests {
     use std::process::{Child, Command, Stdio};
 
     use super::*;
-    use crate::{Limiter, LimitsSpec, Subject, TenantLimits};
+    use crate::{LimitScope, Limiter, LimitsSpec, Subject, TenantLimits};
 
     const REDIS_SERVER: &str = "/usr/bin/redis-server";
 
@@ -732,7 +580,7 @@ mod tests {
     async fn shared_daily_quota() {
         let redis = RedisProcess::start();
         let limits = TenantLimits {
-            bytes_per_day: Some(1000),
+            bytes_per_day: std::num::NonZeroU64::new(1000),
             ..TenantLimits::default()
         };
         let (a, b) = (

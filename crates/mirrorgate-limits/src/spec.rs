@@ -1,10 +1,12 @@
 //! Plain limit specifications.
 //!
 //! These mirror the `[[tenant]]` and `[limits]` keys of config.md without depending on the config
-//! crate: the binary maps validated config into them, so this crate can be built and tested alone.
+//! crate: the proxy maps validated config into them (`mirrorgate-proxy` `specs.rs`), so this crate can be
+//! built and tested alone. Every limit is `Option<NonZero…>`: `None` is "not limited", and zero cannot be
+//! written (config validation refuses it with "omit the key for no limit").
 
 use std::collections::HashMap;
-use std::num::NonZeroU32;
+use std::num::{NonZeroU32, NonZeroU64};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -19,8 +21,8 @@ pub struct TenantLimits {
     /// Requests a user may send at once before the rate applies (`burst`); defaults to one
     /// second's worth of `requests_per_second`.
     pub burst: Option<NonZeroU32>,
-    /// Response body bytes per second per user (`bytes_per_second`); 0 is treated as unlimited.
-    pub bytes_per_second: Option<u64>,
+    /// Response body bytes per second per user (`bytes_per_second`).
+    pub bytes_per_second: Option<NonZeroU64>,
     /// In-flight requests per user (`concurrent_requests`).
     pub concurrent_requests: Option<NonZeroU32>,
     /// Requests per second for the whole tenant (`tenant_requests_per_second`). Its burst is
@@ -28,11 +30,11 @@ pub struct TenantLimits {
     /// than a single one of its users.
     pub tenant_requests_per_second: Option<NonZeroU32>,
     /// Response body bytes per second for the whole tenant (`tenant_bytes_per_second`).
-    pub tenant_bytes_per_second: Option<u64>,
-    /// In-flight requests for the whole tenant. Not in config.md yet; `None` until it is.
+    pub tenant_bytes_per_second: Option<NonZeroU64>,
+    /// In-flight requests for the whole tenant (`tenant_concurrent_requests`).
     pub tenant_concurrent_requests: Option<NonZeroU32>,
     /// Response body bytes per UTC day for the whole tenant (`bytes_per_day`).
-    pub bytes_per_day: Option<u64>,
+    pub bytes_per_day: Option<NonZeroU64>,
 }
 
 /// Limits for anonymous clients, applied per source IP (`[limits]`).
@@ -42,8 +44,10 @@ pub struct AnonymousLimits {
     pub requests_per_second: Option<NonZeroU32>,
     /// Burst per source IP; defaults to one second's worth of `requests_per_second`.
     pub burst: Option<NonZeroU32>,
-    /// Response body bytes per second per source IP; 0 is treated as unlimited.
-    pub bytes_per_second: Option<u64>,
+    /// Response body bytes per second per source IP.
+    pub bytes_per_second: Option<NonZeroU64>,
+    /// In-flight requests per source IP (`concurrent_requests`).
+    pub concurrent_requests: Option<NonZeroU32>,
 }
 
 /// Shared mode: request rate, concurrency and daily quotas are kept in Redis so that N replicas
@@ -85,9 +89,4 @@ pub struct LimitsSpec {
     pub anonymous: AnonymousLimits,
     /// Shared mode, when `[limits] redis` is set.
     pub shared: Option<SharedSpec>,
-}
-
-/// A configured bytes/s value, with 0 read as "unlimited" so a bucket never blocks forever.
-pub(crate) fn nonzero_rate(rate: Option<u64>) -> Option<u64> {
-    rate.filter(|r| *r > 0)
 }

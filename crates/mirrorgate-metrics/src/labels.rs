@@ -8,6 +8,8 @@
 use std::collections::HashSet;
 use std::sync::RwLock;
 
+use mirrorgate_registry::RequestKind;
+
 /// Label value used once a capped label has seen its maximum number of distinct values.
 pub const OVERFLOW_LABEL: &str = "other";
 /// Tenant label value for requests that belong to no tenant (anonymous pulls).
@@ -17,31 +19,15 @@ pub const DISABLED_LABEL: &str = "all";
 /// Route label value for requests whose host matched no configured route.
 pub const UNROUTED_LABEL: &str = "unrouted";
 
-/// What a client request was for; the `kind` label on request metrics.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum RequestKind {
-    /// `/v2/<name>/manifests/<reference>`.
-    Manifest,
-    /// `/v2/<name>/blobs/...` (downloads and uploads).
-    Blob,
-    /// The token endpoint.
-    Token,
-    /// The `/v2/` version check.
-    Ping,
-    /// Anything else (tags list, referrers, catalog, local pages).
-    Other,
-}
-
-impl RequestKind {
-    /// The label value.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Manifest => "manifest",
-            Self::Blob => "blob",
-            Self::Token => "token",
-            Self::Ping => "ping",
-            Self::Other => "other",
-        }
+/// The `kind` label on request metrics: the request kind folded into the values dashboards use
+/// (uploads count as `blob`; tags, catalog, referrers and requests that are no registry path as `other`).
+pub(crate) fn kind_label(kind: Option<RequestKind>) -> &'static str {
+    match kind {
+        Some(RequestKind::Manifest) => "manifest",
+        Some(RequestKind::Blob | RequestKind::Upload) => "blob",
+        Some(RequestKind::Token) => "token",
+        Some(RequestKind::Ping) => "ping",
+        Some(RequestKind::Tags | RequestKind::Catalog | RequestKind::Referrers) | None => "other",
     }
 }
 
@@ -63,56 +49,6 @@ impl TokenResult {
             Self::CacheHit => "cache_hit",
             Self::Fetched => "fetched",
             Self::Error => "error",
-        }
-    }
-}
-
-/// Which limit turned a request away; the `limit` label on `mirrorgate_rate_limited_total`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum LimitKind {
-    /// Requests per second.
-    RequestRate,
-    /// Concurrent requests or pulls.
-    Concurrency,
-    /// Bytes per second (a throttled body rather than a refusal, counted when it first waits).
-    Bandwidth,
-    /// Bytes per day / month.
-    Quota,
-    /// Too many failed logins from one source.
-    AuthFailures,
-}
-
-impl LimitKind {
-    /// The label value.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::RequestRate => "request_rate",
-            Self::Concurrency => "concurrency",
-            Self::Bandwidth => "bandwidth",
-            Self::Quota => "quota",
-            Self::AuthFailures => "auth_failures",
-        }
-    }
-}
-
-/// Whose budget a limit was counted against; the `scope` label on `mirrorgate_rate_limited_total`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum LimitScope {
-    /// One authenticated user.
-    User,
-    /// A whole tenant.
-    Tenant,
-    /// One client address (anonymous access, failed logins).
-    Ip,
-}
-
-impl LimitScope {
-    /// The label value.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::User => "user",
-            Self::Tenant => "tenant",
-            Self::Ip => "ip",
         }
     }
 }
@@ -261,6 +197,17 @@ mod tests {
         assert_eq!(status_class(503), "5xx");
         assert_eq!(status_class(0), "other");
         assert_eq!(status_class(600), "other");
+    }
+
+    // Pins that every `kind` value dashboards use is reachable, `token` included.
+    #[test]
+    fn kind_labels() {
+        assert_eq!(kind_label(Some(RequestKind::Token)), "token");
+        assert_eq!(kind_label(Some(RequestKind::Upload)), "blob");
+        assert_eq!(kind_label(Some(RequestKind::Manifest)), "manifest");
+        assert_eq!(kind_label(Some(RequestKind::Ping)), "ping");
+        assert_eq!(kind_label(Some(RequestKind::Tags)), "other");
+        assert_eq!(kind_label(None), "other");
     }
 
     // Rule: unknown HTTP methods collapse into one label value.

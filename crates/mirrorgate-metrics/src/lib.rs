@@ -24,7 +24,9 @@ pub use admin::{admin_response, METRICS_CONTENT_TYPE};
 pub use error::MetricsError;
 pub use health::Health;
 pub use labels::{
-    status_class, AuthFailureReason, LimitKind, LimitScope, Outcome, RequestKind, TokenResult,
-    ANONYMOUS_LABEL, DISABLED_LABEL, OVERFLOW_LABEL, UNROUTED_LABEL,
+    status_class, AuthFailureReason, Outcome, TokenResult, ANONYMOUS_LABEL, DISABLED_LABEL,
+    OVERFLOW_LABEL, UNROUTED_LABEL,
 };
 pub use metrics::{ConnectionGuard, Metrics, MetricsOptions, RequestLabels};
+/// The label types of `mirrorgate_rate_limited_total`, defined by the limits crate (re-exported, not copied).
+pub use mirrorgate_limits::{LimitKind, LimitScope};

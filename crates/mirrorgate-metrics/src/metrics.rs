@@ -14,9 +14,12 @@ use prometheus::{
 };
 
 use crate::error::MetricsError;
+use mirrorgate_limits::{LimitKind, LimitScope};
+use mirrorgate_registry::RequestKind;
+
 use crate::labels::{
-    method_label, status_class, AuthFailureReason, LabelCap, LimitKind, LimitScope, Outcome,
-    RequestKind, TokenResult, ANONYMOUS_LABEL, DISABLED_LABEL,
+    kind_label, method_label, status_class, AuthFailureReason, LabelCap, Outcome, TokenResult,
+    ANONYMOUS_LABEL, DISABLED_LABEL,
 };
 
 /// Latency buckets from 1 ms to 10 min: a cached manifest answers in milliseconds, a multi-gigabyte layer
@@ -65,8 +68,8 @@ pub struct RequestLabels<'a> {
     pub user: Option<&'a str>,
     /// The request method.
     pub method: &'a http::Method,
-    /// What the request was for.
-    pub kind: RequestKind,
+    /// What the request was for; `None` when it was no registry request (unparsable path, local pages).
+    pub kind: Option<RequestKind>,
 }
 
 /// Counts one open connection; dropping it closes the count. Hold it for the connection's lifetime.
@@ -342,8 +345,8 @@ impl Metrics {
         for limit in [
             LimitKind::RequestRate,
             LimitKind::Concurrency,
-            LimitKind::Bandwidth,
             LimitKind::Quota,
+            LimitKind::Unavailable,
             LimitKind::AuthFailures,
         ] {
             for scope in [LimitScope::User, LimitScope::Tenant, LimitScope::Ip] {
@@ -427,7 +430,7 @@ impl Metrics {
         bytes_out: u64,
     ) {
         let tenant = self.tenant_label(labels.tenant);
-        let kind = labels.kind.as_str();
+        let kind = kind_label(labels.kind);
         self.requests
             .with_label_values(&[
                 labels.route,
@@ -704,7 +707,7 @@ pub(crate) mod tests {
             tenant: Some("acme"),
             user: Some("alice"),
             method: &http::Method::GET,
-            kind: RequestKind::Blob,
+            kind: Some(RequestKind::Blob),
         }
     }
 
@@ -762,7 +765,7 @@ pub(crate) mod tests {
                 tenant: None,
                 user: None,
                 method: &http::Method::from_bytes(b"BREW").unwrap(),
-                kind: RequestKind::Other,
+                kind: None,
             },
             404,
             Duration::from_micros(200),

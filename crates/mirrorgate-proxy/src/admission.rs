@@ -184,18 +184,7 @@ fn failure_reason(e: &AuthError) -> Option<AuthFailureReason> {
 /// A limit hit becomes 429 (503 when shared limit state is required and unreachable), with `Retry-After` and
 /// the `RateLimit-*` headers.
 fn limit_refusal(gw: &Gateway, limited: &Limited) -> ProxyError {
-    let kind = match limited.kind {
-        LimitKind::RequestRate => mirrorgate_metrics::LimitKind::RequestRate,
-        LimitKind::Concurrency => mirrorgate_metrics::LimitKind::Concurrency,
-        LimitKind::Quota => mirrorgate_metrics::LimitKind::Quota,
-        _ => mirrorgate_metrics::LimitKind::RequestRate,
-    };
-    let scope = match limited.scope {
-        mirrorgate_limits::LimitScope::User => LimitScope::User,
-        mirrorgate_limits::LimitScope::Tenant => LimitScope::Tenant,
-        _ => LimitScope::Ip,
-    };
-    gw.metrics.rate_limited(kind, scope);
+    gw.metrics.rate_limited(limited.kind, limited.scope);
     let code = if limited.kind == LimitKind::Unavailable {
         ErrorCode::Unavailable
     } else {

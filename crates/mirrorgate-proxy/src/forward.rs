@@ -56,6 +56,7 @@ pub async fn serve(
         &rt.config.server.trusted_proxies,
     );
     if req.uri().path() == "/token" {
+        facts.kind = Some(mirrorgate_registry::RequestKind::Token);
         return crate::token_endpoint::serve_token(gw, route, req, &authority, client_ip).await;
     }
     // Phases 1–2: the plan.

@@ -98,7 +98,10 @@ mod tests {
     fn only_http_targets() {
         assert!(check_redirect_target(&Url::parse("https://cdn.example/blob").unwrap()).is_ok());
         for bad in ["file:///etc/passwd", "gopher://x/", "ftp://x/"] {
-            assert!(check_redirect_target(&Url::parse(bad).unwrap()).is_err(), "{bad}");
+            assert!(
+                check_redirect_target(&Url::parse(bad).unwrap()).is_err(),
+                "{bad}"
+            );
         }
     }
 }

@@ -15,7 +15,6 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use mirrorgate_metrics::{Health, Metrics, RequestLabels, UNROUTED_LABEL};
-use mirrorgate_registry::RequestKind;
 use mirrorgate_tls::ACME_TLS_ALPN;
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
@@ -344,14 +343,13 @@ async fn handle(
         let _busy = busy;
         let elapsed = started.elapsed();
         let route = facts.route.as_deref().unwrap_or(UNROUTED_LABEL);
-        let kind = metric_kind(facts.kind);
         gw.metrics.request_done(
             &RequestLabels {
                 route,
                 tenant: facts.tenant.as_deref(),
                 user: facts.user.as_deref(),
                 method: &method,
-                kind,
+                kind: facts.kind,
             },
             status.as_u16(),
             elapsed,
@@ -376,17 +374,6 @@ async fn handle(
     });
     let body = GatewayBody::new(Metered::new(body, idle, on_done));
     Response::from_parts(parts, body)
-}
-
-fn metric_kind(kind: Option<RequestKind>) -> mirrorgate_metrics::RequestKind {
-    match kind {
-        Some(RequestKind::Manifest) => mirrorgate_metrics::RequestKind::Manifest,
-        Some(RequestKind::Blob) | Some(RequestKind::Upload) => {
-            mirrorgate_metrics::RequestKind::Blob
-        }
-        Some(RequestKind::Ping) => mirrorgate_metrics::RequestKind::Ping,
-        _ => mirrorgate_metrics::RequestKind::Other,
-    }
 }
 
 /// Serves the plain-HTTP listener: ACME HTTP-01 answers, and a 308 to https (path and query kept) for

@@ -1,7 +1,6 @@
 //! Config → the plain specs the auth and limits crates take. Kept here, in the one crate that knows both the
 //! config types and those crates, so neither of them depends on the config schema.
 
-use std::num::NonZeroU32;
 use std::sync::Arc;
 
 use mirrorgate_auth::{AuthSpec, PasswordPolicy, TenantSpec, TokenSpec, DEFAULT_REFRESH_TTL};
@@ -41,23 +40,19 @@ pub fn auth_spec(config: &Config) -> AuthSpec {
     }
 }
 
-fn nz(v: Option<u32>) -> Option<NonZeroU32> {
-    v.and_then(NonZeroU32::new)
-}
-
 pub fn limits_spec(config: &Config) -> LimitsSpec {
     let tenants = config
         .tenants
         .iter()
         .map(|t| {
             let limits = TenantLimits {
-                requests_per_second: nz(t.requests_per_second),
-                burst: nz(t.burst),
+                requests_per_second: t.requests_per_second,
+                burst: t.burst,
                 bytes_per_second: t.bytes_per_second,
-                concurrent_requests: nz(t.concurrent_requests),
-                tenant_requests_per_second: nz(t.tenant_requests_per_second),
+                concurrent_requests: t.concurrent_requests,
+                tenant_requests_per_second: t.tenant_requests_per_second,
                 tenant_bytes_per_second: t.tenant_bytes_per_second,
-                tenant_concurrent_requests: nz(t.tenant_concurrent_requests),
+                tenant_concurrent_requests: t.tenant_concurrent_requests,
                 bytes_per_day: t.bytes_per_day,
             };
             (Arc::<str>::from(t.name.as_str()), limits)
@@ -67,9 +62,10 @@ pub fn limits_spec(config: &Config) -> LimitsSpec {
     LimitsSpec {
         tenants,
         anonymous: AnonymousLimits {
-            requests_per_second: nz(a.requests_per_second),
-            burst: nz(a.burst),
+            requests_per_second: a.requests_per_second,
+            burst: a.burst,
             bytes_per_second: a.bytes_per_second,
+            concurrent_requests: a.concurrent_requests,
         },
         shared: config.limits.redis.as_ref().map(|url| {
             let mut s = SharedSpec::new(url.as_str());

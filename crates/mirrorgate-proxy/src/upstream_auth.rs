@@ -43,8 +43,8 @@ pub enum TokenFetchError {
     Request(#[source] Arc<http::Error>),
     #[error("cannot reach the token service")]
     Send(#[source] Arc<hyper_util::client::legacy::Error>),
-    #[error("the token exchange did not finish within {0:?}")]
-    Timeout(Duration),
+    #[error("the token exchange did not finish in time")]
+    Deadline(#[from] mirrorgate_registry::TokenDeadline),
     #[error("reading the token response failed")]
     Body(#[source] Arc<dyn std::error::Error + Send + Sync>),
     #[error("the token service answered {0}")]
@@ -145,8 +145,8 @@ impl Attempt<'_> {
         let fetched = ctx
             .gw
             .tokens
-            .get_or_fetch(&key, || {
-                fetch_token(ctx, url, creds, deadline, allow_private)
+            .get_or_fetch_until(&key, tokio::time::Instant::now() + deadline, || {
+                fetch_token(ctx, url, creds, allow_private)
             })
             .await;
         match fetched {
@@ -197,13 +197,12 @@ fn basic(user: &str, password: &str) -> Option<HeaderValue> {
     Some(v)
 }
 
-/// One token request to the upstream's realm (GET, as Docker Hub and distribution expect), head and body
-/// within `deadline`.
+/// One token request to the upstream's realm (GET, as Docker Hub and distribution expect), head and body. The
+/// caller bounds the whole exchange with one deadline.
 async fn fetch_token(
     ctx: &RequestCtx<'_>,
     url: Url,
     creds: Option<&Credentials>,
-    deadline: Duration,
     allow_private: bool,
 ) -> Result<UpstreamToken, TokenFetchError> {
     let mut req = Request::builder().method(Method::GET).uri(url.as_str());
@@ -215,27 +214,22 @@ async fn fetch_token(
     let req = req
         .body(empty())
         .map_err(|e| TokenFetchError::Request(Arc::new(e)))?;
-    let exchange = async {
-        let resp = ctx
-            .route
-            .client
-            .send_untrusted(req, allow_private)
-            .await
-            .map_err(|e| TokenFetchError::Send(Arc::new(e)))?;
-        let status = resp.status();
-        let body = http_body_util::Limited::new(resp.into_body(), MAX_TOKEN_RESPONSE)
-            .collect()
-            .await
-            .map_err(|e| TokenFetchError::Body(Arc::from(e)))?
-            .to_bytes();
-        if !status.is_success() {
-            return Err(TokenFetchError::Status(status));
-        }
-        TokenResponse::parse(&body).map_err(|e| TokenFetchError::Parse(Arc::new(e)))
-    };
-    tokio::time::timeout(deadline, exchange)
+    let resp = ctx
+        .route
+        .client
+        .send_untrusted(req, allow_private)
         .await
-        .map_err(|_| TokenFetchError::Timeout(deadline))?
+        .map_err(|e| TokenFetchError::Send(Arc::new(e)))?;
+    let status = resp.status();
+    let body = http_body_util::Limited::new(resp.into_body(), MAX_TOKEN_RESPONSE)
+        .collect()
+        .await
+        .map_err(|e| TokenFetchError::Body(Arc::from(e)))?
+        .to_bytes();
+    if !status.is_success() {
+        return Err(TokenFetchError::Status(status));
+    }
+    TokenResponse::parse(&body).map_err(|e| TokenFetchError::Parse(Arc::new(e)))
 }
 
 /// A URL for logs and errors: realms and CDN URLs may carry signatures or credentials in the query.

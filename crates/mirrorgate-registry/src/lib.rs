@@ -43,8 +43,8 @@ pub use rewrite::{
 };
 pub use scope::{Action, Scope};
 pub use token::{
-    token_request_url, CacheOutcome, TokenCache, TokenCacheStats, TokenKey, TokenResponse,
-    UpstreamToken,
+    token_request_url, CacheOutcome, TokenCache, TokenCacheStats, TokenDeadline, TokenKey,
+    TokenResponse, UpstreamToken,
 };
 pub use wire::{
     api_version, is_docker_hub, ratelimit_remaining, strip_cdn_headers, API_VERSION_HEADER,

@@ -37,9 +37,13 @@ pub enum RegistryPath {
     },
 }
 
-/// The endpoint family, for metric labels and per-kind policy (cache, limits).
+/// The endpoint family, for metric labels and per-kind policy (cache, limits). The one definition: metrics
+/// and the proxy use this type (metrics folds it into its coarser `kind` label values).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum RequestKind {
+    /// `/token`: the gateway's own token endpoint (Docker token authentication). Not a `/v2/` path, so
+    /// [`RegistryPath::kind`] never returns it; the request path sets it for requests to that endpoint.
+    Token,
     Ping,
     Manifest,
     Blob,
@@ -54,6 +58,7 @@ impl RequestKind {
     /// A fixed, low-cardinality label value.
     pub fn as_str(self) -> &'static str {
         match self {
+            RequestKind::Token => "token",
             RequestKind::Ping => "ping",
             RequestKind::Manifest => "manifest",
             RequestKind::Blob => "blob",

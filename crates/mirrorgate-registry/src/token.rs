@@ -194,7 +194,8 @@ pub struct TokenCacheStats {
 /// it, and callers queued behind it find the fresh token when they get the lock. If that fetch fails, the
 /// callers that were already waiting get the same error (the `E: Clone` bound) instead of each retrying in
 /// turn against an upstream that just failed; callers arriving later try again (failures are not cached).
-/// If the fetching caller is cancelled, the next waiter fetches.
+/// If the fetching caller is cancelled, the next waiter fetches. [`TokenCache::get_or_fetch_until`] bounds the
+/// whole call, wait and fetch, by one deadline.
 pub struct TokenCache {
     slots: DashMap<TokenKey, Arc<Slot>>,
     capacity: usize,
@@ -247,6 +248,9 @@ impl TokenCache {
     }
 
     /// The cached token for `key` if fresh, else the result of `fetch` (stored on success).
+    ///
+    /// No time bound of its own: waiting behind another caller's fetch lasts as long as that fetch. On the
+    /// request path use [`TokenCache::get_or_fetch_until`].
     pub async fn get_or_fetch<F, Fut, E>(
         &self,
         key: &TokenKey,
@@ -257,9 +261,50 @@ impl TokenCache {
         Fut: Future<Output = Result<UpstreamToken, E>>,
         E: Clone + Send + Sync + 'static,
     {
+        self.single_flight(key, None, fetch).await
+    }
+
+    /// Like [`TokenCache::get_or_fetch`], with one deadline over the whole call: the wait behind another
+    /// caller's fetch and this caller's own fetch (which must read the token response's head *and* body).
+    ///
+    /// Why both: a token service that stalls mid-body must not hold the key's lock past the deadline (the
+    /// fetch is abandoned and counts as a failed attempt, so callers already queued fail fast with
+    /// [`TokenDeadline`] instead of each waiting out a fresh deadline), and a caller queued behind a slow fetch
+    /// gives up at its own deadline rather than inheriting the leader's. A caller arriving after a failure
+    /// fetches anew: failures are never cached.
+    pub async fn get_or_fetch_until<F, Fut, E>(
+        &self,
+        key: &TokenKey,
+        deadline: tokio::time::Instant,
+        fetch: F,
+    ) -> Result<(Arc<UpstreamToken>, CacheOutcome), E>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<UpstreamToken, E>>,
+        E: From<TokenDeadline> + Clone + Send + Sync + 'static,
+    {
+        let elapsed = || E::from(TokenDeadline);
+        self.single_flight(key, Some((deadline, &elapsed)), fetch)
+            .await
+    }
+
+    /// The single flight. Cancellation-safe: if the caller holding the lock is dropped mid-fetch, the guard is
+    /// released without counting a finished attempt, so the next waiter fetches itself instead of reading a
+    /// result that will never come.
+    async fn single_flight<F, Fut, E>(
+        &self,
+        key: &TokenKey,
+        deadline: Deadline<'_, E>,
+        fetch: F,
+    ) -> Result<(Arc<UpstreamToken>, CacheOutcome), E>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<UpstreamToken, E>>,
+        E: Clone + Send + Sync + 'static,
+    {
         let slot = self.slot(key);
         let seen = slot.finished.load(Ordering::Acquire);
-        let mut state = slot.state.lock().await;
+        let mut state = within(deadline, slot.state.lock()).await?;
         if let Some(token) = &state.token {
             if token.is_fresh_at(Instant::now()) {
                 self.hits.fetch_add(1, Ordering::Relaxed);
@@ -276,7 +321,7 @@ impl TokenCache {
                 return Err(err.clone());
             }
         }
-        let result = fetch().await;
+        let result = within(deadline, fetch()).await.and_then(|r| r);
         slot.finished.fetch_add(1, Ordering::AcqRel);
         match result {
             Ok(token) => {
@@ -371,6 +416,25 @@ impl TokenCache {
         }
         let removed = before.saturating_sub(self.slots.len());
         self.evictions.fetch_add(removed as u64, Ordering::Relaxed);
+    }
+}
+
+/// A token exchange (or the wait for another caller's) outlasted the deadline given to
+/// [`TokenCache::get_or_fetch_until`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("the token service did not answer within the deadline")]
+pub struct TokenDeadline;
+
+/// When a single-flight call gives up, and the caller's error for that (none: wait as long as it takes).
+type Deadline<'a, E> = Option<(tokio::time::Instant, &'a (dyn Fn() -> E + Sync))>;
+
+/// `fut` raced against `deadline`; the deadline's error when it came first (`fut` is dropped).
+async fn within<F: Future, E>(deadline: Deadline<'_, E>, fut: F) -> Result<F::Output, E> {
+    match deadline {
+        Some((at, elapsed)) => tokio::time::timeout_at(at, fut)
+            .await
+            .map_err(|_| elapsed()),
+        None => Ok(fut.await),
     }
 }
 
@@ -678,5 +742,206 @@ mod tests {
         cache.invalidate(&key("s"));
         let (_, outcome) = cache.get_or_fetch(&key("s"), ok).await.unwrap();
         assert_eq!(outcome, CacheOutcome::Fetched);
+    }
+
+    #[derive(Debug, Clone, PartialEq)]
+    enum FetchErr {
+        Down,
+        Deadline,
+    }
+
+    impl From<TokenDeadline> for FetchErr {
+        fn from(_: TokenDeadline) -> Self {
+            FetchErr::Deadline
+        }
+    }
+
+    fn ok_token() -> Result<UpstreamToken, FetchErr> {
+        Ok(UpstreamToken::new("fresh", Duration::from_secs(300)))
+    }
+
+    // Pins: a fetch that stalls (a token service that sends a head and then nothing) is abandoned at the
+    // deadline; callers already queued behind it fail fast with the deadline error instead of each waiting out a
+    // fresh one, and the next caller fetches anew and succeeds.
+    #[tokio::test(start_paused = true)]
+    async fn stalled_fetch_ends_at_deadline_and_frees_the_key() {
+        let cache = Arc::new(TokenCache::default());
+        let calls = Arc::new(AtomicUsize::new(0));
+        let start = tokio::time::Instant::now();
+        let deadline = start + Duration::from_secs(5);
+        let leader = {
+            let (cache, calls) = (Arc::clone(&cache), Arc::clone(&calls));
+            tokio::spawn(async move {
+                cache
+                    .get_or_fetch_until(&key("s"), deadline, || async move {
+                        calls.fetch_add(1, Ordering::SeqCst);
+                        std::future::pending::<Result<UpstreamToken, FetchErr>>().await
+                    })
+                    .await
+            })
+        };
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let waiter = {
+            let (cache, calls) = (Arc::clone(&cache), Arc::clone(&calls));
+            tokio::spawn(async move {
+                let own_deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+                let result = cache
+                    .get_or_fetch_until(&key("s"), own_deadline, || async move {
+                        calls.fetch_add(1, Ordering::SeqCst);
+                        ok_token()
+                    })
+                    .await;
+                (result, tokio::time::Instant::now())
+            })
+        };
+        assert_eq!(leader.await.unwrap().unwrap_err(), FetchErr::Deadline);
+        let (result, at) = waiter.await.unwrap();
+        assert_eq!(result.unwrap_err(), FetchErr::Deadline);
+        assert_eq!(
+            at - start,
+            Duration::from_secs(5),
+            "the waiter shared the leader's end"
+        );
+        assert_eq!(
+            calls.load(Ordering::SeqCst),
+            1,
+            "the waiter did not fetch again"
+        );
+        let (token, outcome) = cache
+            .get_or_fetch_until(
+                &key("s"),
+                tokio::time::Instant::now() + Duration::from_secs(5),
+                || async {
+                    calls.fetch_add(1, Ordering::SeqCst);
+                    ok_token()
+                },
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            (token.value.as_str(), outcome),
+            ("fresh", CacheOutcome::Fetched)
+        );
+        assert_eq!(cache.stats().failures, 1);
+    }
+
+    // Pins: the caller holding the key's lock being dropped mid-fetch (client gone, an outer timeout) does not
+    // strand the key: the caller queued behind it fetches itself at once and succeeds.
+    #[tokio::test(start_paused = true)]
+    async fn dropped_leader_lets_the_next_caller_fetch() {
+        let cache = Arc::new(TokenCache::default());
+        let calls = Arc::new(AtomicUsize::new(0));
+        let leader = {
+            let (cache, calls) = (Arc::clone(&cache), Arc::clone(&calls));
+            tokio::spawn(async move {
+                cache
+                    .get_or_fetch(&key("s"), || async move {
+                        calls.fetch_add(1, Ordering::SeqCst);
+                        std::future::pending::<Result<UpstreamToken, FetchErr>>().await
+                    })
+                    .await
+            })
+        };
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        let waiter = {
+            let (cache, calls) = (Arc::clone(&cache), Arc::clone(&calls));
+            tokio::spawn(async move {
+                cache
+                    .get_or_fetch(&key("s"), || async move {
+                        calls.fetch_add(1, Ordering::SeqCst);
+                        ok_token()
+                    })
+                    .await
+            })
+        };
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        let dropped_at = tokio::time::Instant::now();
+        leader.abort();
+        let (token, outcome) = waiter.await.unwrap().unwrap();
+        assert_eq!(
+            (token.value.as_str(), outcome),
+            ("fresh", CacheOutcome::Fetched)
+        );
+        assert_eq!(
+            tokio::time::Instant::now(),
+            dropped_at,
+            "no waiting on the dead fetch"
+        );
+        assert_eq!(calls.load(Ordering::SeqCst), 2);
+        assert_eq!(
+            cache.stats().failures,
+            0,
+            "a cancelled fetch is no failure to share"
+        );
+    }
+
+    // Pins: a caller queued behind a slow fetch is bounded by its own deadline, even when the leader's
+    // deadline is later (the leader keeps fetching; its success still lands in the cache).
+    #[tokio::test(start_paused = true)]
+    async fn waiter_behind_a_slow_fetch_keeps_its_own_deadline() {
+        let cache = Arc::new(TokenCache::default());
+        let start = tokio::time::Instant::now();
+        let leader = {
+            let cache = Arc::clone(&cache);
+            tokio::spawn(async move {
+                cache
+                    .get_or_fetch_until(&key("s"), start + Duration::from_secs(30), || async {
+                        tokio::time::sleep(Duration::from_secs(10)).await;
+                        ok_token()
+                    })
+                    .await
+            })
+        };
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let result = cache
+            .get_or_fetch_until(&key("s"), start + Duration::from_secs(3), || async {
+                ok_token()
+            })
+            .await;
+        assert_eq!(result.unwrap_err(), FetchErr::Deadline);
+        assert_eq!(tokio::time::Instant::now() - start, Duration::from_secs(3));
+        let (_, outcome) = leader.await.unwrap().unwrap();
+        assert_eq!(outcome, CacheOutcome::Fetched);
+        let (_, outcome) = cache
+            .get_or_fetch_until(
+                &key("s"),
+                tokio::time::Instant::now() + Duration::from_secs(1),
+                || async { ok_token() },
+            )
+            .await
+            .unwrap();
+        assert_eq!(outcome, CacheOutcome::Hit);
+    }
+
+    // Pins: a failed fetch (the token service answered an error) ends the callers queued behind it at once
+    // with that error; they do not wait for or start another fetch.
+    #[tokio::test(start_paused = true)]
+    async fn failed_fetch_fails_queued_callers_fast() {
+        let cache = Arc::new(TokenCache::default());
+        let calls = Arc::new(AtomicUsize::new(0));
+        let start = tokio::time::Instant::now();
+        let leader = {
+            let (cache, calls) = (Arc::clone(&cache), Arc::clone(&calls));
+            tokio::spawn(async move {
+                cache
+                    .get_or_fetch_until(&key("s"), start + Duration::from_secs(5), || async move {
+                        calls.fetch_add(1, Ordering::SeqCst);
+                        tokio::time::sleep(Duration::from_secs(2)).await;
+                        Err::<UpstreamToken, _>(FetchErr::Down)
+                    })
+                    .await
+            })
+        };
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        let result = cache
+            .get_or_fetch_until(&key("s"), start + Duration::from_secs(5), || async {
+                calls.fetch_add(1, Ordering::SeqCst);
+                ok_token()
+            })
+            .await;
+        assert_eq!(result.unwrap_err(), FetchErr::Down);
+        assert_eq!(tokio::time::Instant::now() - start, Duration::from_secs(2));
+        assert_eq!(leader.await.unwrap().unwrap_err(), FetchErr::Down);
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
     }
 }

@@ -1,4 +1,5 @@
-//! `mirrorgate check`: everything a start would validate, without binding anything.
+//! `mirrorgate check`: everything a start would validate, without binding anything (the storage folder is
+//! probed with a temp file that is removed again).
 
 use std::path::Path;
 use std::process::ExitCode;
@@ -8,7 +9,7 @@ use mirrorgate_config::{Config, ConfigError, TlsSource};
 /// Prints every problem (file:line:col: key: message) and exits 1, or prints a summary and exits 0. Unlike
 /// `run`, `check` also fails on [`Checked::warnings`]: it is what an operator runs before deploying.
 pub fn main(path: &Path) -> ExitCode {
-    match validate(path) {
+    match validate_for_start(path) {
         Ok(checked) if checked.warnings.is_empty() => {
             println!(
                 "{}: ok ({} routes, {} tenants)",
@@ -41,6 +42,14 @@ pub struct Checked {
     /// Problems `run` and reload only log: a tenant user missing from htpasswd (the htpasswd watcher accepts
     /// removing a user at runtime, so a restart after that must not fail).
     pub warnings: Vec<ConfigError>,
+}
+
+/// [`validate`], then whether the state folder takes writes: what `check` and a start ask, but not a reload
+/// (see [`crate::storage_check`]).
+pub fn validate_for_start(path: &Path) -> Result<Checked, Vec<ConfigError>> {
+    let checked = validate(path)?;
+    crate::storage_check::storage_writable(path, &checked.config).map_err(|e| vec![e])?;
+    Ok(checked)
 }
 
 /// The config plus the checks that need other crates (certificates parse and match their keys, upstream CAs

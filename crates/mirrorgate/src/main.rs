@@ -6,6 +6,7 @@ mod client_config;
 mod fds;
 mod htpasswd_cmd;
 mod run;
+mod storage_check;
 mod telemetry;
 mod tls_setup;
 

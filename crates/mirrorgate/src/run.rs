@@ -52,8 +52,8 @@ fn spawn_limiter_housekeeping(
 const CONFIG_POLL: Duration = Duration::from_secs(2);
 
 pub fn main(path: &Path) -> ExitCode {
-    // 1. Validate the whole config before binding anything.
-    let checked = match check::validate(path) {
+    // 1. Validate the whole config, and that the state folder takes writes, before binding anything.
+    let checked = match check::validate_for_start(path) {
         Ok(c) => c,
         Err(errors) => {
             for e in &errors {

@@ -786,3 +786,253 @@ fn readyz_turns_503_during_the_drain_and_metrics_stay_up() {
         "admin still listening after exit"
     );
 }
+
+// ---- A stalling token service, and a state folder that cannot be written ----
+
+/// How a [`HostileRealm`] answers its first token request once armed.
+#[derive(Clone, Copy)]
+enum Stall {
+    /// A complete response head announcing 100 body bytes, 5 of them, then nothing.
+    MidBody,
+    /// The response head at one byte per second.
+    SlowHead,
+}
+
+/// A token service in front of a real [`TokenIssuer`]: relays every request, except the first one after
+/// [`HostileRealm::arm`], which it answers with `stall` and then holds open. Counts the requests it saw.
+struct HostileRealm {
+    port: u16,
+    armed: Arc<std::sync::atomic::AtomicBool>,
+    requests: Arc<AtomicU64>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl HostileRealm {
+    fn start(issuer_port: u16, stall: Stall) -> Self {
+        use std::sync::atomic::AtomicBool;
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+        let listener = runtime()
+            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+            .unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let armed = Arc::new(AtomicBool::new(false));
+        let requests = Arc::new(AtomicU64::new(0));
+        let (flag, count) = (armed.clone(), requests.clone());
+        let task = runtime().spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                let (flag, count) = (flag.clone(), count.clone());
+                tokio::spawn(async move {
+                    // A token request is a GET: its head is the whole request.
+                    let mut head = Vec::new();
+                    let mut buf = [0u8; 4096];
+                    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match inbound.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => head.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    count.fetch_add(1, Ordering::SeqCst);
+                    if flag.swap(false, Ordering::SeqCst) {
+                        let resp_head = b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 100\r\n\r\n";
+                        match stall {
+                            Stall::MidBody => {
+                                let _ = inbound.write_all(resp_head).await;
+                                let _ = inbound.write_all(b"{\"tok").await;
+                            }
+                            Stall::SlowHead => {
+                                for byte in resp_head {
+                                    if inbound.write_all(&[*byte]).await.is_err() {
+                                        return;
+                                    }
+                                    tokio::time::sleep(Duration::from_secs(1)).await;
+                                }
+                            }
+                        }
+                        // Hold the connection without another byte.
+                        tokio::time::sleep(Duration::from_secs(600)).await;
+                        return;
+                    }
+                    let Ok(mut outbound) =
+                        tokio::net::TcpStream::connect(("127.0.0.1", issuer_port)).await
+                    else {
+                        return;
+                    };
+                    if outbound.write_all(&head).await.is_ok() {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    }
+                });
+            }
+        });
+        Self {
+            port,
+            armed,
+            requests,
+            task,
+        }
+    }
+
+    fn realm(&self) -> String {
+        format!("http://127.0.0.1:{}/token", self.port)
+    }
+
+    /// The next token request gets the stall.
+    fn arm(&self) {
+        self.armed.store(true, Ordering::SeqCst);
+    }
+}
+
+impl Drop for HostileRealm {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// `[server] upstream_timeout` of the stalling-realm scenarios, and the slack allowed on top of it.
+const TOKEN_DEADLINE: Duration = Duration::from_secs(5);
+const TOKEN_MARGIN: Duration = Duration::from_secs(3);
+
+/// A token-mode upstream whose realm is a [`HostileRealm`] stalling as `stall` on the first pull through the
+/// gateway: that pull ends by the deadline with a 5xx OCI error, and a pull of the same repository right after
+/// it gets a new token and succeeds (no lock held by a dead fetch).
+fn stalled_realm_ends_at_deadline(name: &str, stall: Stall) {
+    let s = stage(name);
+    let issuer = TokenIssuer::start(
+        &s.t.sub("issuer").unwrap(),
+        TokenIssuerOptions {
+            users: vec![(PUSHER.0.into(), PUSHER.1.into())],
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let realm = HostileRealm::start(issuer.port(), stall);
+    let mode = RegistryMode::Token {
+        bundle: issuer.cert_bundle().to_path_buf(),
+        realm: realm.realm(),
+        service: issuer.service().to_string(),
+        issuer: issuer.issuer().to_string(),
+    };
+    let upstream = Registry::start(s.t.path(), "upstream", mode, None).unwrap();
+    let pushed = push(
+        &image(&s, "x", 16 * 1024),
+        &upstream,
+        "library/x:latest",
+        Some(PUSHER),
+    )
+    .unwrap();
+    let gw = s.gateway_with(
+        &format!("upstream_timeout = \"{}s\"", TOKEN_DEADLINE.as_secs()),
+        &route("docker.test", &upstream.url(), &[]),
+    );
+    let before = realm.requests.load(Ordering::SeqCst);
+    realm.arm();
+
+    let start = Instant::now();
+    let first = s.http.send(&s.get("docker.test", &manifest_path(&pushed)));
+    let took = start.elapsed();
+    let first = first.unwrap_or_else(|e| {
+        panic!(
+            "the first pull got no answer ({e:#}) after {took:?}; the token exchange has no deadline\n{}",
+            gw.log()
+        )
+    });
+    assert!(
+        took <= TOKEN_DEADLINE + TOKEN_MARGIN,
+        "the first pull took {took:?}; the deadline is {TOKEN_DEADLINE:?}"
+    );
+    assert!(
+        (500..600).contains(&first.status),
+        "stalled token service: {} {}",
+        first.status,
+        first.text()
+    );
+    assert_eq!(first.header("content-type"), Some("application/json"));
+    assert!(
+        !first.oci_error_codes().unwrap().is_empty(),
+        "{}",
+        first.text()
+    );
+
+    let start = Instant::now();
+    let second = s.send(&s.get("docker.test", &manifest_path(&pushed)));
+    assert_eq!(
+        second.status,
+        200,
+        "the pull after the stall: {}\n{}",
+        second.text(),
+        gw.log()
+    );
+    assert_eq!(
+        second.header("docker-content-digest"),
+        Some(pushed.manifest_digest.as_str())
+    );
+    assert!(
+        start.elapsed() < TOKEN_DEADLINE,
+        "the second pull waited {:?}",
+        start.elapsed()
+    );
+    assert!(
+        realm.requests.load(Ordering::SeqCst) >= before + 2,
+        "the second pull sent no new token request"
+    );
+}
+
+// The token service sends a response head and 5 body bytes, then stalls (issue 22): with upstream_timeout = 5s
+// the pull ends by the deadline with a 5xx OCI error, and the next pull of the same repository succeeds.
+#[test]
+fn token_service_stalling_mid_body_ends_at_deadline() {
+    stalled_realm_ends_at_deadline("fault-token-body", Stall::MidBody);
+}
+
+// The token service sends its response head at one byte per second: the pull also ends by the deadline, and
+// the next pull of the same repository succeeds.
+#[test]
+fn token_service_slow_head_ends_at_deadline() {
+    stalled_realm_ends_at_deadline("fault-token-head", Stall::SlowHead);
+}
+
+// A self-signed config whose tls.storage is immutable (`chattr +i`): `mirrorgate check` fails naming
+// tls.storage with its line and "storage not writable", and `run` refuses to start before binding a port.
+// The same folder writable again passes `check`.
+#[test]
+fn unwritable_storage_fails_check_and_run() {
+    require_hosts();
+    let t = TestDir::new("fault-storage").unwrap();
+    let ports = Ports::free();
+    let storage = t.sub("state").unwrap();
+    let config = format!(
+        "{}\n[tls]\nstorage = \"state\"\n\n{GENEROUS_LIMITS}\n{}",
+        ports.server_toml(),
+        route("docker.test", "http://127.0.0.1:9", &[]),
+    );
+    let path = t.path().join("mirrorgate.toml");
+    std::fs::write(&path, &config).unwrap();
+    let line = config
+        .lines()
+        .position(|l| l.starts_with("storage ="))
+        .unwrap()
+        + 1;
+    {
+        let _frozen = Immutable::set(&storage);
+        let out = Gateway::check(&path).unwrap();
+        assert!(!out.status.success(), "check passed: {}", out.stdout);
+        let expected = format!("mirrorgate.toml:{line}:1: tls.storage: storage not writable");
+        assert!(
+            out.stderr.contains(&expected),
+            "check said:\n{}\nexpected a line containing {expected:?}",
+            out.stderr
+        );
+        let started = Gateway::start(t.path(), &config);
+        let err = match started {
+            Ok(_) => panic!("run started with an unwritable storage folder"),
+            Err(e) => format!("{e:#}"),
+        };
+        assert!(err.contains("storage not writable"), "run said: {err}");
+        assert!(
+            std::net::TcpStream::connect(("127.0.0.1", ports.https)).is_err(),
+            "a refused start left the https port bound"
+        );
+    }
+    let out = Gateway::check(&path).unwrap();
+    assert!(out.status.success(), "writable again: {}", out.stderr);
+}

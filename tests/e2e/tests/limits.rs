@@ -301,3 +301,65 @@ fn redis_shares_limits_and_fails_open() {
         eprintln!("gateway {g} after redis died: {seen:?}");
     }
 }
+
+// `[limits] concurrent_requests = 2` holds each anonymous source IP to two requests in flight (it used to be
+// validated and then dropped): with two slow blob downloads open (bytes_per_second keeps them open for
+// seconds), a third request is 429 TOOMANYREQUESTS with Retry-After and counted as
+// `mirrorgate_rate_limited_total{limit="concurrency",scope="ip"}`; once the downloads end, requests pass again.
+#[test]
+fn anonymous_concurrency_is_held_per_ip() {
+    let s = mirrorgate_e2e::Stage::new("anonconc")
+        .limits("[limits]\nconcurrent_requests = 2\nbytes_per_second = \"256KiB\"\n");
+    let upstream = Registry::open(s.t.path(), "upstream").unwrap();
+    let img =
+        OciImage::write_layout(&s.t.sub("image").unwrap(), "anonconc", "latest", 1 << 20).unwrap();
+    let pushed = push(&img, &upstream, "library/anonconc:latest", None).unwrap();
+    let _gw = s.gateway(&mirrorgate_e2e::route("docker.test", &upstream.url(), ""));
+    let repo = pushed.reference.split(':').next().unwrap();
+    let blob = format!("/v2/{repo}/blobs/{}", pushed.layer_digests[0]);
+    let refused_label = ["limit=\"concurrency\"", "scope=\"ip\""];
+    let before = mirrorgate_e2e::metric(
+        &s.metrics(),
+        "mirrorgate_rate_limited_total",
+        &refused_label,
+    );
+
+    let (downloads, third) = std::thread::scope(|scope| {
+        let slow: Vec<_> = (0..2)
+            .map(|_| scope.spawn(|| s.send(&s.get("docker.test", &blob))))
+            .collect();
+        std::thread::sleep(Duration::from_millis(1500));
+        let third = s.send(&s.get("docker.test", "/v2/"));
+        let downloads: Vec<RawResponse> = slow.into_iter().map(|h| h.join().unwrap()).collect();
+        (downloads, third)
+    });
+    for d in &downloads {
+        assert_eq!(d.status, 200, "a held download: {}", d.text());
+        assert_eq!(d.body.len() as u64, img.layers[0].size, "short body");
+    }
+    assert_eq!(
+        third.status,
+        429,
+        "a third request with two in flight: {}",
+        third.text()
+    );
+    assert_eq!(
+        third.oci_error_codes().unwrap(),
+        vec!["TOOMANYREQUESTS".to_string()]
+    );
+    assert!(third.header("retry-after").is_some(), "{:?}", third.headers);
+    let after = mirrorgate_e2e::metric(
+        &s.metrics(),
+        "mirrorgate_rate_limited_total",
+        &refused_label,
+    );
+    assert!(
+        after >= before + 1.0,
+        "rate_limited_total{{concurrency,ip}} went {before} → {after}"
+    );
+    assert_eq!(
+        s.send(&s.get("docker.test", "/v2/")).status,
+        200,
+        "after the downloads ended"
+    );
+}

@@ -140,7 +140,10 @@ ns = true
 "#;
     let c = parse_in(dir.path(), text).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(c.routes.len(), 2);
-    assert_eq!(c.tenants[0].bytes_per_day, Some(200 << 30));
+    assert_eq!(
+        c.tenants[0].bytes_per_day.map(std::num::NonZeroU64::get),
+        Some(200 << 30)
+    );
     assert_eq!(c.routes[0].rewrite.len(), 1);
     assert!(c.routes[0]
         .upstream
@@ -355,4 +358,31 @@ upstreams = { "quay.test" = "https://quay.test", "ghcr.test" = { url = "https://
             "{entry}: the error names the line: {err}"
         );
     }
+}
+
+// Pins the one zero rule for limits: 0 is refused at its file/line/key with the advice to omit the key, for
+// counts and sizes, tenants and anonymous clients alike; an omitted key is "no limit".
+#[test]
+fn zero_limits_are_refused_with_advice() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = format!(
+        "{MINIMAL}\n[limits]\nconcurrent_requests = 0\nbytes_per_second = 0\n\n[[tenant]]\nname = \"t\"\ncidrs = [\"10.0.0.0/8\"]\nrequests_per_second = 0\nbytes_per_day = \"0 GiB\"\n"
+    );
+    let e = parse_in(dir.path(), &text).unwrap_err();
+    let found: Vec<(&str, usize)> = e.iter().map(|e| (e.key.as_str(), e.line)).collect();
+    assert_eq!(
+        found,
+        [
+            ("limits.concurrent_requests", 10),
+            ("limits.bytes_per_second", 11),
+            ("tenant[1].requests_per_second", 16),
+            ("tenant[1].bytes_per_day", 17),
+        ],
+        "{e}"
+    );
+    assert!(e
+        .iter()
+        .all(|e| e.message.contains("omit the key for no limit")));
+    let c = parse_in(dir.path(), MINIMAL).unwrap();
+    assert_eq!(c.limits.anonymous, AnonymousLimits::default());
 }
