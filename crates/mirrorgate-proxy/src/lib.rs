@@ -7,7 +7,8 @@
 //!
 //! Modules, in the order a request meets them:
 //! - `listener`, `server`: the accept loop, connection caps and idle closing; TLS and HTTP serving, the access
-//!   log when a response body ends; `connect`: the guarded connector for untrusted upstream targets.
+//!   log when a response body ends; `framing`: HTTP/1.1 message boundaries as sent (ambiguous framing is
+//!   refused); `connect`: the guarded connector for untrusted upstream targets.
 //! - `context`: what phases carry (connection facts, request facts, the routed request, the plan).
 //! - `router`, `plan`: host → route; path, `?ns=` and path prefix → plan; name rewrites.
 //! - `token_endpoint`: the local `/token` answer.
@@ -25,6 +26,7 @@ mod connect;
 mod context;
 mod error;
 mod forward;
+mod framing;
 mod headers;
 mod listener;
 mod plan;

@@ -24,6 +24,7 @@ use tokio_util::task::TaskTracker;
 use crate::body::{empty, full, Completion, GatewayBody, Metered};
 use crate::context::{ConnInfo, RequestFacts};
 use crate::forward::serve;
+use crate::framing::{FramingGuard, Verdicts};
 use crate::listener::{accept_loop, drain, drive, Activity, Busy, ConnectionCaps};
 use crate::runtime::Gateway;
 
@@ -113,13 +114,20 @@ pub async fn serve_https(
             });
             let idle_timeout = gateway.runtime().config.server.idle_timeout;
             let activity = Activity::new();
+            let verdicts = Verdicts::default();
             let service = {
                 let activity = activity.clone();
+                let verdicts = verdicts.clone();
                 service_fn(move |req: Request<Incoming>| {
                     let gateway = gateway.clone();
                     let conn = conn.clone();
                     let busy = activity.busy();
+                    let ambiguous =
+                        req.version() < http::Version::HTTP_2 && verdicts.next_is_ambiguous();
                     async move {
+                        if ambiguous {
+                            return Ok::<_, Infallible>(ambiguous_framing());
+                        }
                         if let Some(refused) = refuse_before_routing(&req) {
                             return Ok::<_, Infallible>(refused);
                         }
@@ -131,7 +139,7 @@ pub async fn serve_https(
             // a client that completes TLS and then says nothing would hold the socket forever.
             let first_byte = Arc::new(AtomicBool::new(false));
             let io = FirstRead {
-                inner: tls,
+                inner: FramingGuard::new(tls, verdicts),
                 seen: first_byte.clone(),
             };
             let served = async {
@@ -191,9 +199,8 @@ fn admit(
 /// Requests refused before any routing, on every listener: an over-long URI is 414 (a precise answer rather
 /// than the 431 of a head past [`MAX_HEAD_BYTES`]).
 ///
-/// `Content-Length` together with `Transfer-Encoding` never gets here: hyper (1.12) drops the
-/// `Content-Length` in either order, decodes the body as chunked and closes the connection after the answer
-/// (RFC 9112 §6.3), so nothing can be smuggled behind it; conflicting lengths and bad chunking are its 400.
+/// `Content-Length` together with `Transfer-Encoding` is answered before this (hyper drops the length, so only
+/// the `framing` scan beside it can tell); conflicting lengths and bad chunking are hyper's own 400.
 fn refuse_before_routing<B>(req: &Request<B>) -> Option<Response<GatewayBody>> {
     let uri_len = req.uri().path_and_query().map_or(0, |pq| pq.as_str().len());
     if uri_len > MAX_URI_BYTES {
@@ -511,6 +518,20 @@ fn redirect_or_challenge<B>(
         }
         Err(_) => status_only(StatusCode::BAD_REQUEST),
     }
+}
+
+/// The answer to a request with both `Content-Length` and `Transfer-Encoding` (see `framing`): 400, and the
+/// connection closes after it.
+fn ambiguous_framing() -> Response<GatewayBody> {
+    let err = mirrorgate_registry::RegistryError::new(
+        mirrorgate_registry::ErrorCode::InvalidRequest,
+        "a request may not carry both Content-Length and Transfer-Encoding",
+    );
+    let (mut parts, body) = err.into_response().into_parts();
+    parts
+        .headers
+        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    Response::from_parts(parts, full(body))
 }
 
 fn status_only(status: StatusCode) -> Response<GatewayBody> {
