@@ -231,6 +231,12 @@ def assert_rules(rendered, case, root):
         c.rule("PDB guards the gateway pods",
                one(docs, "PodDisruptionBudget")["spec"]["selector"]["matchLabels"].items()
                <= pod["metadata"]["labels"].items(), "selector mismatch")
+        pool = [r for r in toml["route"] if r["host"] == "hub-pool.example"][0].get("upstream_credentials", [])
+        c.rule("routes[].upstreamCredentialPool reaches the TOML as [[route.upstream_credentials]], members "
+               "with secrets read from env vars the pod sets, anonymous without",
+               [m["name"] for m in pool] == ["hub-1", "hub-2", "anonymous"]
+               and all(m[k] in env_names for m in pool[:2] for k in ("username_env", "password_env"))
+               and "username_env" not in pool[2], str(pool))
         c.rule("pods roll when chart-managed upstream credentials change",
                "checksum/upstream-credentials" in annotations, str(annotations))
         token = find(docs, "Secret", dep["metadata"]["name"] + "-token-key")

@@ -15,8 +15,9 @@ mod values;
 pub use error::{ConfigError, ConfigErrors};
 pub use model::{
     AcmeChallenge, AcmeConfig, AnonymousLimits, AuthConfig, BlobRedirects, Config, Credentials,
-    HostPattern, LimitsConfig, LogFormat, Route, Secret, ServerConfig, TenantConfig, TlsConfig,
-    TlsSource, TokenConfig, Upstream,
+    HostPattern, LimitsConfig, LogFormat, PoolCredential, Route, Secret, ServerConfig,
+    TenantConfig, TlsConfig, TlsSource, TokenConfig, Upstream, ANONYMOUS_CREDENTIAL_NAME,
+    DEFAULT_CREDENTIAL_NAME,
 };
 
 use std::path::Path;

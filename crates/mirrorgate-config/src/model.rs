@@ -190,12 +190,29 @@ pub struct Route {
 }
 
 /// An upstream registry: its base URL (scheme, host, port; no path) and its own server-side credentials.
-/// Credentials belong to exactly one upstream: a route's `upstream_username`/`_password` to its `upstream`, an
-/// `upstreams` entry's `username`/`password` to that entry, so a path-prefix route never hands one registry's
-/// account to another.
+/// Credentials belong to exactly one upstream: a route's `upstream_credentials` pool (or its single
+/// `upstream_username`/`_password`) to its `upstream`, an `upstreams` entry's `username`/`password` to that
+/// entry, so a path-prefix route never hands one registry's account to another.
 #[derive(Debug, Clone)]
 pub struct Upstream {
     pub url: Url,
+    /// The credential pool, in configured order; empty means anonymous. The single form is a pool of one named
+    /// [`DEFAULT_CREDENTIAL_NAME`].
+    pub credentials: Vec<PoolCredential>,
+}
+
+/// The metrics and log name of a credential given in the single form (`upstream_username`/`_password`, or an
+/// `upstreams` entry's own).
+pub const DEFAULT_CREDENTIAL_NAME: &str = "default";
+
+/// The pool member name that stands for the upstream's anonymous quota (no username, no password).
+pub const ANONYMOUS_CREDENTIAL_NAME: &str = "anonymous";
+
+/// One member of an upstream credential pool: the name metrics and logs show (never the secret), and the
+/// credentials, or `None` for the `anonymous` member that uses the upstream's anonymous quota.
+#[derive(Debug, Clone)]
+pub struct PoolCredential {
+    pub name: String,
     pub credentials: Option<Credentials>,
 }
 

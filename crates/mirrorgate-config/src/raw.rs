@@ -146,6 +146,9 @@ pub(crate) struct RawRoute {
     pub upstream_password: Option<S<String>>,
     pub upstream_password_env: Option<S<String>>,
     pub upstream_password_file: Option<S<String>>,
+    /// A named pool replacing `upstream_username`/`_password` (giving both is an error).
+    #[serde(default)]
+    pub upstream_credentials: Vec<S<RawUpstreamCredential>>,
     pub upstream_ca: Option<S<String>>,
     pub path_prefix: Option<S<bool>>,
     #[serde(default)]
@@ -166,4 +169,18 @@ pub(crate) struct RawNamedUpstreamTable {
     pub password: Option<String>,
     pub password_env: Option<String>,
     pub password_file: Option<String>,
+}
+
+/// One `[[route.upstream_credentials]]` member: a name for metrics and logs, and a username/password pair (each
+/// inline, `_env` or `_file`), or neither for the member named `anonymous`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawUpstreamCredential {
+    pub name: S<String>,
+    pub username: Option<S<String>>,
+    pub username_env: Option<S<String>>,
+    pub username_file: Option<S<String>>,
+    pub password: Option<S<String>>,
+    pub password_env: Option<S<String>>,
+    pub password_file: Option<S<String>>,
 }

@@ -424,7 +424,95 @@ fn named_upstream(v: &mut Validator<'_>, entry: &S<toml::Value>, key: &str) -> O
             [&at(t.password), &at(t.password_env), &at(t.password_file)],
         )
     });
-    Some(Upstream { url, credentials })
+    Some(Upstream {
+        url,
+        credentials: single_pool(credentials),
+    })
+}
+
+/// The single form as a pool of one.
+fn single_pool(credentials: Option<Credentials>) -> Vec<PoolCredential> {
+    credentials
+        .map(|c| PoolCredential {
+            name: DEFAULT_CREDENTIAL_NAME.to_string(),
+            credentials: Some(c),
+        })
+        .into_iter()
+        .collect()
+}
+
+/// `[[route.upstream_credentials]]`: names unique and non-empty, each member a username/password pair, except
+/// `anonymous`, which has neither.
+fn credential_pool(
+    v: &mut Validator<'_>,
+    raw: &[S<RawUpstreamCredential>],
+    k: &dyn Fn(&str) -> String,
+) -> Vec<PoolCredential> {
+    let mut pool: Vec<PoolCredential> = Vec::with_capacity(raw.len());
+    for (j, member) in raw.iter().enumerate() {
+        let m = member.get_ref();
+        let key = |field: &str| k(&format!("upstream_credentials[{}].{field}", j + 1));
+        let name = m.name.get_ref().trim().to_string();
+        if name.is_empty() {
+            v.err(&m.name, key("name"), "must not be empty");
+            continue;
+        }
+        if pool.iter().any(|p| p.name == name) {
+            v.err(
+                &m.name,
+                key("name"),
+                format!("`{name}` names two members of the pool"),
+            );
+            continue;
+        }
+        let given = [
+            &m.username,
+            &m.username_env,
+            &m.username_file,
+            &m.password,
+            &m.password_env,
+            &m.password_file,
+        ]
+        .iter()
+        .any(|o| o.is_some());
+        if !given {
+            if name == ANONYMOUS_CREDENTIAL_NAME {
+                pool.push(PoolCredential {
+                    name,
+                    credentials: None,
+                });
+            } else {
+                v.err(
+                    &m.name,
+                    key("username"),
+                    format!("missing: only the member named `{ANONYMOUS_CREDENTIAL_NAME}` goes without a username and password"),
+                );
+            }
+            continue;
+        }
+        if name == ANONYMOUS_CREDENTIAL_NAME {
+            v.err(
+                &m.name,
+                key("name"),
+                format!("`{ANONYMOUS_CREDENTIAL_NAME}` stands for the anonymous quota and takes no username or password"),
+            );
+            continue;
+        }
+        if let Some(credentials) = credentials(
+            v,
+            member,
+            &key("username"),
+            [&m.username, &m.username_env, &m.username_file],
+            &key("password"),
+            [&m.password, &m.password_env, &m.password_file],
+        ) {
+            pool.push(PoolCredential {
+                name,
+                credentials: Some(credentials),
+            });
+        }
+    }
+    pool
 }
 
 /// A username/password pair, each given inline, as `_env` or as `_file`: both or neither.
@@ -560,10 +648,39 @@ fn route(v: &mut Validator<'_>, i: usize, raw: &S<RawRoute>) -> Option<Route> {
             &r.upstream_password_file,
         ],
     );
-    let upstream = upstream.map(|url| Upstream {
-        url,
-        credentials: upstream_credentials,
-    });
+    let single_given = [
+        &r.upstream_username,
+        &r.upstream_username_env,
+        &r.upstream_username_file,
+        &r.upstream_password,
+        &r.upstream_password_env,
+        &r.upstream_password_file,
+    ]
+    .iter()
+    .any(|o| o.is_some());
+    let pool = credential_pool(v, &r.upstream_credentials, &k);
+    if let Some(first) = r.upstream_credentials.first() {
+        if single_given {
+            v.err(
+                first,
+                k("upstream_credentials"),
+                "give either `upstream_credentials` or `upstream_username`/`upstream_password`, not both",
+            );
+        }
+        if r.upstream.is_none() {
+            v.err(
+                first,
+                k("upstream_credentials"),
+                "the pool belongs to `upstream`, which is missing (`upstreams` entries carry their own)",
+            );
+        }
+    }
+    let credentials = if r.upstream_credentials.is_empty() {
+        single_pool(upstream_credentials)
+    } else {
+        pool
+    };
+    let upstream = upstream.map(|url| Upstream { url, credentials });
     let upstream_ca = r
         .upstream_ca
         .as_ref()

@@ -15,12 +15,14 @@
 //! are registered on Linux under their standard, prefix-free names so stock dashboards and alerts work.
 
 mod admin;
+mod credential_metrics;
 mod error;
 mod health;
 mod labels;
 mod metrics;
 
 pub use admin::{admin_response, METRICS_CONTENT_TYPE};
+pub use credential_metrics::CredentialMetrics;
 pub use error::MetricsError;
 pub use health::Health;
 pub use labels::{

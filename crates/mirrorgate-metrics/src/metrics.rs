@@ -13,6 +13,7 @@ use prometheus::{
     Registry, TextEncoder,
 };
 
+use crate::credential_metrics::{CredentialMetrics, CREDENTIAL_FAMILIES};
 use crate::error::MetricsError;
 use mirrorgate_limits::{LimitKind, LimitScope};
 use mirrorgate_registry::RequestKind;
@@ -120,6 +121,9 @@ pub struct Metrics {
 
     config_reloads: IntCounterVec,
     config_last_reload_success: Gauge,
+
+    /// Upstream credential pool families (`credential_metrics`).
+    pub credentials: CredentialMetrics,
 }
 
 /// Registers families and remembers their names (for [`Metrics::family_names`]).
@@ -358,6 +362,9 @@ impl Metrics {
             acme_renewals.with_label_values(&[outcome.as_str()]);
         }
 
+        let credentials = CredentialMetrics::register(&b.registry)?;
+        b.names.extend(CREDENTIAL_FAMILIES);
+
         let Builder { registry, names } = b;
         Ok(Arc::new(Self {
             registry,
@@ -391,6 +398,7 @@ impl Metrics {
             acme_renewals,
             config_reloads,
             config_last_reload_success,
+            credentials,
         }))
     }
 
@@ -714,6 +722,10 @@ pub(crate) mod tests {
     /// Calls every helper once, so every family has at least one series. The returned guard keeps one
     /// `https` connection open.
     fn exercise_all(m: &Metrics) -> ConnectionGuard {
+        m.credentials.set_remaining("docker.example", "hub-1", 5);
+        m.credentials.set_available("docker.example", "hub-1", true);
+        m.credentials.request("docker.example", "hub-1");
+        m.credentials.throttled("docker.example", "hub-1");
         m.request_done(
             &get("docker.example"),
             200,
@@ -940,7 +952,7 @@ pub(crate) mod tests {
             .filter_map(|l| l.strip_prefix("# TYPE "))
             .filter_map(|l| l.split(' ').next())
             .collect();
-        assert_eq!(m.family_names().len(), 24);
+        assert_eq!(m.family_names().len(), 28);
         for name in m.family_names() {
             assert!(name.starts_with("mirrorgate_"), "{name}");
             assert!(typed.contains(name), "{name} not exposed");

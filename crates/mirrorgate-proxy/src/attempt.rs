@@ -1,10 +1,10 @@
 //! One try of a request at one endpoint: build the upstream request, send it under `upstream_timeout`, count it,
 //! and record the endpoint's health when the try fails. The token dance around it is in `upstream_auth`.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use http::header::{self, HeaderMap, HeaderValue};
-use http::{Method, Request, Response};
+use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 
 use crate::body::GatewayBody;
@@ -91,6 +91,22 @@ impl Attempt<'_> {
         }
     }
 
+    /// Honours an upstream's `Retry-After` for this endpoint's health: a 503 (or a 429 to an endpoint without a
+    /// credential pool, whose members take 429s themselves) holds the endpoint down that long. Returns whether
+    /// it did.
+    pub fn hold_for_retry_after(&self, resp: &Response<Incoming>) -> bool {
+        let pooled = !self.endpoint.credentials.is_empty();
+        let Some(wait) = retry_after_hold(resp.status(), resp.headers(), pooled) else {
+            return false;
+        };
+        let (gw, route, endpoint) = (self.ctx.gw, self.ctx.route, self.endpoint);
+        endpoint.mark_down_for(wait);
+        gw.metrics
+            .set_endpoint_up(&route.label, &endpoint.origin, false);
+        tracing::info!(route = %route.label, endpoint = %endpoint.origin, status = resp.status().as_u16(), for_secs = wait.as_secs(), "endpoint asked to be left alone (Retry-After)");
+        true
+    }
+
     /// Records that this endpoint answered.
     pub fn answered(&self) {
         let (gw, route, endpoint) = (self.ctx.gw, self.ctx.route, self.endpoint);
@@ -99,5 +115,55 @@ impl Attempt<'_> {
         }
         gw.metrics
             .set_endpoint_up(&route.label, &endpoint.origin, true);
+    }
+}
+
+/// The longest an upstream's `Retry-After` holds an endpoint down: a hostile or confused upstream must not take
+/// itself out of rotation for days (a held endpoint is still tried when every endpoint is down).
+const MAX_RETRY_AFTER_HOLD: Duration = Duration::from_secs(3600);
+
+/// How long an answer asks the endpoint to be left alone: `Retry-After` on a 503, or on a 429 when the endpoint
+/// has no credential pool (with one, the 429 is the credential's, not the endpoint's).
+fn retry_after_hold(status: StatusCode, headers: &HeaderMap, pooled: bool) -> Option<Duration> {
+    let applies = status == StatusCode::SERVICE_UNAVAILABLE
+        || (status == StatusCode::TOO_MANY_REQUESTS && !pooled);
+    if !applies {
+        return None;
+    }
+    mirrorgate_registry::retry_after(headers).map(|d| d.min(MAX_RETRY_AFTER_HOLD))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // Pins which answers hold an endpoint down by their Retry-After: 503 always, 429 only without a pool.
+    #[test]
+    fn retry_after_holds_the_endpoint() {
+        let mut h = HeaderMap::new();
+        h.insert(header::RETRY_AFTER, HeaderValue::from_static("30"));
+        let thirty = Some(Duration::from_secs(30));
+        assert_eq!(
+            retry_after_hold(StatusCode::SERVICE_UNAVAILABLE, &h, true),
+            thirty
+        );
+        assert_eq!(
+            retry_after_hold(StatusCode::TOO_MANY_REQUESTS, &h, false),
+            thirty
+        );
+        assert_eq!(
+            retry_after_hold(StatusCode::TOO_MANY_REQUESTS, &h, true),
+            None
+        );
+        assert_eq!(retry_after_hold(StatusCode::BAD_GATEWAY, &h, false), None);
+        assert_eq!(
+            retry_after_hold(StatusCode::SERVICE_UNAVAILABLE, &HeaderMap::new(), false),
+            None
+        );
+        h.insert(header::RETRY_AFTER, HeaderValue::from_static("999999"));
+        assert_eq!(
+            retry_after_hold(StatusCode::SERVICE_UNAVAILABLE, &h, false),
+            Some(MAX_RETRY_AFTER_HOLD)
+        );
     }
 }

@@ -56,6 +56,14 @@ pub enum ProxyError {
         #[source]
         reason: RedirectRefusal,
     },
+    /// Every member of the upstream's credential pool is set aside (rate limited or login refused). Answered
+    /// 429 with the soonest return as `Retry-After`, not 502: the upstream is fine, our quota is not. The
+    /// built-in cache's hook: a cached copy may be served instead (stale-if-error) before this reaches the client.
+    #[error("every upstream credential of route {route} is set aside for {retry_after:?}")]
+    CredentialsExhausted {
+        route: String,
+        retry_after: Duration,
+    },
     /// A bug or unexpected state; the message is for the log, the client gets a generic 500.
     #[error("internal error: {0}")]
     Internal(String),
@@ -146,6 +154,11 @@ impl ProxyError {
                 ErrorCode::BadGateway,
                 "the upstream redirected to a location the gateway does not follow",
             ),
+            ProxyError::CredentialsExhausted { retry_after, .. } => RegistryError::new(
+                ErrorCode::TooManyRequests,
+                "the upstream registry's pull limit is used up for every account of this gateway; try again later",
+            )
+            .with_retry_after(crate::credentials::retry_after_secs(*retry_after)),
             ProxyError::UpstreamCa { .. } | ProxyError::Internal(_) => {
                 RegistryError::new(ErrorCode::Internal, ErrorCode::Internal.default_message())
             }
@@ -219,6 +232,19 @@ mod tests {
         for (err, status) in cases {
             assert_eq!(err.to_registry().status(), status, "{err}");
         }
+    }
+
+    // Pins the exhausted pool's answer: 429 TOOMANYREQUESTS with the soonest return as Retry-After, not 502.
+    #[test]
+    fn exhausted_pool_is_429_with_retry_after() {
+        let e = ProxyError::CredentialsExhausted {
+            route: "docker.test".into(),
+            retry_after: Duration::from_millis(2500),
+        };
+        let r = e.to_registry();
+        assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(r.code(), ErrorCode::TooManyRequests);
+        assert_eq!(r.retry_after(), Some(3));
     }
 
     // Pins that internal details never reach the client body.

@@ -11,8 +11,10 @@
 //!    and down). The local `/v2/` ping is answered after this phase.
 //! 6. **choose endpoint** (here) — ordered endpoints, healthy first; connect errors, timeouts and 5xx on
 //!    GET/HEAD move to the next one.
-//! 7. **upstream auth** (`upstream_auth`) — a cached Bearer token for (realm, service, scope, credential),
-//!    learned from the upstream's challenge and fetched once per key, or server-side Basic credentials.
+//! 7. **upstream auth** (`pool_attempt`, `upstream_auth`) — a member of the upstream's credential pool (most
+//!    headroom; a 429 or refused login sets it aside and a read retries once with the next; all aside → 429),
+//!    then a cached Bearer token for (realm, service, scope, credential), learned from the upstream's challenge
+//!    and fetched once per key, or server-side Basic credentials.
 //! 8. **forward** (`attempt`) — the manifest `Accept` list, hop-by-hop headers and client credentials dropped,
 //!    bodies streamed both ways.
 //! 9. **response** (`respond`, `redirect`) — blob redirects followed or passed on, `Location`/`Link` mapped to
@@ -163,18 +165,22 @@ async fn forward(
             with_credentials: plan.path != RegistryPath::Catalog,
         };
         let can_move_on = idempotent && i + 1 < order.len();
-        let resp = match attempt.send_with_auth(req_body, replayable).await {
+        let resp = match attempt.send_pooled(req_body, replayable, idempotent).await {
             Ok(resp) if resp.status().is_server_error() && can_move_on => {
                 last_failure = Some(EndpointError::Status {
                     origin: endpoint.origin.clone(),
                     status: resp.status(),
                 });
                 attempt.give_up(true);
+                attempt.hold_for_retry_after(&resp);
                 continue;
             }
             Ok(resp) => resp,
-            // A token service failure is the realm's, not this endpoint's: no fallback, no health mark.
-            Err(e @ ProxyError::UpstreamToken { .. }) => return Err(e),
+            // A token service failure is the realm's, not this endpoint's: no fallback, no health mark. An
+            // exhausted credential pool is ours: the endpoint is fine.
+            Err(
+                e @ (ProxyError::UpstreamToken { .. } | ProxyError::CredentialsExhausted { .. }),
+            ) => return Err(e),
             Err(e) if can_move_on => {
                 tracing::info!(route = %ctx.route.label, endpoint = %endpoint.origin, error = %crate::error::Report(&e), "endpoint failed, trying the next one");
                 last_failure = Some(EndpointError::Failed {
@@ -189,7 +195,9 @@ async fn forward(
                 return Err(e);
             }
         };
-        attempt.answered();
+        if !attempt.hold_for_retry_after(&resp) {
+            attempt.answered();
+        }
         return respond(ctx, plan, endpoint, resp).await;
     }
     Err(ProxyError::Unavailable(

@@ -15,6 +15,7 @@
 //! - `admission`: identify, authorize, limit.
 //! - `forward`: the phase list and the endpoint loop; `upstream`: clients and endpoint health.
 //! - `upstream_auth`: the upstream token dance; `attempt`: one try at one endpoint.
+//! - `credentials`, `pool_attempt`: upstream credential pools (selection, set-aside) and a try with a member.
 //! - `respond`, `redirect`: the upstream answer becomes the client's.
 //! - `headers`, `body`: header hygiene, streaming bodies; `error`: failures and their one rendering.
 //! - `runtime`, `specs`: the state built from a config, and config → auth/limits specs.
@@ -24,12 +25,14 @@ mod attempt;
 mod body;
 mod connect;
 mod context;
+mod credentials;
 mod error;
 mod forward;
 mod framing;
 mod headers;
 mod listener;
 mod plan;
+mod pool_attempt;
 mod redirect;
 mod respond;
 mod router;

@@ -29,7 +29,7 @@ impl CompiledRoute {
         let mut endpoints: Vec<Arc<Endpoint>> = config
             .endpoints
             .iter()
-            .map(|u| Arc::new(Endpoint::new(u.clone(), None)))
+            .map(|u| Arc::new(Endpoint::new(u.clone(), Vec::new())))
             .collect();
         if let Some(up) = &config.upstream {
             endpoints.push(Arc::new(Endpoint::new(

@@ -12,6 +12,7 @@ use mirrorgate_config::Config;
 use mirrorgate_metrics::Metrics;
 use mirrorgate_registry::{TokenCache, UpstreamAuthScheme};
 
+use crate::credentials::CredentialPools;
 use crate::error::ProxyError;
 use crate::router::{CompiledRoute, Router};
 use crate::upstream::UpstreamClient;
@@ -56,6 +57,8 @@ pub struct Gateway {
     pub tokens: TokenCache,
     /// Challenges learned per upstream origin, so later requests attach a token before the first try.
     pub schemes: DashMap<String, UpstreamAuthScheme>,
+    /// Upstream credential pool state (headroom, set-aside times) outlives reloads that keep a member's name.
+    pub pools: CredentialPools,
     pub metrics: Arc<Metrics>,
     /// Client authentication; `None` when the config has no `[auth]` and no tenants (every route open).
     pub auth: Option<Arc<mirrorgate_auth::Authenticator>>,
@@ -75,6 +78,7 @@ impl Gateway {
             runtime: ArcSwap::from_pointee(runtime),
             tokens: TokenCache::default(),
             schemes: DashMap::new(),
+            pools: CredentialPools::default(),
             metrics,
             auth,
             limiter: ArcSwap::new(limiter),

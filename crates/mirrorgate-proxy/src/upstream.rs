@@ -141,16 +141,16 @@ pub struct Endpoint {
     pub url: Url,
     /// `scheme://host:port`, the label used in logs and metrics.
     pub origin: String,
-    /// The server-side credentials of this upstream registry: the route's own for its `upstream`, an
-    /// `upstreams` entry's own for that entry, none for backend caches. They go to this endpoint and the token
-    /// realm it names, nowhere else.
-    pub credentials: Option<mirrorgate_config::Credentials>,
+    /// The server-side credential pool of this upstream registry: the route's own for its `upstream`, an
+    /// `upstreams` entry's own for that entry (a pool of one), empty for backend caches. They go to this endpoint
+    /// and the token realm it names, nowhere else.
+    pub credentials: Vec<mirrorgate_config::PoolCredential>,
     down_until_ms: AtomicU64,
     epoch: Instant,
 }
 
 impl Endpoint {
-    pub fn new(url: Url, credentials: Option<mirrorgate_config::Credentials>) -> Self {
+    pub fn new(url: Url, credentials: Vec<mirrorgate_config::PoolCredential>) -> Self {
         let origin = url.origin().ascii_serialization();
         Endpoint {
             url,
@@ -175,6 +175,15 @@ impl Endpoint {
             .now_ms()
             .saturating_add(u64::try_from(DOWN_FOR.as_millis()).unwrap_or(u64::MAX));
         self.down_until_ms.store(until, Ordering::Relaxed);
+    }
+
+    /// Marks the endpoint down for at least `wait` (an upstream's `Retry-After`); a longer hold already in place
+    /// stays.
+    pub fn mark_down_for(&self, wait: Duration) {
+        let until = self
+            .now_ms()
+            .saturating_add(u64::try_from(wait.as_millis()).unwrap_or(u64::MAX));
+        self.down_until_ms.fetch_max(until, Ordering::Relaxed);
     }
 
     pub fn mark_up(&self) {
@@ -204,11 +213,11 @@ mod tests {
     fn down_endpoints_go_last() {
         let a = Arc::new(Endpoint::new(
             Url::parse("http://127.0.0.1:1").unwrap(),
-            None,
+            Vec::new(),
         ));
         let b = Arc::new(Endpoint::new(
             Url::parse("http://127.0.0.1:2").unwrap(),
-            None,
+            Vec::new(),
         ));
         let order = attempt_order(&[a.clone(), b.clone()]);
         assert_eq!(order[0].origin, a.origin);
@@ -218,5 +227,18 @@ mod tests {
         assert_eq!(order.len(), 2);
         a.mark_up();
         assert!(a.is_up());
+    }
+
+    // Pins Retry-After holds: an endpoint is down for the asked time, and a shorter ask never cuts a longer hold.
+    #[test]
+    fn retry_after_hold_keeps_the_longest() {
+        let e = Endpoint::new(Url::parse("http://127.0.0.1:1").unwrap(), Vec::new());
+        e.mark_down_for(Duration::from_secs(60));
+        assert!(!e.is_up());
+        e.mark_down_for(Duration::ZERO);
+        assert!(!e.is_up());
+        e.mark_up();
+        e.mark_down_for(Duration::ZERO);
+        assert!(e.is_up());
     }
 }

@@ -2,9 +2,10 @@
 //! upstream's first 401 and remembered per origin; Bearer tokens are cached per (realm, service, scope,
 //! credential) and fetched once per key (single flight); Basic sends the server-side credentials.
 //!
-//! Credentials belong to exactly one upstream: the route's `upstream` carries the route's
-//! `upstream_username`/`_password`, each `upstreams` entry its own (default none), backend caches none. They go
-//! to that upstream and to the token realm it names, never anywhere else.
+//! Credentials belong to exactly one upstream: the route's `upstream` carries the route's credential pool
+//! (`upstream_credentials`, or `upstream_username`/`_password` as a pool of one), each `upstreams` entry its own
+//! (default none), backend caches none. They go to that upstream and to the token realm it names, never anywhere
+//! else. Which pool member a try uses is decided in `pool_attempt`.
 //!
 //! The whole token exchange — response head and body — runs under one deadline, so a token service that stalls
 //! mid-answer cannot hold a pull (or the single flight behind it) longer than that.
@@ -16,7 +17,7 @@ use http::header::{self, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
-use mirrorgate_config::Credentials;
+use mirrorgate_config::{Credentials, PoolCredential};
 use mirrorgate_metrics::TokenResult;
 use mirrorgate_registry::{
     CacheOutcome, TokenKey, TokenResponse, UpstreamAuthScheme, UpstreamToken,
@@ -54,20 +55,12 @@ pub enum TokenFetchError {
 }
 
 impl Attempt<'_> {
-    /// The server-side credentials this try may use: the endpoint's own, except for requests that must never
-    /// carry them (the catalog: it lists every repository the account can see).
-    fn credentials(&self) -> Option<&Credentials> {
-        if self.with_credentials {
-            self.endpoint.credentials.as_ref()
-        } else {
-            None
-        }
-    }
-
-    /// Sends the request, doing the token dance on a 401: learn the challenge, fetch (or reuse) the token, and
+    /// Sends the request with `credential` (a member of the endpoint's pool, `None`: anonymous), doing the token
+    /// dance on a 401: learn the challenge, fetch (or reuse) the token, and
     /// retry once. Later requests to the same origin attach the cached token up front.
     pub async fn send_with_auth(
         &self,
+        credential: Option<&PoolCredential>,
         body: GatewayBody,
         replayable: bool,
     ) -> Result<Response<Incoming>, ProxyError> {
@@ -84,7 +77,7 @@ impl Attempt<'_> {
             }
         }
         let auth = match &known {
-            Some(scheme) => self.authorization(scheme).await?,
+            Some(scheme) => self.authorization(scheme, credential).await?,
             None => None,
         };
         let method = &self.ctx.method;
@@ -100,11 +93,11 @@ impl Attempt<'_> {
         gw.schemes.insert(endpoint.origin.clone(), scheme.clone());
         // A 401 despite a token we sent means the cached token went stale (revoked, clock skew): fetch anew.
         if let (Some(_), UpstreamAuthScheme::Bearer { .. }) = (&auth, &scheme) {
-            if let Some(key) = token_key(endpoint, self.credentials(), &scheme, self.scope) {
+            if let Some(key) = token_key(endpoint, credential, &scheme, self.scope) {
                 gw.tokens.invalidate(&key);
             }
         }
-        let Some(auth) = self.authorization(&scheme).await? else {
+        let Some(auth) = self.authorization(&scheme, credential).await? else {
             return Ok(resp);
         };
         self.send_once(method, self.path_and_query, Some(auth), empty())
@@ -116,16 +109,17 @@ impl Attempt<'_> {
     async fn authorization(
         &self,
         scheme: &UpstreamAuthScheme,
+        credential: Option<&PoolCredential>,
     ) -> Result<Option<HeaderValue>, ProxyError> {
         let (ctx, endpoint) = (self.ctx, self.endpoint);
-        let creds = self.credentials();
+        let creds = credential.and_then(|c| c.credentials.as_ref());
         let (realm, service) = match scheme {
             UpstreamAuthScheme::Basic => {
                 return Ok(creds.and_then(|c| basic(&c.username, c.password.expose())))
             }
             UpstreamAuthScheme::Bearer { realm, service } => (realm, service),
         };
-        let Some(key) = token_key(endpoint, creds, scheme, self.scope) else {
+        let Some(key) = token_key(endpoint, credential, scheme, self.scope) else {
             return Ok(None);
         };
         let scopes: Vec<String> = self.scope.map(str::to_string).into_iter().collect();
@@ -169,12 +163,10 @@ impl Attempt<'_> {
     }
 }
 
-/// The token cache key of a request to `endpoint` with `creds`; `None` unless the scheme is Bearer. The
-/// credential id names the credential by user and upstream origin (never the password), so two upstreams'
-/// tokens never mix.
-fn token_key(
+/// The token cache key of a request to `endpoint` with `credential`; `None` unless the scheme is Bearer.
+pub fn token_key(
     endpoint: &Endpoint,
-    creds: Option<&Credentials>,
+    credential: Option<&PoolCredential>,
     scheme: &UpstreamAuthScheme,
     scope: Option<&str>,
 ) -> Option<TokenKey> {
@@ -185,8 +177,18 @@ fn token_key(
         realm: realm.to_string(),
         service: service.clone(),
         scope: scope.unwrap_or_default().to_string(),
-        credential_id: creds.map(|c| format!("{}@{}", c.username, endpoint.origin)),
+        credential_id: credential.and_then(|c| credential_id(endpoint, c)),
     })
+}
+
+/// The token cache's name for a pool member's tokens: member name, user and upstream origin (never the
+/// password), so two members', or two upstreams', tokens never mix, and a member whose username changed in a
+/// reload does not reuse the old user's tokens. `None` for the anonymous member (anonymous tokens are shared).
+pub fn credential_id(endpoint: &Endpoint, credential: &PoolCredential) -> Option<String> {
+    credential
+        .credentials
+        .as_ref()
+        .map(|c| format!("{}:{}@{}", credential.name, c.username, endpoint.origin))
 }
 
 fn basic(user: &str, password: &str) -> Option<HeaderValue> {

@@ -47,6 +47,6 @@ pub use token::{
     TokenResponse, UpstreamToken,
 };
 pub use wire::{
-    api_version, is_docker_hub, ratelimit_remaining, strip_cdn_headers, API_VERSION_HEADER,
-    CDN_RESPONSE_HEADERS, DOCKER_HUB_HOSTS, PING_BODY,
+    api_version, is_docker_hub, ratelimit_remaining, ratelimit_window, retry_after,
+    strip_cdn_headers, API_VERSION_HEADER, CDN_RESPONSE_HEADERS, DOCKER_HUB_HOSTS, PING_BODY,
 };

@@ -345,6 +345,13 @@ impl TokenCache {
         self.slots.remove(key);
     }
 
+    /// Drops every token fetched with one credential, e.g. when its realm refused it (password changed): tokens
+    /// it got before must not keep serving under an identity the upstream no longer accepts.
+    pub fn invalidate_credential(&self, credential_id: &str) {
+        self.slots
+            .retain(|key, _| key.credential_id.as_deref() != Some(credential_id));
+    }
+
     /// Removes keys without a fresh token and not being fetched. Runs on its own when the cache is full; call
     /// it from a periodic task to give memory back sooner.
     pub fn purge_expired(&self) {
@@ -943,5 +950,36 @@ mod tests {
         assert_eq!(tokio::time::Instant::now() - start, Duration::from_secs(2));
         assert_eq!(leader.await.unwrap().unwrap_err(), FetchErr::Down);
         assert_eq!(calls.load(Ordering::SeqCst), 1);
+    }
+
+    // Pins that a refused credential loses every token it holds, and other credentials keep theirs.
+    #[tokio::test]
+    async fn invalidate_credential_drops_only_its_tokens() {
+        let cache = TokenCache::default();
+        let with = |id: Option<&str>, scope: &str| TokenKey {
+            credential_id: id.map(str::to_string),
+            ..key(scope)
+        };
+        let ok = || async { Ok::<_, ()>(UpstreamToken::new("t", Duration::from_secs(60))) };
+        for k in [
+            with(Some("a"), "s1"),
+            with(Some("a"), "s2"),
+            with(Some("b"), "s1"),
+            with(None, "s1"),
+        ] {
+            cache.get_or_fetch(&k, ok).await.unwrap();
+        }
+        cache.invalidate_credential("a");
+        assert_eq!(cache.len(), 2);
+        let (_, outcome) = cache
+            .get_or_fetch(&with(Some("b"), "s1"), ok)
+            .await
+            .unwrap();
+        assert_eq!(outcome, CacheOutcome::Hit);
+        let (_, outcome) = cache
+            .get_or_fetch(&with(Some("a"), "s1"), ok)
+            .await
+            .unwrap();
+        assert_eq!(outcome, CacheOutcome::Fetched);
     }
 }

@@ -2,6 +2,8 @@
 //! `/v2/` ping body, Docker Hub's names, the headers a CDN adds, and Docker Hub's rate-limit headers. One
 //! definition each, so the proxy, the binary's client-config output and the error renderer cannot drift apart.
 
+use std::time::Duration;
+
 use http::header::{HeaderName, HeaderValue};
 use http::HeaderMap;
 
@@ -59,6 +61,31 @@ pub fn ratelimit_remaining(headers: &HeaderMap) -> Option<u64> {
         .ok()
 }
 
+/// The window of Docker Hub's rate-limit headers, `w=21600` in `ratelimit-remaining: 0;w=21600` (or in
+/// `ratelimit-limit` when the other carries none): how long until a used-up budget is whole again at the latest.
+pub fn ratelimit_window(headers: &HeaderMap) -> Option<Duration> {
+    ["ratelimit-remaining", "ratelimit-limit"]
+        .iter()
+        .filter_map(|name| headers.get(*name)?.to_str().ok())
+        .flat_map(|v| v.split(';').skip(1))
+        .filter_map(|param| param.trim().strip_prefix("w="))
+        .find_map(|w| w.trim().parse::<u64>().ok())
+        .map(Duration::from_secs)
+}
+
+/// `Retry-After` in its delay-seconds form (the form registries and Docker Hub send). The HTTP-date form is not
+/// read: it depends on clocks agreeing, and callers fall back to the rate-limit window or a backoff.
+pub fn retry_after(headers: &HeaderMap) -> Option<Duration> {
+    headers
+        .get(http::header::RETRY_AFTER)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse::<u64>()
+        .ok()
+        .map(Duration::from_secs)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -77,6 +104,34 @@ mod tests {
         assert_eq!(ratelimit_remaining(&h), Some(5));
         h.insert("ratelimit-remaining", HeaderValue::from_static("lots"));
         assert_eq!(ratelimit_remaining(&h), None);
+    }
+
+    // Pins where a rate-limit window is read: `w=` of either header, remaining first; none without `w=`.
+    #[test]
+    fn ratelimit_window_reads_w() {
+        let mut h = HeaderMap::new();
+        assert_eq!(ratelimit_window(&h), None);
+        h.insert("ratelimit-limit", HeaderValue::from_static("100;w=21600"));
+        assert_eq!(ratelimit_window(&h), Some(Duration::from_secs(21600)));
+        h.insert("ratelimit-remaining", HeaderValue::from_static("0; w=5"));
+        assert_eq!(ratelimit_window(&h), Some(Duration::from_secs(5)));
+        let mut bare = HeaderMap::new();
+        bare.insert("ratelimit-remaining", HeaderValue::from_static("3"));
+        assert_eq!(ratelimit_window(&bare), None);
+    }
+
+    // Pins Retry-After: delay-seconds only; a date or garbage reads as absent.
+    #[test]
+    fn retry_after_reads_seconds() {
+        let mut h = HeaderMap::new();
+        assert_eq!(retry_after(&h), None);
+        h.insert("retry-after", HeaderValue::from_static("7"));
+        assert_eq!(retry_after(&h), Some(Duration::from_secs(7)));
+        h.insert(
+            "retry-after",
+            HeaderValue::from_static("Wed, 21 Oct 2015 07:28:00 GMT"),
+        );
+        assert_eq!(retry_after(&h), None);
     }
 
     // Pins that Docker Hub's three names are recognised in any case, and nothing else is.

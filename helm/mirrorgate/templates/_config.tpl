@@ -74,7 +74,7 @@ redis = {{ $redisUrl | toJson }}
 {{- end }}
 {{- end }}
 {{- $endpoints = concat $endpoints ($r.endpoints | default list) }}
-{{- $plain := omit $r "endpoints" "rewrite" "upstreamCredentials" "upstreamCA" "upstream_username_env" "upstream_password_env" }}
+{{- $plain := omit $r "endpoints" "rewrite" "upstreamCredentials" "upstreamCredentialPool" "upstreamCA" "upstream_username_env" "upstream_password_env" }}
 
 [[route]]
 {{- include "mirrorgate.tomlKeys" (dict "v" $plain "at" $at "keys" (list "host" "upstream" "anonymous" "docker_hub_library" "blob_redirects" "danger_allow_private_redirects" "path_prefix" "upstreams" "ns")) }}
@@ -102,6 +102,17 @@ upstream_password_env = {{ toJson . }}
 {{- end }}
 {{- if $r.upstreamCA }}
 upstream_ca = {{ printf "upstream-ca-%s.pem" (include "mirrorgate.keyName" $r.host) | toJson }}
+{{- end }}
+{{- range $j, $m := $r.upstreamCredentialPool }}
+{{- $name := required (printf "%s.upstreamCredentialPool[%d].name is required" $at $j) $m.name }}
+
+[[route.upstream_credentials]]
+name = {{ $name | toJson }}
+{{- if or $m.username $m.existingSecret }}
+{{- $env := printf "%s_POOL_%s" (include "mirrorgate.envName" $r.host) (include "mirrorgate.envName" $name) }}
+username_env = {{ printf "MIRRORGATE_UPSTREAM_%s_USERNAME" $env | toJson }}
+password_env = {{ printf "MIRRORGATE_UPSTREAM_%s_PASSWORD" $env | toJson }}
+{{- end }}
 {{- end }}
 {{- end }}
 {{- end -}}

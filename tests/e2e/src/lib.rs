@@ -22,6 +22,7 @@ mod http;
 mod oci;
 mod podman;
 mod proc;
+mod ratelimit;
 mod registry;
 mod skopeo;
 mod stage;
@@ -35,6 +36,7 @@ pub use http::{HttpCheck, RawRequest, RawResponse};
 pub use oci::{Descriptor, OciImage};
 pub use podman::Podman;
 pub use proc::{free_port, wait_for_http, wait_for_port, Proc};
+pub use ratelimit::RateLimitFront;
 pub use registry::{push, Pushed, Registry, RegistryMode};
 pub use skopeo::{layer_digests_in_layout, Outcome, Skopeo};
 pub use stage::{

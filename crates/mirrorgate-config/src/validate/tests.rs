@@ -148,7 +148,7 @@ ns = true
     assert!(c.routes[0]
         .upstream
         .as_ref()
-        .is_some_and(|u| u.credentials.is_some()));
+        .is_some_and(|u| !u.credentials.is_empty()));
     assert_eq!(c.routes[1].upstreams.len(), 2);
     assert!(matches!(c.tls.source, TlsSource::Acme(_)));
     assert_eq!(c.auth.token.as_ref().unwrap().ttl, Duration::from_secs(300));
@@ -229,7 +229,8 @@ fn secrets_from_env_and_file() {
         c.routes[0]
             .upstream
             .as_ref()
-            .and_then(|u| u.credentials.as_ref())
+            .and_then(|u| u.credentials.first())
+            .and_then(|m| m.credentials.as_ref())
             .unwrap()
             .password
             .expose(),
@@ -328,13 +329,19 @@ upstreams = { "quay.test" = "https://quay.test", "ghcr.test" = { url = "https://
 "#;
     let c = parse_in(dir.path(), text).unwrap_or_else(|e| panic!("{e}"));
     let r = &c.routes[0];
-    let own = r.upstream.as_ref().and_then(|u| u.credentials.as_ref());
-    assert_eq!(own.map(|c| c.username.as_str()), Some("hub-bot"));
+    let own = r.upstream.as_ref().map(|u| &u.credentials).unwrap();
+    assert_eq!(own.len(), 1);
+    assert_eq!(own[0].name, "default");
+    assert_eq!(
+        own[0].credentials.as_ref().map(|c| c.username.as_str()),
+        Some("hub-bot")
+    );
     let named = |name: &str| r.upstreams.iter().find(|(n, _)| n == name).map(|(_, u)| u);
-    assert!(named("quay.test").unwrap().credentials.is_none());
+    assert!(named("quay.test").unwrap().credentials.is_empty());
     let ghcr = named("ghcr.test").unwrap();
     assert_eq!(ghcr.url.as_str(), "https://ghcr.test/");
-    assert_eq!(ghcr.credentials.as_ref().unwrap().password.expose(), "p");
+    let ghcr_own = ghcr.credentials[0].credentials.as_ref().unwrap();
+    assert_eq!(ghcr_own.password.expose(), "p");
 
     for (entry, key) in [
         (
@@ -385,4 +392,88 @@ fn zero_limits_are_refused_with_advice() {
         .all(|e| e.message.contains("omit the key for no limit")));
     let c = parse_in(dir.path(), MINIMAL).unwrap();
     assert_eq!(c.limits.anonymous, AnonymousLimits::default());
+}
+
+// Pins the credential pool: members in order with their names, `anonymous` without secrets, secrets from env and
+// file like the single form.
+#[test]
+fn upstream_credential_pool() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("hub2-token"), "t2\n").unwrap();
+    let text = format!(
+        r#"{MINIMAL}
+[[route.upstream_credentials]]
+name = "hub-1"
+username = "u1"
+password_env = "PATH"
+[[route.upstream_credentials]]
+name = "hub-2"
+username = "u2"
+password_file = "hub2-token"
+[[route.upstream_credentials]]
+name = "anonymous"
+"#
+    );
+    let c = parse_in(dir.path(), &text).unwrap_or_else(|e| panic!("{e}"));
+    let pool = &c.routes[0].upstream.as_ref().unwrap().credentials;
+    let names: Vec<&str> = pool.iter().map(|m| m.name.as_str()).collect();
+    assert_eq!(names, ["hub-1", "hub-2", "anonymous"]);
+    assert_eq!(
+        pool[1].credentials.as_ref().unwrap().password.expose(),
+        "t2"
+    );
+    assert!(pool[2].credentials.is_none());
+}
+
+// Pins the pool's refusals, each at its key: the pool and the single form together, duplicate names, a member
+// without secrets that is not `anonymous`, `anonymous` with secrets, half a pair, unknown keys.
+#[test]
+fn upstream_credential_pool_refusals() {
+    let dir = tempfile::tempdir().unwrap();
+    let member = |body: &str| format!("[[route.upstream_credentials]]\n{body}\n");
+    let cases = [
+        (
+            format!(
+                "{MINIMAL}upstream_username = \"u\"\nupstream_password = \"p\"\n{}",
+                member("name = \"a\"\nusername = \"u\"\npassword = \"p\"")
+            ),
+            "route[1].upstream_credentials",
+        ),
+        (
+            format!(
+                "{MINIMAL}{}{}",
+                member("name = \"a\"\nusername = \"u\"\npassword = \"p\""),
+                member("name = \"a\"\nusername = \"v\"\npassword = \"q\"")
+            ),
+            "route[1].upstream_credentials[2].name",
+        ),
+        (
+            format!("{MINIMAL}{}", member("name = \"hub\"")),
+            "route[1].upstream_credentials[1].username",
+        ),
+        (
+            format!(
+                "{MINIMAL}{}",
+                member("name = \"anonymous\"\nusername = \"u\"\npassword = \"p\"")
+            ),
+            "route[1].upstream_credentials[1].name",
+        ),
+        (
+            format!("{MINIMAL}{}", member("name = \"a\"\nusername = \"u\"")),
+            "route[1].upstream_credentials[1].password",
+        ),
+        (
+            format!(
+                "{MINIMAL}{}",
+                member("name = \"a\"\nuser = \"u\"\npassword = \"p\"")
+            ),
+            "route.upstream_credentials[1].user",
+        ),
+    ];
+    for (text, key) in cases {
+        let e = parse_in(dir.path(), &text).unwrap_err();
+        let keys: Vec<&str> = e.iter().map(|e| e.key.as_str()).collect();
+        assert_eq!(keys.first(), Some(&key), "{text}\n{e}");
+        assert!(keys.len() <= 2, "{e}");
+    }
 }
