@@ -14,7 +14,7 @@ mod values;
 
 pub use error::{ConfigError, ConfigErrors};
 pub use model::{
-    AcmeChallenge, AcmeConfig, AnonymousLimits, AuthConfig, BlobRedirects, Config, Credentials,
+    AcmeChallenge, AcmeConfig, AnonymousLimits, AuthConfig, BlobRedirects, CacheConfig, Config, Credentials,
     HostPattern, LimitsConfig, LogFormat, Route, Secret, ServerConfig, TenantConfig, TlsConfig,
     TlsSource, TokenConfig, Upstream,
 };

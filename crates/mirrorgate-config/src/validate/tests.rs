@@ -303,3 +303,33 @@ upstreams = { "quay.test" = "https://quay.test", "ghcr.test" = { url = "https://
         );
     }
 }
+
+// Pins the `[cache]` section: defaults with their reasons, sizes and durations parsed, the route switch and
+// override, and a bad value reported with its key.
+#[test]
+fn cache_section_and_route_overrides() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = parse_in(dir.path(), MINIMAL).unwrap();
+    assert!(c.cache.is_none());
+    assert!(c.routes[0].cache);
+
+    let text = format!(
+        "{MINIMAL}cache = false\ntag_ttl = \"1h\"\n\n[cache]\nmax_size = \"2GiB\"\nmin_free = 1000\ntag_ttl = \"5m\"\n"
+    );
+    let c = parse_in(dir.path(), &text).unwrap();
+    let cache = c.cache.unwrap();
+    assert_eq!(cache.dir, dir.path().join("cache"));
+    assert_eq!(cache.max_size, 2 << 30);
+    assert_eq!(cache.min_free, Some(1000));
+    assert_eq!(cache.tag_ttl, Duration::from_secs(300));
+    assert_eq!(cache.stale_if_error, Duration::from_secs(7 * 24 * 3600));
+    assert!(!c.routes[0].cache);
+    assert_eq!(c.routes[0].tag_ttl, Some(Duration::from_secs(3600)));
+
+    let bad = format!("{MINIMAL}\n[cache]\nmax_size = \"lots\"\nsize = 1\n");
+    let e = parse_in(dir.path(), &bad).unwrap_err().to_string();
+    assert!(e.contains("unknown field `size`"), "{e}");
+    let bad = format!("{MINIMAL}\n[cache]\nmax_size = \"lots\"\n");
+    let e = parse_in(dir.path(), &bad).unwrap_err().to_string();
+    assert!(e.contains("cache.max_size"), "{e}");
+}
