@@ -14,12 +14,14 @@
 //! are registered on Linux under their standard, prefix-free names so stock dashboards and alerts work.
 
 mod admin;
+mod cache;
 mod error;
 mod health;
 mod labels;
 mod metrics;
 
 pub use admin::{serve_admin, METRICS_CONTENT_TYPE};
+pub use cache::{CacheKind, CacheMetrics};
 pub use error::MetricsError;
 pub use health::Health;
 pub use labels::{
