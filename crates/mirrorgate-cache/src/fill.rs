@@ -43,6 +43,9 @@ pub(crate) struct FillShared {
     pub(crate) tx: watch::Sender<Phase>,
     pub(crate) file: Arc<File>,
     tmp: PathBuf,
+    /// Recorded as referencing the digest once the fill is verified; joiners from other scopes must not read
+    /// this fill (the caller checks [`Joiner::scope`]).
+    scope: Option<String>,
 }
 
 /// What [`Cache::begin`] decided for one request.
@@ -69,9 +72,9 @@ pub struct Joiner {
 }
 
 impl Cache {
-    /// Starts or joins the fill of `digest`. `Ok(None)` when the cache cannot store this digest (an algorithm
-    /// it cannot verify).
-    pub fn begin(&self, digest: &Digest) -> Result<Option<Begin>, CacheError> {
+    /// Starts or joins the fill of `digest` for `scope`. `Ok(None)` when the cache cannot store this digest (an
+    /// algorithm it cannot verify).
+    pub fn begin(&self, digest: &Digest, scope: Option<&str>) -> Result<Option<Begin>, CacheError> {
         if Hasher::for_algorithm(digest.algorithm()).is_err() {
             return Ok(None);
         }
@@ -98,6 +101,7 @@ impl Cache {
             tx,
             file: Arc::new(file),
             tmp,
+            scope: scope.map(str::to_owned),
         });
         fills.insert(digest.to_string(), shared.clone());
         Ok(Some(Begin::Lead(Filler {
@@ -119,8 +123,8 @@ impl Cache {
 
 impl Filler {
     /// Hands the upstream's 200 body to the background fill and returns this client's reader. `len` is the
-    /// announced `Content-Length`; `scope` is recorded as referencing the digest once it is verified.
-    pub fn start<S>(mut self, len: Option<u64>, scope: Option<String>, body: S) -> FileBody
+    /// announced `Content-Length`; the fill's scope is recorded as referencing the digest once it is verified.
+    pub fn start<S>(mut self, len: Option<u64>, body: S) -> FileBody
     where
         S: Stream<Item = Result<Bytes, BoxError>> + Send + Unpin + 'static,
     {
@@ -140,9 +144,9 @@ impl Filler {
         tokio::spawn(async move {
             let outcome = run(&cache, &digest, &shared, len, body).await;
             let outcome = match outcome {
-                Ok(written) => match scope {
+                Ok(written) => match &shared.scope {
                     Some(s) => cache
-                        .add_references(&s, [digest.clone()])
+                        .add_references(s, [digest.clone()])
                         .await
                         .map(|()| written),
                     None => Ok(written),
@@ -180,6 +184,11 @@ impl Drop for Filler {
 }
 
 impl Joiner {
+    /// The scope whose request leads this fill.
+    pub fn scope(&self) -> Option<&str> {
+        self.shared.scope.as_deref()
+    }
+
     /// Waits until the leader has an answer: its reader when it fills, `None` when it abandoned (go upstream).
     pub async fn wait(self) -> Option<FileBody> {
         let mut rx = self.shared.tx.subscribe();

@@ -75,7 +75,11 @@ async fn collect(mut body: FileBody) -> Result<Vec<u8>, CacheError> {
 }
 
 fn lead(cache: &Cache, digest: &Digest) -> crate::Filler {
-    match cache.begin(digest).unwrap() {
+    lead_in(cache, digest, "s")
+}
+
+fn lead_in(cache: &Cache, digest: &Digest, scope: &str) -> crate::Filler {
+    match cache.begin(digest, Some(scope)).unwrap() {
         Some(Begin::Lead(f)) => f,
         _ => panic!("expected to lead"),
     }
@@ -89,7 +93,7 @@ async fn fill_commits_and_survives_restart() {
     let (cache, _) = open(dir.path(), 1 << 20);
     let data: &'static [u8] = b"layer bytes";
     let d = digest_of(data);
-    let reader = lead(&cache, &d).start(Some(data.len() as u64), Some("r|team-a/app".into()), once_body(data));
+    let reader = lead_in(&cache, &d, "r|team-a/app").start(Some(data.len() as u64), once_body(data));
     assert_eq!(collect(reader).await.unwrap(), data);
     // The reference is written just after the reader's clean end: give the task its turn.
     tokio::time::sleep(Duration::from_millis(50)).await;
@@ -112,7 +116,7 @@ async fn wrong_digest_fill_fails_reader_and_leaves_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let (cache, counts) = open(dir.path(), 1 << 20);
     let d = digest_of(b"the real bytes");
-    let reader = lead(&cache, &d).start(Some(9), Some("s".into()), once_body(b"evil byte"));
+    let reader = lead_in(&cache, &d, "s").start(Some(9), once_body(b"evil byte"));
     let err = collect(reader).await.unwrap_err();
     assert!(err.to_string().contains("does not match"), "{err}");
     assert!(!cache.contains(&d));
@@ -129,13 +133,13 @@ async fn truncated_or_failing_body_fails_reader() {
     let (cache, counts) = open(dir.path(), 1 << 20);
     let data: &'static [u8] = b"0123456789";
     let d = digest_of(data);
-    let reader = lead(&cache, &d).start(Some(10), None, once_body(&data[..5]));
+    let reader = lead(&cache, &d).start(Some(10), once_body(&data[..5]));
     assert!(matches!(
         collect(reader).await,
         Err(CacheError::FillFailed { .. })
     ));
     let (tx, body) = channel_body();
-    let reader = lead(&cache, &d).start(None, None, body);
+    let reader = lead(&cache, &d).start(None, body);
     tx.send(Ok(Bytes::from_static(b"01234"))).await.unwrap();
     tx.send(Err("connection reset".into())).await.unwrap();
     assert!(collect(reader).await.is_err());
@@ -158,7 +162,7 @@ async fn concurrent_requests_share_one_fill() {
     let mut joiners = Vec::new();
     let mut filler = None;
     for _ in 0..20 {
-        match cache.begin(&d).unwrap().unwrap() {
+        match cache.begin(&d, Some("s")).unwrap().unwrap() {
             Begin::Lead(f) => {
                 leaders += 1;
                 filler = Some(f);
@@ -168,7 +172,7 @@ async fn concurrent_requests_share_one_fill() {
     }
     assert_eq!(leaders, 1, "one upstream fetch");
     let (tx, body) = channel_body();
-    let leader_reader = filler.unwrap().start(Some(all.len() as u64), Some("s".into()), body);
+    let leader_reader = filler.unwrap().start(Some(all.len() as u64), body);
 
     let mut tasks = Vec::new();
     for (i, j) in joiners.into_iter().enumerate() {
@@ -184,7 +188,7 @@ async fn concurrent_requests_share_one_fill() {
     }
     // The first chunk reaches a joiner before the rest is sent.
     let (first_tx, first_rx) = tokio::sync::oneshot::channel();
-    let follower = cache.begin(&d).unwrap().unwrap();
+    let follower = cache.begin(&d, Some("s")).unwrap().unwrap();
     let Begin::Join(follower) = follower else {
         panic!("still filling")
     };
@@ -221,13 +225,13 @@ async fn abandoned_leader_releases_joiners() {
     let (cache, _) = open(dir.path(), 1 << 20);
     let d = digest_of(b"x");
     let filler = lead(&cache, &d);
-    let Some(Begin::Join(j)) = cache.begin(&d).unwrap() else {
+    let Some(Begin::Join(j)) = cache.begin(&d, Some("s")).unwrap() else {
         panic!("expected to join")
     };
     let waiting = tokio::spawn(j.wait());
     drop(filler);
     assert!(waiting.await.unwrap().is_none());
-    assert!(matches!(cache.begin(&d).unwrap(), Some(Begin::Lead(_))));
+    assert!(matches!(cache.begin(&d, Some("s")).unwrap(), Some(Begin::Lead(_))));
 }
 
 // Pins the size bound: least recently used entries go first, a hit refreshes an entry, and a reader of an

@@ -11,6 +11,7 @@
 //! - `router`, `plan`: host → route; path, `?ns=` and path prefix → plan; name rewrites.
 //! - `token_endpoint`: the local `/token` answer.
 //! - `admission`: identify, authorize, limit.
+//! - `cache`: answers from and fills of the built-in cache, around the endpoint loop.
 //! - `forward`: the phase list and the endpoint loop; `upstream`: clients and endpoint health.
 //! - `upstream_auth`: the upstream token dance; `attempt`: one try at one endpoint.
 //! - `respond`, `redirect`: the upstream answer becomes the client's.
@@ -20,6 +21,7 @@
 mod admission;
 mod attempt;
 mod body;
+mod cache;
 mod context;
 mod error;
 mod forward;
@@ -36,6 +38,7 @@ mod upstream;
 mod upstream_auth;
 
 pub use body::{BoxError, GatewayBody};
+pub use cache::CacheSetupError;
 pub use error::{EndpointError, ProxyError, RedirectRefusal, Report};
 pub use runtime::{Gateway, Runtime};
 pub use server::{serve_http, serve_https, Http01Responder};
