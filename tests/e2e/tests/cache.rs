@@ -141,7 +141,7 @@ fn content_cached_for_one_repository_is_not_served_to_another() {
         "docker.test",
         &format!("/v2/team-b/other/blobs/{}", app.layer_digests[0]),
     ));
-    assert_eq!(leak.status, 404, "{}", leak.text());
+    assert_eq!(leak.status, 404, "served {} bytes", leak.body.len());
     assert_eq!(leak.oci_error_codes().unwrap(), vec!["BLOB_UNKNOWN"]);
     let leak = s.send(&s.get(
         "docker.test",
@@ -186,4 +186,43 @@ fn max_size_bounds_the_store() {
         )
         .unwrap();
     assert_eq!(upstream.requests(&last.layer_digests[0]), before);
+}
+
+// Pins tags and the route switches: a route's `tag_ttl` overrides `[cache]`'s (the tag is fetched again once
+// it is older), a stale tag is served while every endpoint fails (`stale_if_error`), and a route with
+// `cache = false` reaches the upstream on every pull.
+#[test]
+fn tag_ttl_stale_if_error_and_route_opt_out() {
+    let s = Stage::new("cache-tags");
+    let mut upstream = Registry::open(s.t.path(), "upstream").unwrap();
+    let app = push_image(&s, &upstream, "app", "team-a/app:v1", 16 * 1024);
+    let config = format!(
+        "{}{}[cache]\ndir = \"cache\"\ntag_ttl = \"1h\"\nstale_if_error = \"1h\"\n",
+        route("docker.test", &upstream.url(), "tag_ttl = \"1s\""),
+        route("gcr.test", &upstream.url(), "cache = false"),
+    );
+    let _gw = s.gateway(&config);
+    let pull = |host: &str, dir: &str| {
+        s.skopeo()
+            .pull(&s.via(host, "team-a/app:v1"), &s.t.sub(dir).unwrap())
+            .unwrap()
+    };
+
+    let layer = &app.layer_digests[0];
+    let before = upstream.requests(layer);
+    pull("gcr.test", "opt-out-1");
+    pull("gcr.test", "opt-out-2");
+    assert_eq!(upstream.requests(layer), before + 2, "cache = false fetched twice");
+
+    let tag_requests = || upstream.requests("/v2/team-a/app/manifests/v1");
+    let before = tag_requests();
+    pull("docker.test", "tag-1");
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    pull("docker.test", "tag-2");
+    assert_eq!(tag_requests(), before + 2, "the route's 1s tag_ttl applies");
+
+    upstream.stop();
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    let layers = pull("docker.test", "tag-stale");
+    assert_eq!(layers, app.layer_digests);
 }
