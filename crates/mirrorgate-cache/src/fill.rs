@@ -30,9 +30,14 @@ pub(crate) enum Phase {
     /// The leader has not got the upstream's answer yet.
     Waiting,
     /// Bytes are arriving; `len` is the length the upstream announced.
-    Streaming { written: u64, len: Option<u64> },
+    Streaming {
+        written: u64,
+        len: Option<u64>,
+    },
     /// Verified and in place: `written` bytes in all.
-    Done { written: u64 },
+    Done {
+        written: u64,
+    },
     Failed(Arc<str>),
     /// The leader got no cacheable answer; joiners go upstream themselves.
     Abandoned,
@@ -249,13 +254,12 @@ where
         let tmp = shared.tmp.clone();
         let at = written;
         blocking(move || {
-            std::os::unix::fs::FileExt::write_all_at(&*file, &chunk, at).map_err(CacheError::io(tmp))
+            std::os::unix::fs::FileExt::write_all_at(&*file, &chunk, at)
+                .map_err(CacheError::io(tmp))
         })
         .await?;
         written += n;
-        shared
-            .tx
-            .send_replace(Phase::Streaming { written, len });
+        shared.tx.send_replace(Phase::Streaming { written, len });
     }
     if let Some(expected) = len.filter(|l| *l != written) {
         return Err(CacheError::LengthMismatch {

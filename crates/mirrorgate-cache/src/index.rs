@@ -23,8 +23,7 @@ impl Index {
     pub(crate) fn insert(&mut self, digest: &str, size: u64) {
         self.remove(digest);
         let tick = self.tick();
-        self.entries
-            .insert(digest.to_owned(), Slot { size, tick });
+        self.entries.insert(digest.to_owned(), Slot { size, tick });
         self.order.insert(tick, digest.to_owned());
         self.total += size;
     }

@@ -93,7 +93,8 @@ async fn fill_commits_and_survives_restart() {
     let (cache, _) = open(dir.path(), 1 << 20);
     let data: &'static [u8] = b"layer bytes";
     let d = digest_of(data);
-    let reader = lead_in(&cache, &d, "r|team-a/app").start(Some(data.len() as u64), once_body(data));
+    let reader =
+        lead_in(&cache, &d, "r|team-a/app").start(Some(data.len() as u64), once_body(data));
     assert_eq!(collect(reader).await.unwrap(), data);
     // The reference is written just after the reader's clean end: give the task its turn.
     tokio::time::sleep(Duration::from_millis(50)).await;
@@ -122,7 +123,10 @@ async fn wrong_digest_fill_fails_reader_and_leaves_nothing() {
     assert!(!cache.contains(&d));
     assert!(!cache.references("s", &d));
     assert_eq!(counts.failed.load(Ordering::Relaxed), 1);
-    assert_eq!(std::fs::read_dir(dir.path().join("tmp")).unwrap().count(), 0);
+    assert_eq!(
+        std::fs::read_dir(dir.path().join("tmp")).unwrap().count(),
+        0
+    );
 }
 
 // Pins that a body shorter than its announced length (upstream cut off) fails the reader, and an upstream
@@ -199,11 +203,13 @@ async fn concurrent_requests_share_one_fill() {
         let _ = first_tx.send(first.len());
         collect(body).await
     });
-    assert!(tokio::time::timeout(Duration::from_secs(5), first_rx)
-        .await
-        .unwrap()
-        .unwrap()
-        > 0);
+    assert!(
+        tokio::time::timeout(Duration::from_secs(5), first_rx)
+            .await
+            .unwrap()
+            .unwrap()
+            > 0
+    );
     drop(leader_reader); // the leader's own client disconnects
     for c in &chunks[1..] {
         tx.send(Ok(Bytes::from(c.clone()))).await.unwrap();
@@ -231,7 +237,10 @@ async fn abandoned_leader_releases_joiners() {
     let waiting = tokio::spawn(j.wait());
     drop(filler);
     assert!(waiting.await.unwrap().is_none());
-    assert!(matches!(cache.begin(&d, Some("s")).unwrap(), Some(Begin::Lead(_))));
+    assert!(matches!(
+        cache.begin(&d, Some("s")).unwrap(),
+        Some(Begin::Lead(_))
+    ));
 }
 
 // Pins the size bound: least recently used entries go first, a hit refreshes an entry, and a reader of an
@@ -242,17 +251,29 @@ async fn max_size_evicts_lru_without_breaking_readers() {
     let (cache, counts) = open(dir.path(), 25);
     let blobs: Vec<Vec<u8>> = (0..3u8).map(|i| vec![b'a' + i; 10]).collect();
     let ds: Vec<Digest> = blobs.iter().map(|b| digest_of(b)).collect();
-    cache.put(&ds[0], None, Bytes::from(blobs[0].clone())).await.unwrap();
-    cache.put(&ds[1], None, Bytes::from(blobs[1].clone())).await.unwrap();
+    cache
+        .put(&ds[0], None, Bytes::from(blobs[0].clone()))
+        .await
+        .unwrap();
+    cache
+        .put(&ds[1], None, Bytes::from(blobs[1].clone()))
+        .await
+        .unwrap();
     let held = cache.open_entry(&ds[0]).unwrap(); // ds[0] is now the most recent
-    cache.put(&ds[2], None, Bytes::from(blobs[2].clone())).await.unwrap();
+    cache
+        .put(&ds[2], None, Bytes::from(blobs[2].clone()))
+        .await
+        .unwrap();
     assert!(cache.contains(&ds[0]) && cache.contains(&ds[2]));
     assert!(!cache.contains(&ds[1]));
     assert_eq!(cache.usage(), (20, 2));
     assert_eq!(counts.evicted.load(Ordering::Relaxed), 1);
 
     let d3 = digest_of(b"dddddddddd");
-    cache.put(&d3, None, Bytes::from_static(b"dddddddddd")).await.unwrap();
+    cache
+        .put(&d3, None, Bytes::from_static(b"dddddddddd"))
+        .await
+        .unwrap();
     assert!(!cache.contains(&ds[0]));
     let body = FileBody::range(held.file.clone(), ds[0].clone(), 0, held.size);
     assert_eq!(collect(body).await.unwrap(), blobs[0]);
@@ -279,15 +300,24 @@ async fn start_removes_temp_files() {
     let d = digest_of(b"done");
     {
         let (cache, _) = open(dir.path(), 1 << 20);
-        cache.put(&d, None, Bytes::from_static(b"done")).await.unwrap();
+        cache
+            .put(&d, None, Bytes::from_static(b"done"))
+            .await
+            .unwrap();
         let partial = digest_of(b"partial");
         let _filler = lead(&cache, &partial);
         // The process dies here: simulate by leaking the leader (no Drop cleanup).
         std::mem::forget(_filler);
     }
-    assert_eq!(std::fs::read_dir(dir.path().join("tmp")).unwrap().count(), 1);
+    assert_eq!(
+        std::fs::read_dir(dir.path().join("tmp")).unwrap().count(),
+        1
+    );
     let (cache, _) = open(dir.path(), 1 << 20);
-    assert_eq!(std::fs::read_dir(dir.path().join("tmp")).unwrap().count(), 0);
+    assert_eq!(
+        std::fs::read_dir(dir.path().join("tmp")).unwrap().count(),
+        0
+    );
     assert!(cache.contains(&d));
     assert_eq!(cache.usage(), (4, 1));
 }

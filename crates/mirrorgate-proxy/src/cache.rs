@@ -1,4 +1,4 @@
-//! Phase 5½, **cache**: runs after identify/authorize/limit and wraps the endpoint loop. The store is
+//! Phase 5 (end), **cache**: runs after identify/authorize/limit and wraps the endpoint loop. The store is
 //! `mirrorgate-cache`; this module decides what may be answered from it, for whom, and what is filled.
 //!
 //! - Blob or manifest **by digest**: answered from the store when the entry exists **and** this scope (route +
@@ -125,11 +125,7 @@ pub(crate) async fn serve(
     };
     let scope = format!("{}|{repository}", ctx.route.label);
     let ttl = ctx.route.config.tag_ttl.unwrap_or(cfg.tag_ttl);
-    let c = Served {
-        ctx,
-        cache,
-        scope,
-    };
+    let c = Served { ctx, cache, scope };
     match ask {
         Ask::Blob(d) => c.blob(d, plan, req, facts).await,
         Ask::ManifestByDigest(d) => c.manifest_by_digest(d, plan, req, facts).await,
@@ -242,9 +238,11 @@ impl Served<'_, '_> {
         facts: &mut RequestFacts,
     ) -> Result<Response<GatewayBody>, ProxyError> {
         let known = self.cache.store.tag(&self.scope, tag);
-        let age = known
-            .as_ref()
-            .map(|t| SystemTime::now().duration_since(t.fetched).unwrap_or_default());
+        let age = known.as_ref().map(|t| {
+            SystemTime::now()
+                .duration_since(t.fetched)
+                .unwrap_or_default()
+        });
         let client_headers = req.headers().clone();
         if let (Some(t), Some(age)) = (&known, age) {
             if age < ttl {
@@ -261,9 +259,7 @@ impl Served<'_, '_> {
         self.miss(CacheKind::Manifest);
         let upstream = crate::forward::forward(self.ctx, plan, req, facts).await;
         let failed = match &upstream {
-            Ok(r) => {
-                r.status() == StatusCode::TOO_MANY_REQUESTS || r.status().is_server_error()
-            }
+            Ok(r) => r.status() == StatusCode::TOO_MANY_REQUESTS || r.status().is_server_error(),
             Err(_) => true,
         };
         if failed {
@@ -362,7 +358,13 @@ impl Served<'_, '_> {
         Ok(Response::from_parts(parts, full(bytes)))
     }
 
-    async fn store_manifest(&self, d: &Digest, headers: &HeaderMap, bytes: Bytes, tag: Option<&Tag>) {
+    async fn store_manifest(
+        &self,
+        d: &Digest,
+        headers: &HeaderMap,
+        bytes: Bytes,
+        tag: Option<&Tag>,
+    ) {
         let store = &self.cache.store;
         let media_type = headers
             .get(header::CONTENT_TYPE)
@@ -547,7 +549,10 @@ mod tests {
         assert_eq!(byte_range("bytes=0-9", 100), RangeAsk::Satisfiable(0, 10));
         assert_eq!(byte_range("bytes=90-", 100), RangeAsk::Satisfiable(90, 100));
         assert_eq!(byte_range("bytes=-10", 100), RangeAsk::Satisfiable(90, 100));
-        assert_eq!(byte_range("bytes=50-500", 100), RangeAsk::Satisfiable(50, 100));
+        assert_eq!(
+            byte_range("bytes=50-500", 100),
+            RangeAsk::Satisfiable(50, 100)
+        );
         assert_eq!(byte_range("bytes=100-", 100), RangeAsk::Unsatisfiable);
         assert_eq!(byte_range("bytes=0-1,5-6", 100), RangeAsk::Ignore);
         assert_eq!(byte_range("items=0-1", 100), RangeAsk::Ignore);
@@ -564,7 +569,10 @@ mod tests {
             HeaderValue::from_static("application/vnd.docker.distribution.manifest.v2+json; q=0.9"),
         );
         assert!(!accepts(&h, "application/vnd.oci.image.index.v1+json"));
-        assert!(accepts(&h, "application/vnd.docker.distribution.manifest.v2+json"));
+        assert!(accepts(
+            &h,
+            "application/vnd.docker.distribution.manifest.v2+json"
+        ));
         h.append(header::ACCEPT, HeaderValue::from_static("*/*"));
         assert!(accepts(&h, "application/vnd.oci.image.index.v1+json"));
     }

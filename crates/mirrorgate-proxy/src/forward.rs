@@ -9,9 +9,9 @@
 //! 4. **authorize** (`admission`) — the tenant's rules for this route, repository and action. 401 / 403 / 404.
 //! 5. **limit** (`admission`) — request rate, concurrency, daily bytes. 429 (503 if shared state is required
 //!    and down). The local `/v2/` ping is answered after this phase.
-//! 5½. **cache** (`cache`) — GET/HEAD of a manifest or blob answered from the built-in cache when this
-//!    repository is known to reference it (or a tag is fresh); otherwise the endpoint loop runs and a 200 with a
-//!    verifiable digest fills the cache while it streams. Short-circuits: the cached answer (200, 206, 416).
+//!    Then the **cache** (`cache`, with `[cache]`): GET/HEAD of a manifest or blob answered from the store when
+//!    this repository is known to reference it (or a tag is fresh); otherwise the endpoint loop runs and a 200
+//!    with a verifiable digest fills the store while it streams. Short-circuits: the cached answer (200/206/416).
 //! 6. **choose endpoint** (here) — ordered endpoints, healthy first; connect errors, timeouts and 5xx on
 //!    GET/HEAD move to the next one.
 //! 7. **upstream auth** (`upstream_auth`) — a cached Bearer token for (realm, service, scope, credential),

@@ -66,11 +66,17 @@ fn repeated_pulls_stay_local_and_survive_upstream_loss_and_restart() {
 
     let first = s
         .skopeo()
-        .pull(&s.via("docker.test", "team-a/app:v1"), &s.t.sub("pull-1").unwrap())
+        .pull(
+            &s.via("docker.test", "team-a/app:v1"),
+            &s.t.sub("pull-1").unwrap(),
+        )
         .unwrap();
     assert_eq!(first, app.layer_digests);
     let after_first = by_digest_requests(&upstream);
-    assert!(after_first >= 2, "the first pull fetched the layer and config");
+    assert!(
+        after_first >= 2,
+        "the first pull fetched the layer and config"
+    );
 
     let by_digest = format!("team-a/app@{}", app.manifest_digest);
     for (i, reference) in ["team-a/app:v1", by_digest.as_str()].iter().enumerate() {
@@ -89,7 +95,11 @@ fn repeated_pulls_stay_local_and_survive_upstream_loss_and_restart() {
         "a repeated pull reached the upstream:\n{}",
         upstream.log()
     );
-    assert_eq!(tag_requests(), pushed_tag + 1, "the fresh tag is answered locally");
+    assert_eq!(
+        tag_requests(),
+        pushed_tag + 1,
+        "the fresh tag is answered locally"
+    );
     let m = s.metrics();
     assert!(metric(&m, "mirrorgate_cache_hits_total", &["kind=\"blob\""]) >= 2.0);
     assert!(metric(&m, "mirrorgate_cache_bytes", &[]) >= 256.0 * 1024.0);
@@ -97,27 +107,45 @@ fn repeated_pulls_stay_local_and_survive_upstream_loss_and_restart() {
     upstream.stop();
     let layers = s
         .skopeo()
-        .pull(&s.via("docker.test", &by_digest), &s.t.sub("pull-down").unwrap())
+        .pull(
+            &s.via("docker.test", &by_digest),
+            &s.t.sub("pull-down").unwrap(),
+        )
         .unwrap();
     assert_eq!(layers, app.layer_digests);
     let resp = s.send(&s.get(
         "docker.test",
         &format!("/v2/team-a/other/blobs/{}", other.layer_digests[0]),
     ));
-    assert!(resp.status >= 500, "uncached blob: {} {}", resp.status, resp.text());
-    assert!(!resp.oci_error_codes().unwrap().is_empty(), "{}", resp.text());
+    assert!(
+        resp.status >= 500,
+        "uncached blob: {} {}",
+        resp.status,
+        resp.text()
+    );
+    assert!(
+        !resp.oci_error_codes().unwrap().is_empty(),
+        "{}",
+        resp.text()
+    );
 
     drop(gw);
     let _gw = s.gateway(&config);
     let layers = s
         .skopeo()
-        .pull(&s.via("docker.test", &by_digest), &s.t.sub("pull-restarted").unwrap())
+        .pull(
+            &s.via("docker.test", &by_digest),
+            &s.t.sub("pull-restarted").unwrap(),
+        )
         .unwrap();
     assert_eq!(layers, app.layer_digests);
-    let resp = s.send(&s.get(
-        "docker.test",
-        &format!("/v2/team-a/app/blobs/{}", app.layer_digests[0]),
-    ).with_header("range", "bytes=10-19"));
+    let resp = s.send(
+        &s.get(
+            "docker.test",
+            &format!("/v2/team-a/app/blobs/{}", app.layer_digests[0]),
+        )
+        .with_header("range", "bytes=10-19"),
+    );
     assert_eq!(resp.status, 206, "{}", resp.text());
     assert_eq!(resp.body.len(), 10);
 }
@@ -132,7 +160,10 @@ fn content_cached_for_one_repository_is_not_served_to_another() {
     let _other = push_image(&s, &upstream, "unrelated", "team-b/other:v1", 8 * 1024);
     let _gw = s.gateway(&cached_route(&upstream, ""));
     s.skopeo()
-        .pull(&s.via("docker.test", "team-a/app:v1"), &s.t.sub("pull").unwrap())
+        .pull(
+            &s.via("docker.test", "team-a/app:v1"),
+            &s.t.sub("pull").unwrap(),
+        )
         .unwrap();
 
     let blob = format!("/v2/team-a/app/blobs/{}", app.layer_digests[0]);
@@ -159,7 +190,15 @@ fn max_size_bounds_the_store() {
     let upstream = Registry::open(s.t.path(), "upstream").unwrap();
     let layer = 200 * 1024;
     let images: Vec<Pushed> = (0..3)
-        .map(|i| push_image(&s, &upstream, &format!("img{i}"), &format!("team-a/img{i}:v1"), layer))
+        .map(|i| {
+            push_image(
+                &s,
+                &upstream,
+                &format!("img{i}"),
+                &format!("team-a/img{i}:v1"),
+                layer,
+            )
+        })
         .collect();
     let max_size = 450 * 1024;
     let _gw = s.gateway(&cached_route(&upstream, &format!("max_size = {max_size}")));
@@ -181,7 +220,10 @@ fn max_size_bounds_the_store() {
     let before = upstream.requests(&last.layer_digests[0]);
     s.skopeo()
         .pull(
-            &s.via("docker.test", &format!("team-a/img2@{}", last.manifest_digest)),
+            &s.via(
+                "docker.test",
+                &format!("team-a/img2@{}", last.manifest_digest),
+            ),
             &s.t.sub("pull-last-again").unwrap(),
         )
         .unwrap();
@@ -212,7 +254,11 @@ fn tag_ttl_stale_if_error_and_route_opt_out() {
     let before = upstream.requests(layer);
     pull("gcr.test", "opt-out-1");
     pull("gcr.test", "opt-out-2");
-    assert_eq!(upstream.requests(layer), before + 2, "cache = false fetched twice");
+    assert_eq!(
+        upstream.requests(layer),
+        before + 2,
+        "cache = false fetched twice"
+    );
 
     let tag_requests = || upstream.requests("/v2/team-a/app/manifests/v1");
     let before = tag_requests();
