@@ -87,6 +87,13 @@ burst = 20
 bytes_per_second = "5MiB"
 redis = "redis://127.0.0.1:6379"
 
+[cache]
+dir = "cache"
+max_size = "50GiB"
+min_free = "2GiB"
+tag_ttl = "10m"
+stale_if_error = "7d"
+
 [[route]]
 host = "docker.example"
 upstream = "https://registry-1.docker.io"
@@ -104,6 +111,8 @@ host = "mirror.example"
 path_prefix = true
 upstreams = { "gcr.io" = "https://gcr.io", "quay.io" = "https://quay.io" }
 ns = true
+cache = false
+tag_ttl = "1h"
 "#;
     let c = parse_in(dir.path(), text).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(c.routes.len(), 2);
@@ -114,6 +123,7 @@ ns = true
         .as_ref()
         .is_some_and(|u| u.credentials.is_some()));
     assert_eq!(c.routes[1].upstreams.len(), 2);
+    assert!(c.cache.is_some() && c.routes[0].cache && !c.routes[1].cache);
     assert!(matches!(c.tls.source, TlsSource::Acme(_)));
     assert_eq!(c.auth.token.as_ref().unwrap().ttl, Duration::from_secs(300));
 }
