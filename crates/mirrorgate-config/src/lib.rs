@@ -14,8 +14,8 @@ mod values;
 
 pub use error::{ConfigError, ConfigErrors};
 pub use model::{
-    AcmeChallenge, AcmeConfig, AnonymousLimits, AuthConfig, BlobRedirects, Config, Credentials,
-    HostPattern, LimitsConfig, LogFormat, PoolCredential, Route, Secret, ServerConfig,
+    AcmeChallenge, AcmeConfig, AnonymousLimits, AuthConfig, BlobRedirects, CacheConfig, Config,
+    Credentials, HostPattern, LimitsConfig, LogFormat, PoolCredential, Route, Secret, ServerConfig,
     TenantConfig, TlsConfig, TlsSource, TokenConfig, Upstream, ANONYMOUS_CREDENTIAL_NAME,
     DEFAULT_CREDENTIAL_NAME,
 };

@@ -21,6 +21,8 @@ pub struct Config {
     pub auth: AuthConfig,
     pub tenants: Vec<TenantConfig>,
     pub limits: LimitsConfig,
+    /// `[cache]`; `None` = no cache.
+    pub cache: Option<CacheConfig>,
     pub routes: Vec<Route>,
 }
 
@@ -187,6 +189,25 @@ pub struct Route {
     /// Upstreams a path-prefix or `?ns=` request may name, by the name clients use (`gcr.io`).
     pub upstreams: Vec<(String, Upstream)>,
     pub ns: bool,
+    /// Whether this route uses `[cache]` (on by default when `[cache]` exists).
+    pub cache: bool,
+    /// This route's override of `[cache] tag_ttl`.
+    pub tag_ttl: Option<Duration>,
+}
+
+/// `[cache]`: the built-in pull-through cache.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CacheConfig {
+    /// The store's folder (relative to the config file's folder), created if missing.
+    pub dir: PathBuf,
+    /// Least recently used entries are removed past this many bytes.
+    pub max_size: u64,
+    /// Entries are also removed while the filesystem has less than this available.
+    pub min_free: Option<u64>,
+    /// How long a tag's manifest is served without asking upstream.
+    pub tag_ttl: Duration,
+    /// How long past `tag_ttl` a known tag is still served when every endpoint fails.
+    pub stale_if_error: Duration,
 }
 
 /// An upstream registry: its base URL (scheme, host, port; no path) and its own server-side credentials.

@@ -21,6 +21,8 @@ pub(crate) struct RawConfig {
     #[serde(default)]
     pub limits: Option<S<RawLimits>>,
     #[serde(default)]
+    pub cache: Option<S<RawCache>>,
+    #[serde(default)]
     pub route: Vec<S<RawRoute>>,
 }
 
@@ -119,6 +121,16 @@ pub(crate) struct RawLimits {
     pub redis_fail_open: Option<S<bool>>,
 }
 
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawCache {
+    pub dir: Option<S<String>>,
+    pub max_size: Option<S<RawSize>>,
+    pub min_free: Option<S<RawSize>>,
+    pub tag_ttl: Option<S<String>>,
+    pub stale_if_error: Option<S<String>>,
+}
+
 /// Sizes are strings (`"50MiB"`) or integers (bytes).
 #[derive(Debug, Deserialize)]
 #[serde(untagged)]
@@ -154,6 +166,8 @@ pub(crate) struct RawRoute {
     #[serde(default)]
     pub upstreams: BTreeMap<String, S<toml::Value>>,
     pub ns: Option<S<bool>>,
+    pub cache: Option<S<bool>>,
+    pub tag_ttl: Option<S<String>>,
 }
 
 /// An `upstreams` entry written as a table: the URL and that registry's own credentials. (Entries are read as

@@ -40,6 +40,14 @@ mod defaults {
     pub const MAX_CONNECTIONS_PER_IP: u32 = 256;
     /// Docker Hub hands out 300 s tokens; clients refresh on 401 anyway.
     pub const TOKEN_TTL: Duration = Duration::from_secs(300);
+    /// A folder beside the config, like `tls.storage`'s `certs`.
+    pub const CACHE_DIR: &str = "cache";
+    /// Big enough for a working set of a few dozen images, small enough for a default disk.
+    pub const CACHE_MAX_SIZE: u64 = 50 << 30;
+    /// Short: a moved tag is seen within minutes, yet a burst of pulls of one tag asks upstream once.
+    pub const CACHE_TAG_TTL: Duration = Duration::from_secs(600);
+    /// A week: an upstream outage over a long weekend does not stop known tags from pulling.
+    pub const CACHE_STALE_IF_ERROR: Duration = Duration::from_secs(7 * 24 * 3600);
 }
 
 struct Validator<'a> {
@@ -236,6 +244,7 @@ pub(crate) fn validate(path: &Path, text: &str) -> Result<Config, ConfigErrors> 
     let auth = auth(&mut v, raw.auth.as_ref());
     let tenants = tenants(&mut v, &raw.tenant);
     let limits = limits(&mut v, raw.limits.as_ref());
+    let cache = cache(&mut v, raw.cache.as_ref());
 
     if !v.errors.is_empty() {
         // Unknown keys first (they often explain what follows), then the rest in file order.
@@ -250,6 +259,7 @@ pub(crate) fn validate(path: &Path, text: &str) -> Result<Config, ConfigErrors> 
             auth,
             tenants,
             limits,
+            cache,
             routes,
         }),
         None => Err(ConfigErrors::single(ConfigError::file_level(
@@ -701,6 +711,11 @@ fn route(v: &mut Validator<'_>, i: usize, raw: &S<RawRoute>) -> Option<Route> {
         path_prefix,
         upstreams,
         ns,
+        cache: r.cache.as_ref().is_none_or(|b| *b.get_ref()),
+        tag_ttl: r
+            .tag_ttl
+            .as_ref()
+            .and_then(|t| v.check(t, k("tag_ttl"), |s| values::duration(s))),
     })
 }
 
@@ -961,6 +976,27 @@ fn limits(v: &mut Validator<'_>, raw: Option<&S<RawLimits>>) -> LimitsConfig {
         redis,
         redis_fail_open: r.redis_fail_open.as_ref().is_none_or(|b| *b.get_ref()),
     }
+}
+
+fn cache(v: &mut Validator<'_>, raw: Option<&S<RawCache>>) -> Option<CacheConfig> {
+    let r = raw?.get_ref();
+    Some(CacheConfig {
+        dir: v.path(
+            r.dir
+                .as_ref()
+                .map_or(defaults::CACHE_DIR, |s| s.get_ref().as_str()),
+        ),
+        max_size: v
+            .size(&r.max_size, "cache.max_size")
+            .map_or(defaults::CACHE_MAX_SIZE, |n| n.get()),
+        min_free: v.size(&r.min_free, "cache.min_free").map(|n| n.get()),
+        tag_ttl: v.duration(&r.tag_ttl, "cache.tag_ttl", defaults::CACHE_TAG_TTL),
+        stale_if_error: v.duration(
+            &r.stale_if_error,
+            "cache.stale_if_error",
+            defaults::CACHE_STALE_IF_ERROR,
+        ),
+    })
 }
 
 #[cfg(test)]

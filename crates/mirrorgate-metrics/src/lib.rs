@@ -15,6 +15,7 @@
 //! are registered on Linux under their standard, prefix-free names so stock dashboards and alerts work.
 
 mod admin;
+mod cache;
 mod credential_metrics;
 mod error;
 mod health;
@@ -22,6 +23,7 @@ mod labels;
 mod metrics;
 
 pub use admin::{admin_response, METRICS_CONTENT_TYPE};
+pub use cache::{CacheKind, CacheMetrics};
 pub use credential_metrics::CredentialMetrics;
 pub use error::MetricsError;
 pub use health::Health;

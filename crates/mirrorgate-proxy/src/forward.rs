@@ -9,6 +9,9 @@
 //! 4. **authorize** (`admission`) — the tenant's rules for this route, repository and action. 401 / 403 / 404.
 //! 5. **limit** (`admission`) — request rate, concurrency, daily bytes. 429 (503 if shared state is required
 //!    and down). The local `/v2/` ping is answered after this phase.
+//!    Then the **cache** (`cache`, with `[cache]`): GET/HEAD of a manifest or blob answered from the store when
+//!    this repository is known to reference it (or a tag is fresh); otherwise the endpoint loop runs and a 200
+//!    with a verifiable digest fills the store while it streams. Short-circuits: the cached answer (200/206/416).
 //! 6. **choose endpoint** (here) — ordered endpoints, healthy first; connect errors, timeouts and 5xx on
 //!    GET/HEAD move to the next one.
 //! 7. **upstream auth** (`pool_attempt`, `upstream_auth`) — a member of the upstream's credential pool (most
@@ -93,7 +96,7 @@ pub async fn serve(
     let resp = if plan.path == RegistryPath::Ping {
         ping_response(&ctx.method)
     } else {
-        forward(&ctx, &plan, req, facts).await?
+        crate::cache::serve(&ctx, &plan, req, facts).await?
     };
     let (mut parts, body) = resp.into_parts();
     for (name, value) in rate_headers.iter() {
@@ -122,7 +125,7 @@ fn ping_response(method: &Method) -> Response<GatewayBody> {
 
 /// Phases 6–9: the endpoint loop. Idempotent requests move on to the next endpoint on failure; a request with
 /// a body goes to one endpoint only (its body can be sent once).
-async fn forward(
+pub(crate) async fn forward(
     ctx: &RequestCtx<'_>,
     plan: &Plan,
     req: Request<Incoming>,

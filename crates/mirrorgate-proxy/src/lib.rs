@@ -13,6 +13,7 @@
 //! - `router`, `plan`: host → route; path, `?ns=` and path prefix → plan; name rewrites.
 //! - `token_endpoint`: the local `/token` answer.
 //! - `admission`: identify, authorize, limit.
+//! - `cache`: answers from and fills of the built-in cache, around the endpoint loop.
 //! - `forward`: the phase list and the endpoint loop; `upstream`: clients and endpoint health.
 //! - `upstream_auth`: the upstream token dance; `attempt`: one try at one endpoint.
 //! - `credentials`, `pool_attempt`: upstream credential pools (selection, set-aside) and a try with a member.
@@ -23,6 +24,7 @@
 mod admission;
 mod attempt;
 mod body;
+mod cache;
 mod connect;
 mod context;
 mod credentials;
@@ -44,6 +46,7 @@ mod upstream;
 mod upstream_auth;
 
 pub use body::{BoxError, GatewayBody};
+pub use cache::CacheSetupError;
 pub use connect::{is_private, refused_by_guard, PrivateAddress};
 pub use error::{EndpointError, ProxyError, RedirectRefusal, Report};
 pub use listener::{ConnectionCaps, Refusal};

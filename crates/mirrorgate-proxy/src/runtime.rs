@@ -65,6 +65,8 @@ pub struct Gateway {
     /// Limits keep their state across reloads that do not change them (a reload must not hand everyone a fresh
     /// burst); a reload that changes limit values swaps in a new limiter.
     limiter: ArcSwap<mirrorgate_limits::Limiter>,
+    /// The built-in cache, opened once at start when the config has `[cache]` (its store outlives reloads).
+    cache: std::sync::OnceLock<Arc<crate::cache::GatewayCache>>,
 }
 
 impl Gateway {
@@ -82,6 +84,7 @@ impl Gateway {
             metrics,
             auth,
             limiter: ArcSwap::new(limiter),
+            cache: std::sync::OnceLock::new(),
         })
     }
 
@@ -98,6 +101,23 @@ impl Gateway {
     /// Swaps in a limiter built from changed limit values; admissions already granted keep their permits.
     pub fn replace_limiter(&self, limiter: Arc<mirrorgate_limits::Limiter>) {
         self.limiter.store(limiter);
+    }
+
+    /// Opens the built-in cache described by `config` (if it has `[cache]`) and serves from it from now on.
+    /// Called once at start; a second call keeps the first store.
+    pub fn open_cache(
+        &self,
+        config: &mirrorgate_config::Config,
+    ) -> Result<(), crate::cache::CacheSetupError> {
+        if let Some(c) = crate::cache::GatewayCache::open(config, &self.metrics)? {
+            let _ = self.cache.set(Arc::new(c));
+        }
+        Ok(())
+    }
+
+    /// The built-in cache, when one is configured.
+    pub(crate) fn cache(&self) -> Option<&Arc<crate::cache::GatewayCache>> {
+        self.cache.get()
     }
 
     /// Swaps in a new runtime; requests already running keep theirs.

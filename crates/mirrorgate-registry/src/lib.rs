@@ -12,7 +12,7 @@
 //! - [`Scope`] (`scope`): what a request needs from a token.
 //! - `challenge`: `WWW-Authenticate` parsing and writing.
 //! - `token`: upstream token requests, responses and the single-flight [`TokenCache`].
-//! - `manifest`: the manifest `Accept` list.
+//! - `manifest`: the manifest `Accept` list; `manifest_refs`: the digests a manifest references.
 //! - `rewrite`: `Location` / `Link` rewrites and headers that must not reach clients.
 //! - [`RegistryError`] (`error`): every refusal, rendered into an OCI error response in one place.
 //! - `wire`: one-line facts (API version header, ping body, Docker Hub's names, CDN headers, rate-limit headers).
@@ -20,6 +20,7 @@
 mod challenge;
 mod error;
 mod manifest;
+mod manifest_refs;
 mod names;
 mod path;
 mod reference;
@@ -34,6 +35,7 @@ pub use challenge::{
 };
 pub use error::{Error, ErrorCode, RegistryError};
 pub use manifest::{manifest_accept, MANIFEST_ACCEPT};
+pub use manifest_refs::manifest_references;
 pub use names::{docker_hub_library, Rewrites};
 pub use path::{split_prefix, RegistryPath, RequestKind};
 pub use reference::{Digest, Reference, RepositoryName, Tag};

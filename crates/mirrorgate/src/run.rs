@@ -128,6 +128,10 @@ async fn serve(path: PathBuf, checked: check::Checked, nofile: Option<u64>) -> a
             .context("setting up limits")?,
     );
     let gateway = Gateway::new(runtime, metrics.clone(), auth, limiter);
+    // The cache's store is scanned once here (temporary files of a crash removed, the LRU order rebuilt).
+    gateway
+        .open_cache(&config)
+        .context("opening the [cache] directory")?;
     spawn_limiter_housekeeping(gateway.clone(), metrics.clone(), shutdown.clone());
 
     // 5. Bind every listener before serving any, so a taken port fails the start cleanly; then serve.

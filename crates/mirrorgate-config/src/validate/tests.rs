@@ -120,6 +120,13 @@ burst = 20
 bytes_per_second = "5MiB"
 redis = "redis://127.0.0.1:6379"
 
+[cache]
+dir = "cache"
+max_size = "50GiB"
+min_free = "2GiB"
+tag_ttl = "10m"
+stale_if_error = "7d"
+
 [[route]]
 host = "docker.example"
 upstream = "https://registry-1.docker.io"
@@ -137,6 +144,8 @@ host = "mirror.example"
 path_prefix = true
 upstreams = { "gcr.io" = "https://gcr.io", "quay.io" = "https://quay.io" }
 ns = true
+cache = false
+tag_ttl = "1h"
 "#;
     let c = parse_in(dir.path(), text).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(c.routes.len(), 2);
@@ -150,6 +159,7 @@ ns = true
         .as_ref()
         .is_some_and(|u| !u.credentials.is_empty()));
     assert_eq!(c.routes[1].upstreams.len(), 2);
+    assert!(c.cache.is_some() && c.routes[0].cache && !c.routes[1].cache);
     assert!(matches!(c.tls.source, TlsSource::Acme(_)));
     assert_eq!(c.auth.token.as_ref().unwrap().ttl, Duration::from_secs(300));
 }
@@ -476,4 +486,34 @@ fn upstream_credential_pool_refusals() {
         assert_eq!(keys.first(), Some(&key), "{text}\n{e}");
         assert!(keys.len() <= 2, "{e}");
     }
+}
+
+// Pins the `[cache]` section: defaults with their reasons, sizes and durations parsed, the route switch and
+// override, and a bad value reported with its key.
+#[test]
+fn cache_section_and_route_overrides() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = parse_in(dir.path(), MINIMAL).unwrap();
+    assert!(c.cache.is_none());
+    assert!(c.routes[0].cache);
+
+    let text = format!(
+        "{MINIMAL}cache = false\ntag_ttl = \"1h\"\n\n[cache]\nmax_size = \"2GiB\"\nmin_free = 1000\ntag_ttl = \"5m\"\n"
+    );
+    let c = parse_in(dir.path(), &text).unwrap();
+    let cache = c.cache.unwrap();
+    assert_eq!(cache.dir, dir.path().join("cache"));
+    assert_eq!(cache.max_size, 2 << 30);
+    assert_eq!(cache.min_free, Some(1000));
+    assert_eq!(cache.tag_ttl, Duration::from_secs(300));
+    assert_eq!(cache.stale_if_error, Duration::from_secs(7 * 24 * 3600));
+    assert!(!c.routes[0].cache);
+    assert_eq!(c.routes[0].tag_ttl, Some(Duration::from_secs(3600)));
+
+    let bad = format!("{MINIMAL}\n[cache]\nmax_size = \"lots\"\nsize = 1\n");
+    let e = parse_in(dir.path(), &bad).unwrap_err().to_string();
+    assert!(e.contains("unknown field `size`"), "{e}");
+    let bad = format!("{MINIMAL}\n[cache]\nmax_size = \"lots\"\n");
+    let e = parse_in(dir.path(), &bad).unwrap_err().to_string();
+    assert!(e.contains("cache.max_size"), "{e}");
 }

@@ -1,0 +1,610 @@
+//! Phase 5 (end), **cache**: runs after identify/authorize/limit and wraps the endpoint loop. The store is
+//! `mirrorgate-cache`; this module decides what may be answered from it, for whom, and what is filled.
+//!
+//! - Blob or manifest **by digest**: answered from the store when the entry exists **and** this scope (route +
+//!   repository as the client names it) is known to reference it — a manifest of the repository listed it, or
+//!   the upstream served it for that repository. Otherwise the endpoint loop runs; a 200 fills the store (a
+//!   blob while it streams, single flight; a manifest once verified) and records the reference.
+//! - Manifest **by tag**: answered while the tag's last fetch is younger than `tag_ttl` (the route's
+//!   override first). When every endpoint fails, a known tag is served for up to `stale_if_error` more.
+//! - `Range` on a cached blob → 206 (416 when unsatisfiable).
+//!
+//! Cache trouble never fails a request: a store error is logged and the request goes upstream. The answer is
+//! returned to `forward::serve`, which wraps it in the same throttle, byte count and access log as an upstream
+//! answer.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use futures_util::StreamExt;
+use http::header::{self, HeaderMap, HeaderValue};
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use mirrorgate_cache::{Begin, Cache, CacheSettings, Entry, FileBody, Observer};
+use mirrorgate_config::Config;
+use mirrorgate_metrics::{CacheKind, CacheMetrics, Metrics};
+use mirrorgate_registry::{Digest, Reference, RegistryPath, Tag};
+
+use crate::body::{empty, full, BoxError, GatewayBody};
+use crate::context::{Plan, RequestCtx, RequestFacts};
+use crate::error::ProxyError;
+
+/// Manifests are held in memory to be verified before they are stored; registries refuse bigger ones.
+const MAX_MANIFEST: u64 = 4 << 20;
+/// Shown as the endpoint of answers the cache gave, in the access log.
+const CACHE_ENDPOINT: &str = "cache";
+
+/// The store and its metrics, opened once per process.
+pub struct GatewayCache {
+    store: Cache,
+    metrics: CacheMetrics,
+}
+
+/// Why the cache could not be set up at start.
+#[derive(Debug, thiserror::Error)]
+pub enum CacheSetupError {
+    #[error("cache metrics")]
+    Metrics(#[source] mirrorgate_metrics::MetricsError),
+    #[error("opening the cache")]
+    Open(#[source] mirrorgate_cache::CacheError),
+}
+
+struct MetricsObserver(CacheMetrics);
+
+impl Observer for MetricsObserver {
+    fn evicted(&self, n: u64) {
+        self.0.evicted(n);
+    }
+    fn fill_failed(&self) {
+        self.0.fill_failed();
+    }
+    fn size(&self, bytes: u64, entries: u64) {
+        self.0.set_size(bytes, entries);
+    }
+}
+
+impl GatewayCache {
+    /// Opens the store of `config`'s `[cache]`; `None` without one.
+    pub fn open(config: &Config, metrics: &Metrics) -> Result<Option<Self>, CacheSetupError> {
+        let Some(c) = &config.cache else {
+            return Ok(None);
+        };
+        let cache_metrics = CacheMetrics::register(metrics).map_err(CacheSetupError::Metrics)?;
+        let settings = CacheSettings {
+            dir: c.dir.clone(),
+            max_size: c.max_size,
+            min_free: c.min_free,
+            fill_idle_timeout: config.server.upstream_timeout,
+        };
+        let store = Cache::open(settings, Arc::new(MetricsObserver(cache_metrics.clone())))
+            .map_err(CacheSetupError::Open)?;
+        Ok(Some(GatewayCache {
+            store,
+            metrics: cache_metrics,
+        }))
+    }
+}
+
+/// What one request asks of the cache.
+enum Ask<'p> {
+    Blob(&'p Digest),
+    ManifestByDigest(&'p Digest),
+    ManifestByTag(&'p Tag),
+}
+
+/// Serves `req` from the cache or through the endpoint loop, filling the cache on the way.
+pub(crate) async fn serve(
+    ctx: &RequestCtx<'_>,
+    plan: &Plan,
+    req: Request<Incoming>,
+    facts: &mut RequestFacts,
+) -> Result<Response<GatewayBody>, ProxyError> {
+    let cache = ctx.gw.cache().filter(|_| ctx.route.config.cache);
+    let (Some(cache), Some(cfg)) = (cache, ctx.rt.config.cache.as_ref()) else {
+        return crate::forward::forward(ctx, plan, req, facts).await;
+    };
+    let ask = match &plan.path {
+        RegistryPath::Blob { digest, .. } => Ask::Blob(digest),
+        RegistryPath::Manifest {
+            reference: Reference::Digest(d),
+            ..
+        } => Ask::ManifestByDigest(d),
+        RegistryPath::Manifest {
+            reference: Reference::Tag(t),
+            ..
+        } => Ask::ManifestByTag(t),
+        _ => return crate::forward::forward(ctx, plan, req, facts).await,
+    };
+    if ctx.method != Method::GET && ctx.method != Method::HEAD {
+        return crate::forward::forward(ctx, plan, req, facts).await;
+    }
+    let Some(repository) = plan.client_repository() else {
+        return crate::forward::forward(ctx, plan, req, facts).await;
+    };
+    let scope = format!("{}|{repository}", ctx.route.label);
+    let ttl = ctx.route.config.tag_ttl.unwrap_or(cfg.tag_ttl);
+    let c = Served { ctx, cache, scope };
+    match ask {
+        Ask::Blob(d) => c.blob(d, plan, req, facts).await,
+        Ask::ManifestByDigest(d) => c.manifest_by_digest(d, plan, req, facts).await,
+        Ask::ManifestByTag(t) => {
+            c.manifest_by_tag(t, ttl, cfg.stale_if_error, plan, req, facts)
+                .await
+        }
+    }
+}
+
+struct Served<'a, 'c> {
+    ctx: &'a RequestCtx<'c>,
+    cache: &'a GatewayCache,
+    scope: String,
+}
+
+impl Served<'_, '_> {
+    fn hit(&self, kind: CacheKind, facts: &mut RequestFacts) {
+        self.cache.metrics.hit(&self.ctx.route.label, kind);
+        facts.endpoint = Some(CACHE_ENDPOINT.to_owned());
+    }
+
+    fn miss(&self, kind: CacheKind) {
+        self.cache.metrics.miss(&self.ctx.route.label, kind);
+    }
+
+    /// A cached entry this scope may see.
+    fn entry(&self, digest: &Digest) -> Option<Entry> {
+        if !self.cache.store.references(&self.scope, digest) {
+            return None;
+        }
+        self.cache.store.open_entry(digest)
+    }
+
+    async fn blob(
+        &self,
+        digest: &Digest,
+        plan: &Plan,
+        req: Request<Incoming>,
+        facts: &mut RequestFacts,
+    ) -> Result<Response<GatewayBody>, ProxyError> {
+        if let Some(entry) = self.entry(digest) {
+            self.hit(CacheKind::Blob, facts);
+            return Ok(blob_answer(&self.ctx.method, req.headers(), digest, &entry));
+        }
+        self.miss(CacheKind::Blob);
+        let store = &self.cache.store;
+        let ranged = req.headers().contains_key(header::RANGE);
+        if self.ctx.method == Method::HEAD || ranged || store.contains(digest) {
+            // Nothing to fill: pass the upstream's answer on, and learn the reference from a 200.
+            let resp = crate::forward::forward(self.ctx, plan, req, facts).await?;
+            if resp.status() == StatusCode::OK && store.contains(digest) {
+                self.learn(std::slice::from_ref(digest)).await;
+            }
+            return Ok(resp);
+        }
+        let filler = match store.begin(digest, Some(&self.scope)) {
+            Ok(Some(Begin::Lead(f))) => Some(f),
+            Ok(Some(Begin::Join(j))) if j.scope() == Some(self.scope.as_str()) => {
+                if let Some(body) = j.wait().await {
+                    self.hit(CacheKind::Blob, facts);
+                    return Ok(streamed_blob(digest, body));
+                }
+                None
+            }
+            Ok(_) => None,
+            Err(e) => {
+                tracing::warn!(error = %crate::error::Report(&e), "cache fill could not start");
+                None
+            }
+        };
+        let resp = crate::forward::forward(self.ctx, plan, req, facts).await?;
+        let Some(filler) = filler.filter(|_| resp.status() == StatusCode::OK) else {
+            return Ok(resp);
+        };
+        let (parts, body) = resp.into_parts();
+        let len = content_length(&parts.headers);
+        let stream = body.into_data_stream().boxed();
+        let reader = filler.start(len, stream);
+        Ok(Response::from_parts(parts, file_body(reader)))
+    }
+
+    async fn manifest_by_digest(
+        &self,
+        digest: &Digest,
+        plan: &Plan,
+        req: Request<Incoming>,
+        facts: &mut RequestFacts,
+    ) -> Result<Response<GatewayBody>, ProxyError> {
+        if let Some(entry) = self.entry(digest) {
+            if let Some(resp) = self
+                .manifest_answer(digest, &entry, req.headers(), facts)
+                .await
+            {
+                return Ok(resp);
+            }
+        }
+        self.miss(CacheKind::Manifest);
+        let resp = crate::forward::forward(self.ctx, plan, req, facts).await?;
+        self.fill_manifest(resp, Some(digest), None).await
+    }
+
+    async fn manifest_by_tag(
+        &self,
+        tag: &Tag,
+        ttl: Duration,
+        stale_if_error: Duration,
+        plan: &Plan,
+        req: Request<Incoming>,
+        facts: &mut RequestFacts,
+    ) -> Result<Response<GatewayBody>, ProxyError> {
+        let known = self.cache.store.tag(&self.scope, tag);
+        let age = known.as_ref().map(|t| {
+            SystemTime::now()
+                .duration_since(t.fetched)
+                .unwrap_or_default()
+        });
+        let client_headers = req.headers().clone();
+        if let (Some(t), Some(age)) = (&known, age) {
+            if age < ttl {
+                if let Some(entry) = self.entry(&t.digest) {
+                    if let Some(resp) = self
+                        .manifest_answer(&t.digest, &entry, &client_headers, facts)
+                        .await
+                    {
+                        return Ok(resp);
+                    }
+                }
+            }
+        }
+        self.miss(CacheKind::Manifest);
+        let upstream = crate::forward::forward(self.ctx, plan, req, facts).await;
+        let failed = match &upstream {
+            Ok(r) => r.status() == StatusCode::TOO_MANY_REQUESTS || r.status().is_server_error(),
+            Err(_) => true,
+        };
+        if failed {
+            if let (Some(t), Some(age)) = (&known, age) {
+                if age < ttl + stale_if_error {
+                    if let Some(entry) = self.entry(&t.digest) {
+                        if let Some(resp) = self
+                            .manifest_answer(&t.digest, &entry, &client_headers, facts)
+                            .await
+                        {
+                            let reason = match &upstream {
+                                Ok(r) => r.status().to_string(),
+                                Err(e) => crate::error::Report(e).to_string(),
+                            };
+                            tracing::warn!(route = %self.ctx.route.label, tag = %tag, reason, "upstream failed; serving the tag's last manifest from the cache");
+                            return Ok(resp);
+                        }
+                    }
+                }
+            }
+        }
+        self.fill_manifest(upstream?, None, Some(tag)).await
+    }
+
+    /// A cached manifest as the answer, when the client accepts its type.
+    async fn manifest_answer(
+        &self,
+        digest: &Digest,
+        entry: &Entry,
+        client: &HeaderMap,
+        facts: &mut RequestFacts,
+    ) -> Option<Response<GatewayBody>> {
+        let media_type = entry.media_type.as_deref()?;
+        if !accepts(client, media_type) {
+            return None;
+        }
+        let bytes = match self.cache.store.read_all(entry).await {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::warn!(error = %crate::error::Report(&e), "cached manifest unreadable");
+                return None;
+            }
+        };
+        self.hit(CacheKind::Manifest, facts);
+        let mut resp = Response::new(if self.ctx.method == Method::HEAD {
+            empty()
+        } else {
+            full(bytes.clone())
+        });
+        let h = resp.headers_mut();
+        if let Ok(v) = HeaderValue::from_str(media_type) {
+            h.insert(header::CONTENT_TYPE, v);
+        }
+        h.insert(header::CONTENT_LENGTH, HeaderValue::from(bytes.len()));
+        insert_digest(h, digest);
+        Some(resp)
+    }
+
+    /// Stores a 200 manifest answer (GET only) once its bytes match the digest it was asked by or the one the
+    /// upstream announced, and learns what it references. The client gets the same bytes and headers.
+    async fn fill_manifest(
+        &self,
+        resp: Response<GatewayBody>,
+        asked: Option<&Digest>,
+        tag: Option<&Tag>,
+    ) -> Result<Response<GatewayBody>, ProxyError> {
+        let len = content_length(resp.headers());
+        if resp.status() != StatusCode::OK
+            || self.ctx.method != Method::GET
+            || len.is_none_or(|l| l > MAX_MANIFEST)
+        {
+            return Ok(resp);
+        }
+        let (parts, body) = resp.into_parts();
+        // The body is small (bounded above) and must be whole before it can be verified. An upstream failure
+        // here fails this request as it would have failed while streaming.
+        let bytes = body
+            .collect()
+            .await
+            .map_err(|e| ProxyError::Internal(format!("upstream manifest body: {e}")))?
+            .to_bytes();
+        let announced = parts
+            .headers
+            .get("docker-content-digest")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| Digest::parse(v).ok());
+        let digest = match (asked, announced) {
+            (Some(d), _) => Some(d.clone()),
+            (None, Some(d)) => Some(d),
+            (None, None) => Digest::parse(&mirrorgate_cache::sha256_of(&bytes)).ok(),
+        };
+        if let Some(d) = digest {
+            self.store_manifest(&d, &parts.headers, bytes.clone(), tag)
+                .await;
+        }
+        Ok(Response::from_parts(parts, full(bytes)))
+    }
+
+    async fn store_manifest(
+        &self,
+        d: &Digest,
+        headers: &HeaderMap,
+        bytes: Bytes,
+        tag: Option<&Tag>,
+    ) {
+        let store = &self.cache.store;
+        let media_type = headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok());
+        if let Err(e) = store.put(d, media_type, bytes.clone()).await {
+            tracing::warn!(digest = %d, error = %crate::error::Report(&e), "manifest not cached");
+            return;
+        }
+        let mut refs = mirrorgate_registry::manifest_references(&bytes);
+        refs.push(d.clone());
+        self.learn(&refs).await;
+        if let Some(t) = tag {
+            if let Err(e) = store.put_tag(&self.scope, t, d).await {
+                tracing::warn!(error = %crate::error::Report(&e), "tag not cached");
+            }
+        }
+    }
+
+    async fn learn(&self, digests: &[Digest]) {
+        if let Err(e) = self
+            .cache
+            .store
+            .add_references(&self.scope, digests.iter().cloned())
+            .await
+        {
+            tracing::warn!(error = %crate::error::Report(&e), "cache references not recorded");
+        }
+    }
+}
+
+/// A cached blob: whole, or the one range asked for.
+fn blob_answer(
+    method: &Method,
+    client: &HeaderMap,
+    digest: &Digest,
+    entry: &Entry,
+) -> Response<GatewayBody> {
+    let range = client
+        .get(header::RANGE)
+        .and_then(|v| v.to_str().ok())
+        .map(|r| byte_range(r, entry.size));
+    let (status, start, end) = match range {
+        None | Some(RangeAsk::Ignore) => (StatusCode::OK, 0, entry.size),
+        Some(RangeAsk::Satisfiable(s, e)) => (StatusCode::PARTIAL_CONTENT, s, e),
+        Some(RangeAsk::Unsatisfiable) => {
+            let mut resp = Response::new(empty());
+            *resp.status_mut() = StatusCode::RANGE_NOT_SATISFIABLE;
+            if let Ok(v) = HeaderValue::from_str(&format!("bytes */{}", entry.size)) {
+                resp.headers_mut().insert(header::CONTENT_RANGE, v);
+            }
+            return resp;
+        }
+    };
+    let body = if method == Method::HEAD {
+        empty()
+    } else {
+        file_body(FileBody::range(
+            entry.file.clone(),
+            digest.clone(),
+            start,
+            end,
+        ))
+    };
+    let mut resp = Response::new(body);
+    *resp.status_mut() = status;
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/octet-stream"),
+    );
+    h.insert(header::CONTENT_LENGTH, HeaderValue::from(end - start));
+    h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+    if status == StatusCode::PARTIAL_CONTENT {
+        if let Ok(v) = HeaderValue::from_str(&format!("bytes {start}-{}/{}", end - 1, entry.size)) {
+            h.insert(header::CONTENT_RANGE, v);
+        }
+    }
+    insert_digest(h, digest);
+    resp
+}
+
+/// A joiner's answer: the blob as the leader's fill writes it.
+fn streamed_blob(digest: &Digest, body: FileBody) -> Response<GatewayBody> {
+    let len = body.len();
+    let mut resp = Response::new(file_body(body));
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/octet-stream"),
+    );
+    if let Some(l) = len {
+        h.insert(header::CONTENT_LENGTH, HeaderValue::from(l));
+    }
+    insert_digest(h, digest);
+    resp
+}
+
+fn file_body(body: FileBody) -> GatewayBody {
+    let frames = body.map(|r| {
+        r.map(http_body::Frame::data)
+            .map_err(|e| -> BoxError { Box::new(e) })
+    });
+    BodyExt::boxed(http_body_util::StreamBody::new(frames))
+}
+
+fn insert_digest(h: &mut HeaderMap, digest: &Digest) {
+    if let Ok(v) = HeaderValue::from_str(digest.as_str()) {
+        h.insert("docker-content-digest", v);
+    }
+}
+
+fn content_length(h: &HeaderMap) -> Option<u64> {
+    h.get(header::CONTENT_LENGTH)?.to_str().ok()?.parse().ok()
+}
+
+/// Whether the client's `Accept` admits `media_type` (no `Accept`, or `*/*`, admits everything: old clients
+/// that send none get what the registry would give them).
+fn accepts(client: &HeaderMap, media_type: &str) -> bool {
+    let mut any = false;
+    for v in client.get_all(header::ACCEPT) {
+        any = true;
+        let Ok(v) = v.to_str() else { continue };
+        for item in v.split(',') {
+            let t = item.split(';').next().unwrap_or("").trim();
+            if t == "*/*" || t.eq_ignore_ascii_case(media_type) {
+                return true;
+            }
+        }
+    }
+    !any
+}
+
+/// What a `Range` header asks of an entry of `size` bytes.
+#[derive(Debug, PartialEq, Eq)]
+enum RangeAsk {
+    /// `start..end` (end exclusive).
+    Satisfiable(u64, u64),
+    Unsatisfiable,
+    /// Not a single byte range we serve (several ranges, another unit): the whole entry, 200.
+    Ignore,
+}
+
+fn byte_range(value: &str, size: u64) -> RangeAsk {
+    let Some(spec) = value.trim().strip_prefix("bytes=") else {
+        return RangeAsk::Ignore;
+    };
+    if spec.contains(',') {
+        return RangeAsk::Ignore;
+    }
+    let Some((a, b)) = spec.trim().split_once('-') else {
+        return RangeAsk::Ignore;
+    };
+    let (a, b) = (a.trim(), b.trim());
+    let parsed = match (a.is_empty(), b.is_empty()) {
+        // `-n`: the last n bytes.
+        (true, false) => match b.parse::<u64>() {
+            Ok(0) => return RangeAsk::Unsatisfiable,
+            Ok(n) => Some((size.saturating_sub(n), size)),
+            Err(_) => None,
+        },
+        (false, true) => a.parse::<u64>().ok().map(|s| (s, size)),
+        (false, false) => match (a.parse::<u64>(), b.parse::<u64>()) {
+            (Ok(s), Ok(e)) if e >= s => Some((s, (e + 1).min(size))),
+            _ => None,
+        },
+        (true, true) => None,
+    };
+    match parsed {
+        None => RangeAsk::Ignore,
+        Some((s, _)) if s >= size => RangeAsk::Unsatisfiable,
+        Some((s, e)) => RangeAsk::Satisfiable(s, e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // Pins the Range forms containerd and Docker send when they resume, and the refusals.
+    #[test]
+    fn byte_ranges() {
+        assert_eq!(byte_range("bytes=0-9", 100), RangeAsk::Satisfiable(0, 10));
+        assert_eq!(byte_range("bytes=90-", 100), RangeAsk::Satisfiable(90, 100));
+        assert_eq!(byte_range("bytes=-10", 100), RangeAsk::Satisfiable(90, 100));
+        assert_eq!(
+            byte_range("bytes=50-500", 100),
+            RangeAsk::Satisfiable(50, 100)
+        );
+        assert_eq!(byte_range("bytes=100-", 100), RangeAsk::Unsatisfiable);
+        assert_eq!(byte_range("bytes=0-1,5-6", 100), RangeAsk::Ignore);
+        assert_eq!(byte_range("items=0-1", 100), RangeAsk::Ignore);
+        assert_eq!(byte_range("bytes=9-1", 100), RangeAsk::Ignore);
+    }
+
+    // Pins content negotiation of cached manifests: a client that does not accept the stored type goes upstream.
+    #[test]
+    fn accept_header() {
+        let mut h = HeaderMap::new();
+        assert!(accepts(&h, "application/vnd.oci.image.index.v1+json"));
+        h.append(
+            header::ACCEPT,
+            HeaderValue::from_static("application/vnd.docker.distribution.manifest.v2+json; q=0.9"),
+        );
+        assert!(!accepts(&h, "application/vnd.oci.image.index.v1+json"));
+        assert!(accepts(
+            &h,
+            "application/vnd.docker.distribution.manifest.v2+json"
+        ));
+        h.append(header::ACCEPT, HeaderValue::from_static("*/*"));
+        assert!(accepts(&h, "application/vnd.oci.image.index.v1+json"));
+    }
+
+    // Pins the 206 answer of a cached blob: status, Content-Range, length and exactly the asked bytes.
+    #[tokio::test]
+    async fn cached_blob_range_is_206() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = Cache::open(
+            CacheSettings {
+                dir: dir.path().into(),
+                max_size: 1 << 20,
+                min_free: None,
+                fill_idle_timeout: Duration::from_secs(5),
+            },
+            Arc::new(mirrorgate_cache::NoObserver),
+        )
+        .unwrap();
+        let data = Bytes::from_static(b"0123456789");
+        let d = Digest::parse(&mirrorgate_cache::sha256_of(&data)).unwrap();
+        cache.put(&d, None, data).await.unwrap();
+        let entry = cache.open_entry(&d).unwrap();
+        let mut h = HeaderMap::new();
+        h.insert(header::RANGE, HeaderValue::from_static("bytes=2-4"));
+        let resp = blob_answer(&Method::GET, &h, &d, &entry);
+        assert_eq!(resp.status(), StatusCode::PARTIAL_CONTENT);
+        assert_eq!(resp.headers()[header::CONTENT_RANGE], "bytes 2-4/10");
+        assert_eq!(resp.headers()[header::CONTENT_LENGTH], "3");
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(&body[..], b"234");
+        let resp = blob_answer(&Method::GET, &HeaderMap::new(), &d, &entry);
+        assert_eq!(resp.status(), StatusCode::OK);
+        assert_eq!(resp.headers()["docker-content-digest"], d.as_str());
+    }
+}
