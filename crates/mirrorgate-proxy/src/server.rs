@@ -34,6 +34,8 @@ use crate::runtime::Gateway;
 const MAX_HEAD_BYTES: usize = 64 * 1024;
 /// URIs longer than this get a precise 414 (a longer one cannot fit in [`MAX_HEAD_BYTES`] and is a 431).
 const MAX_URI_BYTES: usize = 32 * 1024;
+/// Encrypted bytes queued per connection before writes wait for the socket: one full TLS record.
+const TLS_SEND_BUFFER: usize = 16 * 1024;
 /// A TLS handshake that takes longer than this is dropped (slow-handshake attacks hold sockets otherwise).
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Streams per h2 connection: enough for parallel layer pulls, bounded against stream floods.
@@ -89,7 +91,8 @@ pub async fn serve_https(
         tracker.spawn(async move {
             let _permit = permit;
             let _conn_guard = conn_guard;
-            let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+            let mut tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await
+            {
                 Ok(Ok(tls)) => tls,
                 Ok(Err(e)) => {
                     gateway
@@ -103,6 +106,9 @@ pub async fn serve_https(
                     return;
                 }
             };
+            // rustls queues encrypted bytes the socket has not taken yet up to this limit (64 KiB by
+            // default); for a client that reads slowly that queue is memory held per connection.
+            tls.get_mut().1.set_buffer_limit(Some(TLS_SEND_BUFFER));
             let (_, session) = tls.get_ref();
             if session.alpn_protocol() == Some(ACME_TLS_ALPN) {
                 // The validator only looks at the certificate.

@@ -25,9 +25,10 @@ use crate::error::ProxyError;
 const DOWN_FOR: Duration = Duration::from_secs(10);
 
 /// The largest read buffer of an upstream HTTP/1.1 connection. hyper's default grows adaptively to ~400 KiB,
-/// and every byte of it is held per stream while a slow client reads: 64 KiB keeps throughput (it is several
-/// TLS records per read) and bounds memory per slow reader.
-const UPSTREAM_READ_BUF: usize = 64 * 1024;
+/// and every byte of it is held per stream while a slow client reads (a body chunk is a slice of that buffer,
+/// and pins it until sent). 16 KiB is one TLS record towards the client, so chunks stay record-sized, and it
+/// bounds what a stalled reader pins; the slow-reader scenario in `connections.rs` measures the total.
+const UPSTREAM_READ_BUF: usize = 16 * 1024;
 
 /// Pooled HTTP clients for upstream requests, sharing one TLS config: `configured` for the upstreams and
 /// endpoints written in the config (trusted as written, loopback and private addresses included), `untrusted`

@@ -267,3 +267,94 @@ fn heads_over_64_kib_are_431_long_uris_414() {
         "30 KiB header: {fits:.80}"
     );
 }
+
+// Rule (issue: slow readers): a client that reads a large blob slowly costs the gateway a few buffers, not the
+// blob: 200 HTTP/1.1 clients reading a 64 MiB blob at about 1 KiB/s keep the gateway's RSS under 40 MiB above
+// its idle figure (the kernel's socket buffers hold what the client has not read yet, not the process). The
+// figure is printed for the README.
+#[test]
+fn slow_readers_cost_a_bounded_amount_of_memory() {
+    const READERS: usize = 200;
+    let s = Stage::new("conn-slow-readers");
+    let upstream = mirrorgate_e2e::Registry::open(s.t.path(), "upstream").unwrap();
+    let image = mirrorgate_e2e::OciImage::write_layout(
+        &s.t.sub("image").unwrap(),
+        "big",
+        "latest",
+        64 << 20,
+    )
+    .unwrap();
+    let pushed = mirrorgate_e2e::push(&image, &upstream, "big/blob:latest", None).unwrap();
+    let blob = pushed.layer_digests[0].clone();
+    let gw = s.gateway(&route("docker.test", &upstream.url(), ""));
+    // warm up: one full pull, so pools and allocator arenas exist before the idle figure is taken
+    let one = s.send(&s.get("docker.test", &format!("/v2/big/blob/blobs/{blob}")));
+    assert_eq!(one.status, 200);
+    std::thread::sleep(Duration::from_millis(500));
+    let idle = gw.rss_kib().unwrap();
+
+    let cfg = {
+        let mut c = s.ca.client_config().unwrap();
+        c.alpn_protocols = vec![b"http/1.1".to_vec()];
+        Arc::new(c)
+    };
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let started = Arc::new(AtomicUsize::new(0));
+    let tasks: Vec<_> = (0..READERS)
+        .map(|_| {
+            let (cfg, port, host) = (cfg.clone(), s.ports.https, s.authority("docker.test"));
+            let (stop, started, blob) = (stop.clone(), started.clone(), blob.clone());
+            runtime().spawn(async move {
+                let tcp = TcpStream::connect(("127.0.0.1", port)).await.ok()?;
+                let name = ServerName::try_from("docker.test".to_string()).ok()?;
+                let mut tls = tokio_rustls::TlsConnector::from(cfg)
+                    .connect(name, tcp)
+                    .await
+                    .ok()?;
+                let head = format!(
+                    "GET /v2/big/blob/blobs/{blob} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+                );
+                tls.write_all(head.as_bytes()).await.ok()?;
+                let mut buf = vec![0u8; 1024];
+                let mut got = 0usize;
+                while !stop.load(Ordering::Relaxed) {
+                    let n = tls.read(&mut buf).await.ok()?;
+                    if n == 0 {
+                        break;
+                    }
+                    if got == 0 {
+                        started.fetch_add(1, Ordering::SeqCst);
+                    }
+                    got += n;
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+                Some(got)
+            })
+        })
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while started.load(Ordering::SeqCst) < READERS && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(
+        started.load(Ordering::SeqCst),
+        READERS,
+        "not every reader got bytes"
+    );
+    // let every pipe fill up: upstream connection, gateway buffers, socket buffers
+    std::thread::sleep(Duration::from_secs(8));
+    let loaded = gw.rss_kib().unwrap();
+    stop.store(true, Ordering::Relaxed);
+    for t in tasks {
+        let _ = runtime().block_on(t);
+    }
+    let above = loaded.saturating_sub(idle);
+    println!(
+        "slow readers: {READERS} readers, RSS idle {idle} KiB, loaded {loaded} KiB, {above} KiB above idle ({} KiB each)",
+        above / READERS as u64
+    );
+    assert!(
+        above < 40 * 1024,
+        "{READERS} slow readers cost {above} KiB above idle ({idle} → {loaded})"
+    );
+}
