@@ -16,7 +16,7 @@ pub use error::{ConfigError, ConfigErrors};
 pub use model::{
     AcmeChallenge, AcmeConfig, AnonymousLimits, AuthConfig, BlobRedirects, Config, Credentials,
     HostPattern, LimitsConfig, LogFormat, Route, Secret, ServerConfig, TenantConfig, TlsConfig,
-    TlsSource, TokenConfig, Upstream,
+    TlsSource, TokenConfig, Upstream, UsageConfig,
 };
 
 use std::path::Path;
