@@ -15,6 +15,7 @@
 //! - `forward`: the phase list and the endpoint loop; `upstream`: clients and endpoint health.
 //! - `upstream_auth`: the upstream token dance; `attempt`: one try at one endpoint.
 //! - `respond`, `redirect`: the upstream answer becomes the client's.
+//! - `usage`: the finished request counted in the usage ledger; the admin `/usage` export.
 //! - `headers`, `body`: header hygiene, streaming bodies; `error`: failures and their one rendering.
 //! - `runtime`, `specs`: the state built from a config, and config → auth/limits specs.
 
@@ -37,6 +38,7 @@ mod specs;
 mod token_endpoint;
 mod upstream;
 mod upstream_auth;
+mod usage;
 
 pub use body::{BoxError, GatewayBody};
 pub use connect::{is_private, refused_by_guard, PrivateAddress};

@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use arc_swap::ArcSwap;
 use dashmap::DashMap;
@@ -62,6 +62,8 @@ pub struct Gateway {
     /// Limits keep their state across reloads that do not change them (a reload must not hand everyone a fresh
     /// burst); a reload that changes limit values swaps in a new limiter.
     limiter: ArcSwap<mirrorgate_limits::Limiter>,
+    /// The usage ledger, set once at start (see [`Gateway::set_usage`]); unset in tests that do not count.
+    usage: OnceLock<Arc<mirrorgate_usage::Ledger>>,
 }
 
 impl Gateway {
@@ -78,6 +80,7 @@ impl Gateway {
             metrics,
             auth,
             limiter: ArcSwap::new(limiter),
+            usage: OnceLock::new(),
         })
     }
 
@@ -94,6 +97,16 @@ impl Gateway {
     /// Swaps in a limiter built from changed limit values; admissions already granted keep their permits.
     pub fn replace_limiter(&self, limiter: Arc<mirrorgate_limits::Limiter>) {
         self.limiter.store(limiter);
+    }
+
+    /// Attaches the usage ledger finished requests are counted in (the first call wins).
+    pub fn set_usage(&self, ledger: Arc<mirrorgate_usage::Ledger>) {
+        let _ = self.usage.set(ledger);
+    }
+
+    /// The usage ledger, once attached.
+    pub fn usage(&self) -> Option<&Arc<mirrorgate_usage::Ledger>> {
+        self.usage.get()
     }
 
     /// Swaps in a new runtime; requests already running keep theirs.
