@@ -867,7 +867,11 @@ fn usage(v: &mut Validator<'_>, raw: Option<&S<RawUsage>>, storage: &Path) -> Us
     let retention = match retention_raw {
         Some(s) => match v.check(s, "usage.retention", |t| values::duration(t)) {
             Some(d) if d < Duration::from_secs(86_400) => {
-                v.err(s, "usage.retention", "must be at least 1d: the ledger keeps whole days");
+                v.err(
+                    s,
+                    "usage.retention",
+                    "must be at least 1d: the ledger keeps whole days",
+                );
                 defaults::USAGE_RETENTION
             }
             Some(d) => d,

@@ -411,7 +411,13 @@ fn usage_section() {
     assert_eq!(e.0[0].key, "usage.retention", "{e}");
     assert!(e.0[0].message.contains("at least 1d"), "{e}");
     let text = format!("{MINIMAL}\n[usage]\nretention = \"soon\"\n");
-    assert_eq!(parse_in(dir.path(), &text).unwrap_err().0[0].key, "usage.retention");
+    assert_eq!(
+        parse_in(dir.path(), &text).unwrap_err().0[0].key,
+        "usage.retention"
+    );
     let text = format!("{MINIMAL}\n[usage]\nkeep = \"1d\"\n");
-    assert_eq!(parse_in(dir.path(), &text).unwrap_err().0[0].key, "usage.keep");
+    assert_eq!(
+        parse_in(dir.path(), &text).unwrap_err().0[0].key,
+        "usage.keep"
+    );
 }
