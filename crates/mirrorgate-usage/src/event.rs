@@ -63,6 +63,9 @@ pub struct Key {
 pub struct Counts {
     pub requests: u64,
     pub manifest_pulls: u64,
+    /// Response body bytes of every answer (manifests, blobs, tag lists, errors), as received by the client:
+    /// what a tenant's `bytes_per_day` quota counts.
+    pub bytes_sent: u64,
     /// Response body bytes of blob `GET`s, as received by the client (an aborted pull counts what was sent).
     pub blob_bytes_sent: u64,
     /// The part of `blob_bytes_sent` served from the built-in cache. Always 0 until the cache exists; kept so
@@ -82,6 +85,7 @@ impl Counts {
         let ok = (200..300).contains(&event.status);
         let mut c = Counts {
             requests: 1,
+            bytes_sent: event.bytes_sent,
             throttled: u64::from(event.status == 429),
             denied: u64::from(event.status == 403),
             ..Counts::default()
@@ -103,6 +107,7 @@ impl Counts {
     pub fn add(&mut self, other: &Counts) {
         self.requests = self.requests.saturating_add(other.requests);
         self.manifest_pulls = self.manifest_pulls.saturating_add(other.manifest_pulls);
+        self.bytes_sent = self.bytes_sent.saturating_add(other.bytes_sent);
         self.blob_bytes_sent = self.blob_bytes_sent.saturating_add(other.blob_bytes_sent);
         self.blob_bytes_from_cache = self
             .blob_bytes_from_cache
@@ -139,7 +144,7 @@ mod tests {
         let c = Counts::of(&event(Activity::BlobPull, 200, 1234, 0));
         assert_eq!((c.requests, c.blob_bytes_sent), (1, 1234));
         let c = Counts::of(&event(Activity::BlobPull, 404, 90, 0));
-        assert_eq!(c.blob_bytes_sent, 0);
+        assert_eq!((c.blob_bytes_sent, c.bytes_sent), (0, 90));
         let c = Counts::of(&event(Activity::ManifestPull, 200, 500, 0));
         assert_eq!((c.manifest_pulls, c.blob_bytes_sent), (1, 0));
         let c = Counts::of(&event(Activity::ManifestPull, 429, 0, 0));

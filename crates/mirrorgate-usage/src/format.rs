@@ -27,9 +27,10 @@ impl FromStr for Format {
     }
 }
 
-const COUNTER_HEADERS: [&str; 8] = [
+const COUNTER_HEADERS: [&str; 9] = [
     "requests",
     "manifest_pulls",
+    "bytes_sent",
     "blob_bytes_sent",
     "blob_bytes_from_cache",
     "pushes",
@@ -59,6 +60,7 @@ fn cells(by: GroupBy, row: &Row) -> Vec<String> {
         [
             c.requests,
             c.manifest_pulls,
+            c.bytes_sent,
             c.blob_bytes_sent,
             c.blob_bytes_from_cache,
             c.pushes,
@@ -164,10 +166,10 @@ mod tests {
         let mut lines = csv.lines();
         assert_eq!(
             lines.next(),
-            Some("tenant,requests,manifest_pulls,blob_bytes_sent,blob_bytes_from_cache,pushes,bytes_received,throttled,denied")
+            Some("tenant,requests,manifest_pulls,bytes_sent,blob_bytes_sent,blob_bytes_from_cache,pushes,bytes_received,throttled,denied")
         );
-        assert_eq!(lines.next(), Some("acme,2,0,1234,0,0,0,0,0"));
-        assert_eq!(lines.next(), Some("\"a,b\",2,0,5,0,0,0,0,0"));
+        assert_eq!(lines.next(), Some("acme,2,0,0,1234,0,0,0,0,0"));
+        assert_eq!(lines.next(), Some("\"a,b\",2,0,0,5,0,0,0,0,0"));
         let json: serde_json::Value =
             serde_json::from_str(&render(&rows, GroupBy::Tenant, Format::Json)).unwrap();
         assert_eq!(json[0]["tenant"], "acme");

@@ -13,9 +13,10 @@ use crate::event::{Counts, Key};
 use crate::query::{format_day, Query, Row};
 
 /// The counter columns, in [`Counts`] field order.
-const COUNTERS: [&str; 8] = [
+const COUNTERS: [&str; 9] = [
     "requests",
     "manifest_pulls",
+    "bytes_sent",
     "blob_bytes_sent",
     "blob_bytes_from_cache",
     "pushes",
@@ -33,6 +34,7 @@ CREATE TABLE IF NOT EXISTS usage (
     repository TEXT NOT NULL,
     requests INTEGER NOT NULL DEFAULT 0,
     manifest_pulls INTEGER NOT NULL DEFAULT 0,
+    bytes_sent INTEGER NOT NULL DEFAULT 0,
     blob_bytes_sent INTEGER NOT NULL DEFAULT 0,
     blob_bytes_from_cache INTEGER NOT NULL DEFAULT 0,
     pushes INTEGER NOT NULL DEFAULT 0,
@@ -44,12 +46,13 @@ CREATE TABLE IF NOT EXISTS usage (
 ";
 
 const UPSERT: &str = "
-INSERT INTO usage (day, tenant, user, route, repository, requests, manifest_pulls, blob_bytes_sent,
-                   blob_bytes_from_cache, pushes, bytes_received, throttled, denied)
-VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)
+INSERT INTO usage (day, tenant, user, route, repository, requests, manifest_pulls, bytes_sent,
+                   blob_bytes_sent, blob_bytes_from_cache, pushes, bytes_received, throttled, denied)
+VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)
 ON CONFLICT (day, tenant, user, route, repository) DO UPDATE SET
     requests = requests + excluded.requests,
     manifest_pulls = manifest_pulls + excluded.manifest_pulls,
+    bytes_sent = bytes_sent + excluded.bytes_sent,
     blob_bytes_sent = blob_bytes_sent + excluded.blob_bytes_sent,
     blob_bytes_from_cache = blob_bytes_from_cache + excluded.blob_bytes_from_cache,
     pushes = pushes + excluded.pushes,
@@ -148,6 +151,7 @@ impl Store {
                     k.repository,
                     sql_int(c.requests),
                     sql_int(c.manifest_pulls),
+                    sql_int(c.bytes_sent),
                     sql_int(c.blob_bytes_sent),
                     sql_int(c.blob_bytes_from_cache),
                     sql_int(c.pushes),
@@ -232,12 +236,13 @@ impl Store {
                 row.counts = Counts {
                     requests: get(0)?,
                     manifest_pulls: get(1)?,
-                    blob_bytes_sent: get(2)?,
-                    blob_bytes_from_cache: get(3)?,
-                    pushes: get(4)?,
-                    bytes_received: get(5)?,
-                    throttled: get(6)?,
-                    denied: get(7)?,
+                    bytes_sent: get(2)?,
+                    blob_bytes_sent: get(3)?,
+                    blob_bytes_from_cache: get(4)?,
+                    pushes: get(5)?,
+                    bytes_received: get(6)?,
+                    throttled: get(7)?,
+                    denied: get(8)?,
                 };
                 Ok(row)
             })

@@ -223,10 +223,20 @@ fn usage_ledger_counts_exact_bytes_and_survives_restarts() {
     assert!(out.status.success());
     let csv = String::from_utf8(out.stdout).unwrap();
     assert!(
-        csv.starts_with("tenant,requests,manifest_pulls,blob_bytes_sent,"),
+        csv.starts_with("tenant,requests,manifest_pulls,bytes_sent,blob_bytes_sent,"),
         "{csv}"
     );
-    assert!(csv.contains(&format!("\nacme,",)), "{csv}");
+    let acme: Vec<&str> = csv
+        .lines()
+        .find(|l| l.starts_with("acme,"))
+        .unwrap()
+        .split(',')
+        .collect();
+    assert_eq!(
+        acme[4],
+        (alpha.blob_bytes + beta.blob_bytes).to_string(),
+        "{csv}"
+    );
     drop(gw);
 
     // Bad input: exit 2 with a reason, and an unreadable store is left as it was.
