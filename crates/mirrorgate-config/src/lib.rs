@@ -16,8 +16,8 @@ pub use error::{ConfigError, ConfigErrors};
 pub use model::{
     AcmeChallenge, AcmeConfig, AnonymousLimits, AuthConfig, BlobRedirects, CacheConfig, Config,
     Credentials, HostPattern, LimitsConfig, LogFormat, PoolCredential, Route, Secret, ServerConfig,
-    TenantConfig, TlsConfig, TlsSource, TokenConfig, Upstream, ANONYMOUS_CREDENTIAL_NAME,
-    DEFAULT_CREDENTIAL_NAME,
+    TenantConfig, TlsConfig, TlsSource, TokenConfig, Upstream, UsageConfig,
+    ANONYMOUS_CREDENTIAL_NAME, DEFAULT_CREDENTIAL_NAME,
 };
 
 use std::path::Path;

@@ -24,6 +24,16 @@ pub struct Config {
     /// `[cache]`; `None` = no cache.
     pub cache: Option<CacheConfig>,
     pub routes: Vec<Route>,
+    pub usage: UsageConfig,
+}
+
+/// `[usage]`: the usage ledger, always on.
+#[derive(Debug, Clone, PartialEq)]
+pub struct UsageConfig {
+    /// The SQLite file; a relative `store` is resolved against `tls.storage` (default `usage.db` there).
+    pub store: PathBuf,
+    /// Days older than this are deleted (default 400 days: a year of bills plus a month of disputes).
+    pub retention: Duration,
 }
 
 impl Config {

@@ -24,6 +24,16 @@ pub(crate) struct RawConfig {
     pub cache: Option<S<RawCache>>,
     #[serde(default)]
     pub route: Vec<S<RawRoute>>,
+    #[serde(default)]
+    pub usage: Option<S<RawUsage>>,
+}
+
+/// `[usage]`: the usage ledger (on by default; the section only moves the store or changes retention).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawUsage {
+    pub store: Option<S<String>>,
+    pub retention: Option<S<String>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -48,6 +48,10 @@ mod defaults {
     pub const CACHE_TAG_TTL: Duration = Duration::from_secs(600);
     /// A week: an upstream outage over a long weekend does not stop known tags from pulling.
     pub const CACHE_STALE_IF_ERROR: Duration = Duration::from_secs(7 * 24 * 3600);
+    /// The usage ledger's file, under `tls.storage` (the folder the gateway already owns and checks).
+    pub const USAGE_STORE: &str = "usage.db";
+    /// A year of bills plus a month for disputes.
+    pub const USAGE_RETENTION: Duration = Duration::from_secs(400 * 86_400);
 }
 
 struct Validator<'a> {
@@ -245,6 +249,7 @@ pub(crate) fn validate(path: &Path, text: &str) -> Result<Config, ConfigErrors> 
     let tenants = tenants(&mut v, &raw.tenant);
     let limits = limits(&mut v, raw.limits.as_ref());
     let cache = cache(&mut v, raw.cache.as_ref());
+    let usage = usage(&mut v, raw.usage.as_ref(), &tls.storage);
 
     if !v.errors.is_empty() {
         // Unknown keys first (they often explain what follows), then the rest in file order.
@@ -261,6 +266,7 @@ pub(crate) fn validate(path: &Path, text: &str) -> Result<Config, ConfigErrors> 
             limits,
             cache,
             routes,
+            usage,
         }),
         None => Err(ConfigErrors::single(ConfigError::file_level(
             path,
@@ -997,6 +1003,36 @@ fn cache(v: &mut Validator<'_>, raw: Option<&S<RawCache>>) -> Option<CacheConfig
             defaults::CACHE_STALE_IF_ERROR,
         ),
     })
+}
+
+/// `[usage]`: a relative store is resolved against `tls.storage`; retention is at least one day.
+fn usage(v: &mut Validator<'_>, raw: Option<&S<RawUsage>>, storage: &Path) -> UsageConfig {
+    let r = raw.map(|r| r.get_ref());
+    let store = match r.and_then(|r| r.store.as_ref()) {
+        Some(s) if s.get_ref().trim().is_empty() => {
+            v.err(s, "usage.store", "must name a file");
+            storage.join(defaults::USAGE_STORE)
+        }
+        Some(s) => storage.join(s.get_ref()),
+        None => storage.join(defaults::USAGE_STORE),
+    };
+    let retention_raw = r.and_then(|r| r.retention.as_ref());
+    let retention = match retention_raw {
+        Some(s) => match v.check(s, "usage.retention", |t| values::duration(t)) {
+            Some(d) if d < Duration::from_secs(86_400) => {
+                v.err(
+                    s,
+                    "usage.retention",
+                    "must be at least 1d: the ledger keeps whole days",
+                );
+                defaults::USAGE_RETENTION
+            }
+            Some(d) => d,
+            None => defaults::USAGE_RETENTION,
+        },
+        None => defaults::USAGE_RETENTION,
+    };
+    UsageConfig { store, retention }
 }
 
 #[cfg(test)]

@@ -30,6 +30,9 @@ pub struct RequestFacts {
     pub endpoint: Option<String>,
     pub tenant: Option<Arc<str>>,
     pub user: Option<Arc<str>>,
+    /// The validated repository name as the client wrote it ([`Plan::client_repository`]): the usage
+    /// ledger's repository key. `None` for requests that name none (`/v2/`, `/token`, the catalog).
+    pub repository: Option<String>,
 }
 
 /// The fixed context of a routed request: the state it is served from and who asks for what. Built once by

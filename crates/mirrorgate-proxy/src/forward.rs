@@ -79,6 +79,7 @@ pub async fn serve(
 
     // Phases 3–5: identify, authorize, limit.
     let repository = plan.client_repository();
+    facts.repository.clone_from(&repository);
     let ask = Ask {
         route_host: &route.label,
         route_anonymous: route.config.anonymous,

@@ -18,6 +18,7 @@
 //! - `upstream_auth`: the upstream token dance; `attempt`: one try at one endpoint.
 //! - `credentials`, `pool_attempt`: upstream credential pools (selection, set-aside) and a try with a member.
 //! - `respond`, `redirect`: the upstream answer becomes the client's.
+//! - `usage`: the finished request counted in the usage ledger; the admin `/usage` export.
 //! - `headers`, `body`: header hygiene, streaming bodies; `error`: failures and their one rendering.
 //! - `runtime`, `specs`: the state built from a config, and config → auth/limits specs.
 
@@ -44,6 +45,7 @@ mod specs;
 mod token_endpoint;
 mod upstream;
 mod upstream_auth;
+mod usage;
 
 pub use body::{BoxError, GatewayBody};
 pub use cache::CacheSetupError;

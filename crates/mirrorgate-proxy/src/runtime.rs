@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use arc_swap::ArcSwap;
 use dashmap::DashMap;
@@ -67,6 +67,8 @@ pub struct Gateway {
     limiter: ArcSwap<mirrorgate_limits::Limiter>,
     /// The built-in cache, opened once at start when the config has `[cache]` (its store outlives reloads).
     cache: std::sync::OnceLock<Arc<crate::cache::GatewayCache>>,
+    /// The usage ledger, set once at start (see [`Gateway::set_usage`]); unset in tests that do not count.
+    usage: OnceLock<Arc<mirrorgate_usage::Ledger>>,
 }
 
 impl Gateway {
@@ -85,6 +87,7 @@ impl Gateway {
             auth,
             limiter: ArcSwap::new(limiter),
             cache: std::sync::OnceLock::new(),
+            usage: OnceLock::new(),
         })
     }
 
@@ -118,6 +121,16 @@ impl Gateway {
     /// The built-in cache, when one is configured.
     pub(crate) fn cache(&self) -> Option<&Arc<crate::cache::GatewayCache>> {
         self.cache.get()
+    }
+
+    /// Attaches the usage ledger finished requests are counted in (the first call wins).
+    pub fn set_usage(&self, ledger: Arc<mirrorgate_usage::Ledger>) {
+        let _ = self.usage.set(ledger);
+    }
+
+    /// The usage ledger, once attached.
+    pub fn usage(&self) -> Option<&Arc<mirrorgate_usage::Ledger>> {
+        self.usage.get()
     }
 
     /// Swaps in a new runtime; requests already running keep theirs.

@@ -369,6 +369,7 @@ async fn handle(
             bytes_in,
             bytes,
         );
+        crate::usage::record(&gw, &facts, &method, status, bytes, bytes_in);
         tracing::info!(
             target: "mirrorgate::access",
             client = %peer.ip(),
@@ -436,7 +437,8 @@ pub async fn serve_http(
     drain(&tracker, &draining, "http", HTTP_DRAIN).await;
 }
 
-/// Serves the admin pages (`/metrics`, `/healthz`, `/readyz`, see `mirrorgate_metrics::admin_response`) until
+/// Serves the admin pages (`/metrics`, `/healthz`, `/readyz`, see `mirrorgate_metrics::admin_response`, and
+/// the usage export `/usage`, see `usage::admin_usage`) until
 /// `stop`. Not counted against the connection caps, so probes are answered while the public listeners are
 /// full; the binary stops it only after the public listeners have drained, so `/readyz` says 503 during the
 /// drain instead of refusing connections.
@@ -444,6 +446,7 @@ pub async fn serve_admin(
     listener: TcpListener,
     metrics: Arc<Metrics>,
     health: Arc<Health>,
+    usage: Option<Arc<mirrorgate_usage::Ledger>>,
     stop: CancellationToken,
 ) {
     let tracker = TaskTracker::new();
@@ -462,10 +465,21 @@ pub async fn serve_admin(
             let metrics = Arc::clone(&metrics);
             let health = Arc::clone(&health);
             let activity = activity.clone();
-            service_fn(move |req| {
-                let _busy = activity.busy();
-                let response = mirrorgate_metrics::admin_response(&req, &metrics, &health);
-                async move { Ok::<_, Infallible>(response) }
+            let usage = usage.clone();
+            service_fn(move |req: Request<Incoming>| {
+                let busy = activity.busy();
+                let metrics = Arc::clone(&metrics);
+                let health = Arc::clone(&health);
+                let usage = usage.clone();
+                async move {
+                    let _busy = busy;
+                    let response = if req.uri().path() == "/usage" {
+                        crate::usage::admin_usage(&req, usage).await
+                    } else {
+                        mirrorgate_metrics::admin_response(&req, &metrics, &health)
+                    };
+                    Ok::<_, Infallible>(response)
+                }
             })
         };
         let conn = http.serve_connection(TokioIo::new(tcp), service);

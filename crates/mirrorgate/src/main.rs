@@ -9,6 +9,7 @@ mod run;
 mod storage_check;
 mod telemetry;
 mod tls_setup;
+mod usage_cmd;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -40,6 +41,8 @@ enum Command {
     Htpasswd(htpasswd_cmd::Args),
     /// Print the mirror configuration for a container client (containerd, k3s, docker, podman, cri-o, kind, talos).
     ClientConfig(client_config::Args),
+    /// Export the usage ledger (per day, tenant, user, route or repository) as a table, CSV or JSON.
+    Usage(usage_cmd::Args),
 }
 
 fn main() -> ExitCode {
@@ -49,5 +52,6 @@ fn main() -> ExitCode {
         Command::Check { config } => check::main(&config),
         Command::Htpasswd(args) => htpasswd_cmd::main(args),
         Command::ClientConfig(args) => client_config::main(&args),
+        Command::Usage(args) => usage_cmd::main(&args),
     }
 }

@@ -133,6 +133,9 @@ async fn serve(path: PathBuf, checked: check::Checked, nofile: Option<u64>) -> a
         .open_cache(&config)
         .context("opening the [cache] directory")?;
     spawn_limiter_housekeeping(gateway.clone(), metrics.clone(), shutdown.clone());
+    // The usage ledger: opened (and expired days deleted) before serving, so its file problems stop the start.
+    let usage = crate::usage_cmd::start_ledger(&config, &metrics).await?;
+    gateway.set_usage(usage.clone());
 
     // 5. Bind every listener before serving any, so a taken port fails the start cleanly; then serve.
     let spawner = Spawner {
@@ -142,6 +145,7 @@ async fn serve(path: PathBuf, checked: check::Checked, nofile: Option<u64>) -> a
         tls_config: tls.server_config.clone(),
         http01: tls.http01_responder(),
         caps: mirrorgate_proxy::ConnectionCaps::new(nofile),
+        usage: usage.clone(),
     };
     let mut listeners = Listeners::new(shutdown.clone());
     listeners.apply(&config.server, &spawner).await?;
@@ -196,6 +200,13 @@ async fn serve(path: PathBuf, checked: check::Checked, nofile: Option<u64>) -> a
     shutdown.cancel();
     // The admin listener outlives the drain: probes see 503 and /metrics stays scrapeable until exit.
     server.listeners.join().await;
+    // Every request has ended: write the ledger's last counts (a clean stop loses nothing).
+    if tokio::task::spawn_blocking(move || usage.close())
+        .await
+        .is_err()
+    {
+        tracing::error!("the last usage flush did not finish");
+    }
     Ok(())
 }
 
@@ -268,6 +279,8 @@ struct Spawner {
     http01: mirrorgate_proxy::Http01Responder,
     /// Open connections of the https and http listeners, against `max_connections(_per_ip)`.
     caps: Arc<mirrorgate_proxy::ConnectionCaps>,
+    /// The usage ledger, for the admin listener's `/usage`.
+    usage: Arc<mirrorgate_usage::Ledger>,
 }
 
 /// One running listener: its address and the token that stops its accept loop (its open connections then
@@ -386,6 +399,7 @@ impl Listeners {
                 listener,
                 s.metrics.clone(),
                 s.health.clone(),
+                Some(s.usage.clone()),
                 stop,
             )),
         };

@@ -517,3 +517,38 @@ fn cache_section_and_route_overrides() {
     let e = parse_in(dir.path(), &bad).unwrap_err().to_string();
     assert!(e.contains("cache.max_size"), "{e}");
 }
+
+// Pins `[usage]`: on by default at `usage.db` under tls.storage, a relative store resolved against
+// tls.storage, retention parsed and refused below a day or with an unknown key, each error with its key.
+#[test]
+fn usage_section() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = parse_in(dir.path(), MINIMAL).unwrap();
+    assert_eq!(c.usage.store, dir.path().join("certs/usage.db"));
+    assert_eq!(c.usage.retention, Duration::from_secs(400 * 86_400));
+    let text = format!(
+        "{MINIMAL}\n[tls]\nstorage = \"state\"\n\n[usage]\nstore = \"ledger/u.db\"\nretention = \"30d\"\n"
+    );
+    let c = parse_in(dir.path(), &text).unwrap();
+    assert_eq!(c.usage.store, dir.path().join("state/ledger/u.db"));
+    assert_eq!(c.usage.retention, Duration::from_secs(30 * 86_400));
+    let text = format!("{MINIMAL}\n[usage]\nstore = \"/var/lib/u.db\"\n");
+    assert_eq!(
+        parse_in(dir.path(), &text).unwrap().usage.store,
+        Path::new("/var/lib/u.db")
+    );
+    let text = format!("{MINIMAL}\n[usage]\nretention = \"1h\"\n");
+    let e = parse_in(dir.path(), &text).unwrap_err();
+    assert_eq!(e.0[0].key, "usage.retention", "{e}");
+    assert!(e.0[0].message.contains("at least 1d"), "{e}");
+    let text = format!("{MINIMAL}\n[usage]\nretention = \"soon\"\n");
+    assert_eq!(
+        parse_in(dir.path(), &text).unwrap_err().0[0].key,
+        "usage.retention"
+    );
+    let text = format!("{MINIMAL}\n[usage]\nkeep = \"1d\"\n");
+    assert_eq!(
+        parse_in(dir.path(), &text).unwrap_err().0[0].key,
+        "usage.keep"
+    );
+}

@@ -1,0 +1,99 @@
+//! `mirrorgate usage`: the usage ledger's export for billing scripts and people; and the ledger's start-up
+//! for `run`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use mirrorgate_config::Config;
+use mirrorgate_metrics::Metrics;
+use mirrorgate_usage::{Format, Ledger, LedgerOptions, Query, Report, Store};
+
+/// How long counts stay in memory only: a `kill -9` loses at most this much.
+const FLUSH_EVERY: Duration = Duration::from_secs(2);
+/// Finished requests waiting for the writer; a writer this far behind drops (and counts) further ones.
+const QUEUE: usize = 65_536;
+
+/// Exit status for bad input (unknown grouping, bad dates, an unreadable store or config): the usage-error
+/// status clap uses for its own argument errors.
+const BAD_INPUT: u8 = 2;
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// The config file (TOML); the store is its `[usage] store`.
+    #[arg(short = 'c', long = "config", env = "MIRRORGATE_CONFIG")]
+    config: PathBuf,
+    /// First day (UTC, YYYY-MM-DD), inclusive.
+    #[arg(long)]
+    from: Option<String>,
+    /// Last day (UTC, YYYY-MM-DD), inclusive.
+    #[arg(long)]
+    to: Option<String>,
+    /// Only this tenant (`-` is anonymous callers).
+    #[arg(long)]
+    tenant: Option<String>,
+    /// Sum per day, tenant, user (per tenant), route or repository (per tenant). Default: day.
+    #[arg(long)]
+    by: Option<String>,
+    /// table (for a terminal), csv or json. Default: table.
+    #[arg(long)]
+    format: Option<String>,
+}
+
+/// Prints the export; bad input exits 2 with the reason and changes nothing.
+pub fn main(args: &Args) -> ExitCode {
+    match export(args) {
+        Ok(text) => {
+            print!("{text}");
+            ExitCode::SUCCESS
+        }
+        Err(message) => {
+            eprintln!("mirrorgate usage: {message}");
+            ExitCode::from(BAD_INPUT)
+        }
+    }
+}
+
+fn export(args: &Args) -> Result<String, String> {
+    let query = Query::parse(
+        args.from.as_deref(),
+        args.to.as_deref(),
+        args.tenant.as_deref(),
+        args.by.as_deref(),
+    )
+    .map_err(|e| Report(&e).to_string())?;
+    let format: Format = args
+        .format
+        .as_deref()
+        .unwrap_or("table")
+        .parse()
+        .map_err(|e: mirrorgate_usage::UsageError| e.to_string())?;
+    let config = mirrorgate_config::load(&args.config).map_err(|e| e.to_string())?;
+    let rows = Store::open_read_only(&config.usage.store)
+        .and_then(|store| store.query(&query))
+        .map_err(|e| Report(&e).to_string())?;
+    Ok(mirrorgate_usage::render(&rows, query.by, format))
+}
+
+/// Opens the ledger at `[usage] store` (deleting days past retention) and starts its writer; its metric
+/// families join the gateway's registry.
+pub async fn start_ledger(config: &Config, metrics: &Metrics) -> anyhow::Result<Arc<Ledger>> {
+    let options = LedgerOptions {
+        store: config.usage.store.clone(),
+        retention: config.usage.retention,
+        flush_every: FLUSH_EVERY,
+        queue: QUEUE,
+        max_repositories: mirrorgate_usage::MAX_REPOSITORIES_PER_TENANT_DAY,
+    };
+    let registry = metrics.registry().clone();
+    let store = options.store.clone();
+    let ledger = tokio::task::spawn_blocking(move || Ledger::start(options, Some(&registry)))
+        .await
+        .context("starting the usage ledger")?
+        .map_err(|e| anyhow::anyhow!("{}", Report(&e)))
+        .context("starting the usage ledger")?;
+    tracing::info!(store = %store.display(), "usage ledger open");
+    Ok(Arc::new(ledger))
+}
