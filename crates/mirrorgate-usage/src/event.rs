@@ -57,6 +57,19 @@ pub struct Key {
     pub repository: String,
 }
 
+/// The names of [`Counts`]' fields, in field order: the store's column names and the export's headers.
+pub(crate) const COUNTER_COLUMNS: [&str; 9] = [
+    "requests",
+    "manifest_pulls",
+    "bytes_sent",
+    "blob_bytes_sent",
+    "blob_bytes_from_cache",
+    "pushes",
+    "bytes_received",
+    "throttled",
+    "denied",
+];
+
 /// The counters of one ledger row. Every field only ever grows, so rows from several flushes (or replicas)
 /// add up field by field.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]

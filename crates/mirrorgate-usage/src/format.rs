@@ -4,6 +4,7 @@ use std::fmt::Write as _;
 use std::str::FromStr;
 
 use crate::error::UsageError;
+use crate::event::COUNTER_COLUMNS;
 use crate::query::{GroupBy, Row};
 
 /// How an export is printed.
@@ -26,18 +27,6 @@ impl FromStr for Format {
         })
     }
 }
-
-const COUNTER_HEADERS: [&str; 9] = [
-    "requests",
-    "manifest_pulls",
-    "bytes_sent",
-    "blob_bytes_sent",
-    "blob_bytes_from_cache",
-    "pushes",
-    "bytes_received",
-    "throttled",
-    "denied",
-];
 
 fn cells(by: GroupBy, row: &Row) -> Vec<String> {
     let mut out: Vec<String> = by
@@ -78,7 +67,7 @@ pub fn render(rows: &[Row], by: GroupBy, format: Format) -> String {
     let header: Vec<String> = by
         .columns()
         .iter()
-        .chain(COUNTER_HEADERS.iter())
+        .chain(COUNTER_COLUMNS.iter())
         .map(|s| s.to_string())
         .collect();
     match format {
@@ -101,7 +90,7 @@ pub fn render(rows: &[Row], by: GroupBy, format: Format) -> String {
                 .chain(rows.iter().map(|r| cells(by, r)))
                 .collect();
             let keys = by.columns().len();
-            let mut widths = vec![0; keys + COUNTER_HEADERS.len()];
+            let mut widths = vec![0; keys + COUNTER_COLUMNS.len()];
             for line in &lines {
                 for (w, f) in widths.iter_mut().zip(line) {
                     *w = (*w).max(f.chars().count());

@@ -9,21 +9,8 @@ use rusqlite::{params, Connection, OpenFlags};
 use time::Date;
 
 use crate::error::UsageError;
-use crate::event::{Counts, Key};
+use crate::event::{Counts, Key, COUNTER_COLUMNS};
 use crate::query::{format_day, Query, Row};
-
-/// The counter columns, in [`Counts`] field order.
-const COUNTERS: [&str; 9] = [
-    "requests",
-    "manifest_pulls",
-    "bytes_sent",
-    "blob_bytes_sent",
-    "blob_bytes_from_cache",
-    "pushes",
-    "bytes_received",
-    "throttled",
-    "denied",
-];
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS usage (
@@ -192,7 +179,7 @@ impl Store {
     pub fn query(&self, query: &Query) -> Result<Vec<Row>, UsageError> {
         let columns = query.by.columns();
         let group = columns.join(", ");
-        let sums = COUNTERS
+        let sums = COUNTER_COLUMNS
             .iter()
             .map(|c| format!("SUM({c})"))
             .collect::<Vec<_>>()

@@ -53,18 +53,7 @@ impl RateLimitFront {
             windows: Mutex::new(HashMap::new()),
             tally: Mutex::new(HashMap::new()),
         });
-        let s = shared.clone();
-        let task = runtime().spawn(async move {
-            while let Ok((stream, _)) = listener.accept().await {
-                let s = s.clone();
-                tokio::spawn(async move {
-                    let svc = hyper::service::service_fn(move |req| handle(s.clone(), req));
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), svc)
-                        .await;
-                });
-            }
-        });
+        let task = crate::proc::spawn_http1(listener, shared.clone(), handle);
         Ok(Self { port, shared, task })
     }
 

@@ -14,7 +14,6 @@ use base64::Engine;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
-use hyper_util::rt::TokioIo;
 use rcgen::{CertificateParams, DnType, KeyPair, PublicKeyData};
 use serde_json::json;
 use sha2::{Digest, Sha256};
@@ -90,18 +89,7 @@ impl TokenIssuer {
             .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
             .context("binding")?;
         let port = listener.local_addr()?.port();
-        let s = shared.clone();
-        let task = runtime().spawn(async move {
-            while let Ok((stream, _)) = listener.accept().await {
-                let s = s.clone();
-                tokio::spawn(async move {
-                    let svc = hyper::service::service_fn(move |req| handle(s.clone(), req));
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), svc)
-                        .await;
-                });
-            }
-        });
+        let task = crate::proc::spawn_http1(listener, shared.clone(), handle);
         Ok(Self {
             port,
             bundle,
