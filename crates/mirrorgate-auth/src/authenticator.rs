@@ -258,9 +258,7 @@ impl Authenticator {
             // Rule 4: a client that presented nothing is challenged at `/v2/` on a private route, even when
             // its network names a tenant; otherwise Docker (which only sends credentials after a 401 there)
             // would never present the credentials it logged in with.
-            Resource::Ping
-                if identity.method == AuthMethod::Network && !req.route_anonymous =>
-            {
+            Resource::Ping if identity.method == AuthMethod::Network && !req.route_anonymous => {
                 return Err(AuthError::MissingCredentials)
             }
             Resource::Ping => return Ok(()),
@@ -796,7 +794,13 @@ mod tests {
         let q = TokenRequest::from_query("scope=repository:other/x:pull").unwrap();
         let e = f
             .auth
-            .token(&q, Some(&basic("alice", "nope")), OFFICE, "docker.example", false)
+            .token(
+                &q,
+                Some(&basic("alice", "nope")),
+                OFFICE,
+                "docker.example",
+                false,
+            )
             .await
             .unwrap_err();
         assert_eq!(e.kind(), ErrorKind::Unauthorized);
@@ -865,8 +869,8 @@ mod tests {
         f.auth
             .authorize(&office, &req(None, Action::Pull, true))
             .unwrap();
-        let q = TokenRequest::from_query("service=mirrorgate&scope=repository:x/y:pull,push")
-            .unwrap();
+        let q =
+            TokenRequest::from_query("service=mirrorgate&scope=repository:x/y:pull,push").unwrap();
         let tok = f
             .auth
             .token(&q, None, OFFICE, "docker.example", false)

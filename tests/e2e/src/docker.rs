@@ -155,7 +155,9 @@ impl Docker {
                 .write_all(password.as_bytes())
                 .context("writing the password to docker login")?;
         }
-        let out = child.wait_with_output().context("waiting for docker login")?;
+        let out = child
+            .wait_with_output()
+            .context("waiting for docker login")?;
         Ok(Outcome {
             status: out.status,
             stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -184,7 +186,8 @@ impl Drop for Docker {
     /// SIGTERM lets dockerd stop its containerd; whatever is still alive after [`STOP_DEADLINE`] is killed.
     fn drop(&mut self) {
         let containerd = self.containerd_pid();
-        let stopped = self.proc.signal("TERM").is_ok() && self.proc.wait_exit(STOP_DEADLINE).is_ok();
+        let stopped =
+            self.proc.signal("TERM").is_ok() && self.proc.wait_exit(STOP_DEADLINE).is_ok();
         if let Some(pid) = containerd {
             let comm = std::fs::read_to_string(Path::new("/proc").join(&pid).join("comm"));
             if comm.is_ok_and(|c| c.trim() == "containerd") {

@@ -151,7 +151,9 @@ fn mirror_pull_as_cidr_tenant() {
 /// logs in, pulls and pushes `team/app`, bob logs in and is denied the push.
 fn login_pull_push(s: &Stage, docker: &Docker) {
     let registry = s.authority("docker.test");
-    let wrong = docker.login(&registry, ALICE.0, "not-her-password").unwrap();
+    let wrong = docker
+        .login(&registry, ALICE.0, "not-her-password")
+        .unwrap();
     assert!(
         !wrong.ok() && !wrong.stdout.contains("Login Succeeded"),
         "a wrong password logged in: {}\n{}",
