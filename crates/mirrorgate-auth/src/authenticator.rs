@@ -1,16 +1,25 @@
 //! The facade the proxy calls: identify the client, authorize the request, serve the token endpoint,
 //! and build challenges.
 //!
+//! The identity rules (design.md "Identity"), the same at `/v2/`, `/token` and every registry request:
+//! 1. presented credentials are always verified — wrong ones are 401 whatever the network, valid ones win
+//!    over any network identity;
+//! 2. no credentials: the source network's tenant, else anonymous (on anonymous routes only);
+//! 3. a client without a verified user that may not do something gets 401 with our challenge, never 403 —
+//!    403 DENIED is for a verified user lacking the right (Docker sends credentials only after a 401);
+//! 4. `/v2/` without credentials is 401 on private routes even for a network tenant, while the token
+//!    endpoint issues that tenant's tokens without credentials (Docker's mirror client asks anonymously).
+//!
 //! Phases (as the proxy runs them):
 //! 1. [`Authenticator::identify`]: Basic → htpasswd (cached bcrypt); Bearer → our token, which must cover
 //!    the repository and action; no credentials → the tenant of the source network, else anonymous when
 //!    the route allows it, else 401.
 //! 2. [`Authenticator::authorize`]: the identity's rules (see [`crate::Tenants`]) for this route host,
-//!    repository and action, else 403 DENIED (or 401 for an anonymous client on a private route). What the
-//!    request is about is explicit ([`Resource`]): the `/v2/` ping needs an identity only, a repository
-//!    request needs a rule, and the catalog is refused (403 DENIED) — rules speak of repositories, so a
-//!    listing of the upstream cannot be narrowed to them, and it would be fetched with the route's own
-//!    upstream credentials.
+//!    repository and action, else 403 DENIED for a user, 401 for a client without one. What the
+//!    request is about is explicit ([`Resource`]): the `/v2/` ping needs an identity only (and credentials
+//!    on private routes), a repository request needs a rule, and the catalog is refused (403 DENIED, for
+//!    everyone: logging in would not help) — rules speak of repositories, so a listing of the upstream
+//!    cannot be narrowed to them, and it would be fetched with the route's own upstream credentials.
 //!
 //! A bearer token names the user (or nobody) and the repositories it covers, but not the route host:
 //! the tenant's rules are checked again on every request, so a token fetched on one route cannot
@@ -246,6 +255,12 @@ impl Authenticator {
             return Err(AuthError::MissingCredentials);
         }
         let repo = match req.resource {
+            // Rule 4: a client that presented nothing is challenged at `/v2/` on a private route, even when
+            // its network names a tenant; otherwise Docker (which only sends credentials after a 401 there)
+            // would never present the credentials it logged in with.
+            Resource::Ping if identity.method == AuthMethod::Network && !req.route_anonymous => {
+                return Err(AuthError::MissingCredentials)
+            }
             Resource::Ping => return Ok(()),
             Resource::Catalog => {
                 return Err(AuthError::CatalogRefused {
@@ -264,6 +279,10 @@ impl Authenticator {
             req.action,
         ) {
             Ok(())
+        } else if identity.user.is_none() {
+            // Rule 3: no verified user (a network tenant, an anonymous client, an anonymous token) is told
+            // to log in, never refused for good: Docker and containerd present credentials only after a 401.
+            Err(AuthError::MissingCredentials)
         } else {
             Err(AuthError::Denied {
                 who: identity.to_string(),
@@ -603,9 +622,9 @@ mod tests {
             let e = f.auth.authorize(id, &catalog(anonymous)).unwrap_err();
             assert!(matches!(e, AuthError::CatalogRefused { .. }), "{id}: {e:?}");
             assert_eq!(e.kind(), ErrorKind::Denied);
-            f.auth
-                .authorize(id, &req(None, Action::Pull, anonymous))
-                .unwrap();
+            // The ping passes, except for a network client on a private route (rule 4).
+            let ping = f.auth.authorize(id, &req(None, Action::Pull, anonymous));
+            assert_eq!(ping.is_ok(), id.method != AuthMethod::Network, "{id}");
         }
         // The empty-access token passes no repository request either.
         let e = f
@@ -739,6 +758,138 @@ mod tests {
             f.auth.authorize(&id, &r),
             Err(AuthError::MissingCredentials)
         ));
+    }
+
+    // Pins identity rule 1: presented credentials are verified even from a tenant's network — a wrong
+    // password is 401 there too, and a right one wins over the network tenant (bob is in "office" by name,
+    // alice in "acme": from the office network alice is still acme/alice, with acme's rights only).
+    #[tokio::test]
+    async fn presented_credentials_win_over_the_network() {
+        let f = fixture(acme());
+        let r = req(Some("library/alpine"), Action::Pull, false);
+        for (who, pw) in [("alice", "nope"), ("nobody", "x")] {
+            let e = f
+                .auth
+                .identify(Some(&basic(who, pw)), OFFICE, &r)
+                .await
+                .unwrap_err();
+            assert_eq!(e.kind(), ErrorKind::Unauthorized, "{who}");
+        }
+        let id = f
+            .auth
+            .identify(Some(&basic("alice", "wonder")), OFFICE, &r)
+            .await
+            .unwrap();
+        assert_eq!(
+            (id.method, id.to_string().as_str()),
+            (AuthMethod::Basic, "acme/alice")
+        );
+        // office may pull other/x; alice (verified) may not, and is refused for good (403).
+        let other = req(Some("other/x"), Action::Pull, false);
+        assert_eq!(
+            f.auth.authorize(&id, &other).unwrap_err().kind(),
+            ErrorKind::Denied
+        );
+        // The token endpoint too: a wrong password from the office network is 401, not an office token.
+        let q = TokenRequest::from_query("scope=repository:other/x:pull").unwrap();
+        let e = f
+            .auth
+            .token(
+                &q,
+                Some(&basic("alice", "nope")),
+                OFFICE,
+                "docker.example",
+                false,
+            )
+            .await
+            .unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Unauthorized);
+    }
+
+    // Pins identity rule 3: a client without a verified user that its rules do not cover is told to log in
+    // (401), never 403 — a network tenant pushing, an anonymous client outside the anonymous tenant's rules,
+    // and an anonymous token from the network; a verified user lacking the right gets 403.
+    #[tokio::test]
+    async fn without_a_user_refusals_are_401() {
+        let mut t = acme();
+        t.push(TenantSpec {
+            name: "anonymous".into(),
+            allow: vec!["docker.example/library/*".into()],
+            ..Default::default()
+        });
+        let f = fixture(t);
+        let push = req(Some("x/y"), Action::Push, false);
+        let office = f.auth.identify(None, OFFICE, &push).await.unwrap();
+        let e = f.auth.authorize(&office, &push).unwrap_err();
+        assert!(matches!(e, AuthError::MissingCredentials), "{e:?}");
+        let open = req(Some("private/x"), Action::Pull, true);
+        let anon = f.auth.identify(None, LOOPBACK, &open).await.unwrap();
+        let e = f.auth.authorize(&anon, &open).unwrap_err();
+        assert!(matches!(e, AuthError::MissingCredentials), "{e:?}");
+        // An anonymous token fetched from the office network on another route host is checked against
+        // the office rules here, and refused with 401.
+        let q = TokenRequest::from_query("scope=repository:x/y:pull").unwrap();
+        let tok = f
+            .auth
+            .token(&q, None, OFFICE, "docker.example", false)
+            .await
+            .unwrap();
+        let elsewhere = AccessRequest {
+            route_host: "gcr.example",
+            ..req(Some("x/y"), Action::Pull, false)
+        };
+        let id = f
+            .auth
+            .identify(Some(&bearer(&tok.token)), OFFICE, &elsewhere)
+            .await
+            .unwrap();
+        let e = f.auth.authorize(&id, &elsewhere).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Unauthorized, "{e:?}");
+        let bob = f
+            .auth
+            .identify(Some(&basic("bob", "builder")), LOOPBACK, &push)
+            .await
+            .unwrap();
+        assert_eq!(
+            f.auth.authorize(&bob, &push).unwrap_err().kind(),
+            ErrorKind::Denied
+        );
+    }
+
+    // Pins identity rule 4: `/v2/` without credentials is 401 on a private route even from a tenant's
+    // network (so Docker presents its login), passes on an anonymous route; the token endpoint issues the
+    // network tenant's grant without credentials, and that token then passes the ping and the pull.
+    #[tokio::test]
+    async fn ping_challenges_network_clients_and_token_serves_them() {
+        let f = fixture(acme());
+        let ping = req(None, Action::Pull, false);
+        let office = f.auth.identify(None, OFFICE, &ping).await.unwrap();
+        let e = f.auth.authorize(&office, &ping).unwrap_err();
+        assert!(matches!(e, AuthError::MissingCredentials), "{e:?}");
+        f.auth
+            .authorize(&office, &req(None, Action::Pull, true))
+            .unwrap();
+        let q =
+            TokenRequest::from_query("service=mirrorgate&scope=repository:x/y:pull,push").unwrap();
+        let tok = f
+            .auth
+            .token(&q, None, OFFICE, "docker.example", false)
+            .await
+            .unwrap();
+        let h = bearer(&tok.token);
+        let id = f.auth.identify(Some(&h), OFFICE, &ping).await.unwrap();
+        f.auth.authorize(&id, &ping).unwrap();
+        let pull = req(Some("x/y"), Action::Pull, false);
+        let id = f.auth.identify(Some(&h), OFFICE, &pull).await.unwrap();
+        assert_eq!(id.tenant.as_deref(), Some("office"));
+        f.auth.authorize(&id, &pull).unwrap();
+        // office may not push: the token did not grant it, so the push is a 401 to log in.
+        let e = f
+            .auth
+            .identify(Some(&h), OFFICE, &req(Some("x/y"), Action::Push, false))
+            .await
+            .unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Unauthorized);
     }
 
     // Rule: the token endpoint grants the intersection, and the token then works as Bearer for exactly that.

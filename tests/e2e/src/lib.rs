@@ -1,6 +1,6 @@
 //! mirrorgate-e2e: the harness that lets every end-to-end test read as a story.
 //!
-//! mirrorgate is only worth something if real clients (skopeo, podman, containerd) pull real images through it
+//! mirrorgate is only worth something if real clients (skopeo, podman, containerd, the Docker engine) pull real images through it
 //! from a real registry (Debian's `docker-registry`, i.e. distribution 2.8). Unit tests cannot show that, so the
 //! scenarios under `tests/` start those programs as processes on loopback and drive them. This crate holds the
 //! pieces they share, so a scenario says *what* happens ("push an image to registry A, pull it through the
@@ -16,6 +16,7 @@
 
 mod ca;
 mod containerd;
+mod docker;
 mod env;
 mod gateway;
 mod http;
@@ -30,6 +31,7 @@ mod token;
 
 pub use ca::{Leaf, TestCa};
 pub use containerd::Containerd;
+pub use docker::Docker;
 pub use env::{bin_path, require, require_hosts, runtime, TestDir};
 pub use gateway::{Gateway, Ports};
 pub use http::{HttpCheck, RawRequest, RawResponse};

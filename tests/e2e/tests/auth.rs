@@ -469,9 +469,14 @@ allow = ["docker.test/library/*"]
         )
         .unwrap();
     assert_eq!(layers, s.hello.layer_digests);
-    // still bound by the tenant's rules
-    let resp = s.get("/v2/other/thing/manifests/latest", None);
-    assert_eq!(resp.status, 403, "{}", resp.text());
+    // still bound by the tenant's rules, and told to log in (401 with our challenge), not refused for good
+    let c = assert_unauthorized(
+        "other/thing from the network",
+        &s.get("/v2/other/thing/manifests/latest", None),
+    );
+    assert!(c.starts_with("Bearer realm="), "{c}");
+    // `/v2/` challenges the network client on this private route, so Docker would present its login
+    assert_unauthorized("ping from the network", &s.get("/v2/", None));
 }
 
 /// Polls `check` every `every` until it holds or `deadline` passes; returns how long it took.
