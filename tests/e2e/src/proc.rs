@@ -194,6 +194,40 @@ impl Drop for Proc {
     }
 }
 
+/// Serves HTTP/1.1 on `listener` with `handle(state, request)` for every request, on the shared runtime, until
+/// the returned task is aborted: the accept loop the test servers (token issuer, rate-limiting front) share.
+pub(crate) fn spawn_http1<S, F, Fut, B>(
+    listener: tokio::net::TcpListener,
+    state: std::sync::Arc<S>,
+    handle: F,
+) -> tokio::task::JoinHandle<()>
+where
+    S: Send + Sync + 'static,
+    F: Fn(std::sync::Arc<S>, http::Request<hyper::body::Incoming>) -> Fut
+        + Clone
+        + Send
+        + Sync
+        + 'static,
+    Fut: std::future::Future<Output = Result<http::Response<B>, std::convert::Infallible>>
+        + Send
+        + 'static,
+    B: hyper::body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    crate::env::runtime().spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let (state, handle) = (state.clone(), handle.clone());
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(move |req| handle.clone()(state.clone(), req));
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -237,38 +271,4 @@ mod tests {
         let port = free_port();
         assert!(wait_for_port(port, Duration::from_millis(300)).is_err());
     }
-}
-
-/// Serves HTTP/1.1 on `listener` with `handle(state, request)` for every request, on the shared runtime, until
-/// the returned task is aborted: the accept loop the test servers (token issuer, rate-limiting front) share.
-pub(crate) fn spawn_http1<S, F, Fut, B>(
-    listener: tokio::net::TcpListener,
-    state: std::sync::Arc<S>,
-    handle: F,
-) -> tokio::task::JoinHandle<()>
-where
-    S: Send + Sync + 'static,
-    F: Fn(std::sync::Arc<S>, http::Request<hyper::body::Incoming>) -> Fut
-        + Clone
-        + Send
-        + Sync
-        + 'static,
-    Fut: std::future::Future<Output = Result<http::Response<B>, std::convert::Infallible>>
-        + Send
-        + 'static,
-    B: hyper::body::Body + Send + 'static,
-    B::Data: Send,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-{
-    crate::env::runtime().spawn(async move {
-        while let Ok((stream, _)) = listener.accept().await {
-            let (state, handle) = (state.clone(), handle.clone());
-            tokio::spawn(async move {
-                let svc = hyper::service::service_fn(move |req| handle.clone()(state.clone(), req));
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
-                    .await;
-            });
-        }
-    })
 }
