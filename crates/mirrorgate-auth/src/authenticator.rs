@@ -21,6 +21,12 @@
 //!    everyone: logging in would not help) — rules speak of repositories, so a listing of the upstream
 //!    cannot be narrowed to them, and it would be fetched with the route's own upstream credentials.
 //!
+//! API tokens (see [`crate::ApiTokens`]) come as the Basic password with any user name: a password with the
+//! `mgt_` prefix is checked against the token file (SHA-256, no bcrypt) when `api_tokens` is configured. The
+//! identity is `token:<name>` in the token's tenant, and its own scope narrows that tenant's rules — here, at
+//! `/token`, and for JWTs issued to it (whose subject `token:<name>` must still name a usable token). Wrong
+//! tokens count towards a per-source lockout with the same policy as wrong passwords.
+//!
 //! A bearer token names the user (or nobody) and the repositories it covers, but not the route host:
 //! the tenant's rules are checked again on every request, so a token fetched on one route cannot
 //! widen access on another.
@@ -28,17 +34,20 @@
 use std::net::IpAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::{Instant, SystemTime};
 
 use arc_swap::ArcSwap;
 use http::HeaderValue;
 
+use crate::api_tokens::{ApiTokens, API_TOKEN_PREFIX, API_TOKEN_USER_PREFIX};
 use crate::error::AuthError;
 use crate::header::{parse_authorization, Credentials};
 use crate::htpasswd::UserStore;
 use crate::identity::{AuthMethod, Identity};
 use crate::key::TokenKey;
-use crate::password::{PasswordChecker, PasswordPolicy};
+use crate::password::{source_key, PasswordChecker, PasswordPolicy, THROTTLE_CAPACITY};
 use crate::tenants::{Action, TenantSpec, Tenants};
+use crate::throttle::FailureThrottle;
 use crate::token::{
     grant_access, password_fingerprint, Grant, TokenIssuer, TokenRequest, TokenResponse, TokenSpec,
 };
@@ -50,6 +59,8 @@ use crate::verify::TokenVerifier;
 pub struct AuthSpec {
     /// htpasswd file (bcrypt lines); `None`: no Basic users.
     pub htpasswd: Option<PathBuf>,
+    /// API token file (`mirrorgate token`); `None`: no API tokens.
+    pub api_tokens: Option<PathBuf>,
     /// Token server settings; `None`: no token endpoint, Basic challenges.
     pub token: Option<TokenSpec>,
     /// Tenants and their rules.
@@ -100,6 +111,9 @@ pub struct Authenticator {
     tenants: ArcSwap<Tenants>,
     issuer: Option<TokenIssuer>,
     verifier: Option<TokenVerifier>,
+    api_tokens: Option<Arc<ApiTokens>>,
+    /// Wrong API tokens, per source (address or IPv6 /64): locked out like wrong passwords.
+    token_failures: FailureThrottle<IpAddr>,
 }
 
 impl Authenticator {
@@ -115,7 +129,22 @@ impl Authenticator {
             Some(t) => Some((Arc::new(TokenKey::load_or_generate(&t.key_path)?), t)),
             None => None,
         };
-        Self::from_parts(users, Tenants::new(spec.tenants)?, token, &spec.password)
+        let auth = Self::from_parts(users, Tenants::new(spec.tenants)?, token, &spec.password)?;
+        Ok(match spec.api_tokens {
+            Some(path) => auth.with_api_tokens(Arc::new(ApiTokens::load(path)?)),
+            None => auth,
+        })
+    }
+
+    /// Adds API tokens (see the module docs).
+    pub fn with_api_tokens(mut self, tokens: Arc<ApiTokens>) -> Self {
+        self.api_tokens = Some(tokens);
+        self
+    }
+
+    /// The API tokens, for spawning [`ApiTokens::watch`].
+    pub fn api_tokens(&self) -> Option<&Arc<ApiTokens>> {
+        self.api_tokens.as_ref()
     }
 
     /// Builds from already-loaded parts (tests, or an integrator that loads them itself).
@@ -138,6 +167,13 @@ impl Authenticator {
             tenants: ArcSwap::from_pointee(tenants),
             issuer,
             verifier,
+            api_tokens: None,
+            token_failures: FailureThrottle::new(
+                policy.max_failures,
+                policy.failure_window,
+                policy.lockout,
+                THROTTLE_CAPACITY,
+            ),
         })
     }
 
@@ -171,8 +207,7 @@ impl Authenticator {
         let tenants = self.tenants.load();
         match authorization.map(parse_authorization).transpose()? {
             Some(Credentials::Basic { user, password }) => {
-                self.check_password(&tenants, &user, &password, peer_ip)
-                    .await
+                self.check_basic(&tenants, &user, &password, peer_ip).await
             }
             Some(Credentials::Bearer(token)) => {
                 let verifier = self
@@ -193,6 +228,18 @@ impl Authenticator {
                         tenant,
                         user: None,
                         method: AuthMethod::Bearer,
+                        scope: None,
+                    });
+                }
+                if let Some(name) = claims.sub.strip_prefix(API_TOKEN_USER_PREFIX) {
+                    // Issued to an API token: it must still be usable (revocation and expiry reach JWTs too).
+                    let tokens = self.api_tokens.as_ref().ok_or(AuthError::ApiTokenRevoked)?;
+                    let t = tokens.by_name(name, SystemTime::now())?;
+                    return Ok(Identity {
+                        tenant: Some(t.tenant),
+                        user: Some(t.user),
+                        method: AuthMethod::Bearer,
+                        scope: Some(t.scope),
                     });
                 }
                 if !self.users().is_some_and(|u| u.contains(&claims.sub)) {
@@ -205,9 +252,53 @@ impl Authenticator {
                     tenant,
                     user: Some(Arc::from(claims.sub.as_str())),
                     method: AuthMethod::Bearer,
+                    scope: None,
                 })
             }
             None => self.without_credentials(&tenants, peer_ip, req.route_anonymous),
+        }
+    }
+
+    /// Basic credentials: an API token when the password has the token prefix and tokens are configured,
+    /// else an htpasswd password.
+    async fn check_basic(
+        &self,
+        tenants: &Tenants,
+        user: &str,
+        password: &str,
+        peer_ip: IpAddr,
+    ) -> Result<Identity, AuthError> {
+        match &self.api_tokens {
+            Some(tokens) if password.starts_with(API_TOKEN_PREFIX) => {
+                self.check_api_token(tokens, password, peer_ip)
+            }
+            _ => self.check_password(tenants, user, password, peer_ip).await,
+        }
+    }
+
+    /// One token check: refused without looking while the source is locked out; every failure counts.
+    fn check_api_token(
+        &self,
+        tokens: &ApiTokens,
+        presented: &str,
+        peer_ip: IpAddr,
+    ) -> Result<Identity, AuthError> {
+        let source = source_key(peer_ip);
+        let now = Instant::now();
+        self.token_failures
+            .check(&source, now)
+            .map_err(|retry_after| AuthError::Throttled { retry_after })?;
+        match tokens.verify(presented, SystemTime::now()) {
+            Ok(t) => Ok(Identity {
+                tenant: Some(t.tenant),
+                user: Some(t.user),
+                method: AuthMethod::ApiToken,
+                scope: Some(t.scope),
+            }),
+            Err(e) => {
+                self.token_failures.record_failure(&source, now);
+                Err(e)
+            }
         }
     }
 
@@ -225,6 +316,7 @@ impl Authenticator {
             tenant,
             user: Some(Arc::from(user)),
             method: AuthMethod::Basic,
+            scope: None,
         })
     }
 
@@ -239,6 +331,7 @@ impl Authenticator {
                 tenant: Some(tenant.clone()),
                 user: None,
                 method: AuthMethod::Network,
+                scope: None,
             })
         } else if anonymous {
             Ok(Identity::anonymous())
@@ -302,6 +395,13 @@ impl Authenticator {
         repo: &str,
         action: Action,
     ) -> bool {
+        if identity
+            .scope
+            .as_ref()
+            .is_some_and(|s| !s.allows(route_host, repo, action))
+        {
+            return false;
+        }
         match (&identity.tenant, &identity.user) {
             (Some(t), _) => tenants.allows(t, route_host, repo, action),
             (None, Some(_)) => tenants.allows_untenanted_user(action),
@@ -334,14 +434,14 @@ impl Authenticator {
         let tenants = self.tenants.load();
         let (identity, may_refresh) = match &request.grant {
             Grant::Password { username, password } => (
-                self.check_password(&tenants, username, password, peer_ip)
+                self.check_basic(&tenants, username, password, peer_ip)
                     .await?,
                 true,
             ),
             Grant::RefreshToken(token) => (self.identity_from_refresh(&tenants, token)?, false),
             Grant::Header => match authorization.map(parse_authorization).transpose()? {
                 Some(Credentials::Basic { user, password }) => (
-                    self.check_password(&tenants, &user, &password, peer_ip)
+                    self.check_basic(&tenants, &user, &password, peer_ip)
                         .await?,
                     true,
                 ),
@@ -406,6 +506,7 @@ impl Authenticator {
             tenant,
             user: Some(Arc::from(claims.sub.as_str())),
             method: AuthMethod::Bearer,
+            scope: None,
         })
     }
 
@@ -483,6 +584,7 @@ mod tests {
         .unwrap();
         let spec = AuthSpec {
             htpasswd: Some(htpasswd.clone()),
+            api_tokens: None,
             token: Some(TokenSpec {
                 key_path: dir.path().join("token-key.pem"),
                 issuer: "mirrorgate".into(),
@@ -1137,5 +1239,201 @@ mod tests {
             plain.challenge("a\"b", None, Action::Pull, None),
             "Basic realm=\"a\\\"b\""
         );
+    }
+
+    /// Adds an API token file to a fixture's authenticator; returns the tokens made (by name).
+    fn with_tokens(f: Fixture, specs: &[crate::NewTokenSpec]) -> (Fixture, Vec<crate::NewToken>) {
+        let path = f._dir.path().join("api-tokens");
+        let made: Vec<_> = specs
+            .iter()
+            .map(|s| crate::create_token(s, std::time::SystemTime::now()).unwrap())
+            .collect();
+        let records: Vec<_> = made.iter().map(|t| t.record.clone()).collect();
+        crate::write_token_file(&path, &records).unwrap();
+        let tokens = Arc::new(ApiTokens::load(&path).unwrap());
+        let Fixture {
+            _dir,
+            htpasswd,
+            auth,
+        } = f;
+        let auth = auth.with_api_tokens(tokens);
+        (
+            Fixture {
+                _dir,
+                htpasswd,
+                auth,
+            },
+            made,
+        )
+    }
+
+    fn token_spec(name: &str, tenant: &str, allow: &[&str], push: bool) -> crate::NewTokenSpec {
+        crate::NewTokenSpec {
+            name: name.into(),
+            tenant: tenant.into(),
+            allow: allow.iter().map(|s| s.to_string()).collect(),
+            push,
+            expires_in: None,
+        }
+    }
+
+    // Pins issue 16 (API tokens): a token is the Basic password under any user name; the identity is
+    // `token:<name>` in its tenant; grants are its scope ∩ the tenant's rules (push only with the flag,
+    // another tenant's repository is 403); the user name never matters.
+    #[tokio::test]
+    async fn api_token_as_basic_password_scope_meets_tenant() {
+        let (f, t) = with_tokens(
+            fixture(acme()),
+            &[
+                token_spec("ci-pull", "acme", &[], false),
+                token_spec("ci-push", "acme", &["docker.example/acme/*"], true),
+            ],
+        );
+        let pull = req(Some("library/alpine"), Action::Pull, false);
+        let id = f
+            .auth
+            .identify(Some(&basic("whoever", &t[0].token)), LOOPBACK, &pull)
+            .await
+            .unwrap();
+        assert_eq!(id.user.as_deref(), Some("token:ci-pull"));
+        assert_eq!(id.tenant.as_deref(), Some("acme"));
+        assert_eq!(id.method, AuthMethod::ApiToken);
+        f.auth.authorize(&id, &pull).unwrap();
+        // The tenant allows push to acme/*, but this token has no push flag.
+        let push = req(Some("acme/app"), Action::Push, false);
+        assert_eq!(
+            f.auth.authorize(&id, &push).unwrap_err().kind(),
+            ErrorKind::Denied
+        );
+        // The pushing token may push acme/* but its scope leaves out library/*, which its tenant allows.
+        let pusher = f
+            .auth
+            .identify(Some(&basic("ci-push", &t[1].token)), OFFICE, &push)
+            .await
+            .unwrap();
+        assert_eq!(
+            pusher.tenant.as_deref(),
+            Some("acme"),
+            "credentials win over the network"
+        );
+        f.auth.authorize(&pusher, &push).unwrap();
+        assert!(matches!(
+            f.auth.authorize(&pusher, &pull),
+            Err(AuthError::Denied { .. })
+        ));
+        // Another tenant's repository (office may pull docker.example/*, acme may not pull other/*).
+        let other = req(Some("other/app"), Action::Pull, false);
+        assert!(matches!(
+            f.auth.authorize(&id, &other),
+            Err(AuthError::Denied { .. })
+        ));
+        // A wrong secret with the right prefix is 401, never a password check.
+        let e = f
+            .auth
+            .identify(
+                Some(&basic("alice", &format!("{}x", t[0].token))),
+                LOOPBACK,
+                &pull,
+            )
+            .await
+            .unwrap_err();
+        assert!(matches!(e, AuthError::ApiTokenInvalid));
+        assert_eq!(e.kind(), ErrorKind::Unauthorized);
+    }
+
+    // Pins issue 16: at `/token` an API token works like a password; the JWT's subject is `token:<name>`,
+    // carries only the scope ∩ tenant grants, and stops working once the token is revoked (on reload).
+    #[tokio::test]
+    async fn api_token_at_token_endpoint_and_revocation() {
+        let (f, t) = with_tokens(
+            fixture(acme()),
+            &[token_spec(
+                "ci",
+                "acme",
+                &["docker.example/library/*"],
+                false,
+            )],
+        );
+        let q = TokenRequest::from_query(
+            "service=mirrorgate&scope=repository:library/alpine:pull&scope=repository:acme/app:pull,push",
+        )
+        .unwrap();
+        let resp = f
+            .auth
+            .token(
+                &q,
+                Some(&basic("ci", &t[0].token)),
+                LOOPBACK,
+                "docker.example",
+                false,
+            )
+            .await
+            .unwrap();
+        let pull = req(Some("library/alpine"), Action::Pull, false);
+        let id = f
+            .auth
+            .identify(Some(&bearer(&resp.token)), LOOPBACK, &pull)
+            .await
+            .unwrap();
+        assert_eq!(id.to_string(), "acme/token:ci");
+        f.auth.authorize(&id, &pull).unwrap();
+        let e = f
+            .auth
+            .identify(
+                Some(&bearer(&resp.token)),
+                LOOPBACK,
+                &req(Some("acme/app"), Action::Pull, false),
+            )
+            .await
+            .unwrap_err();
+        assert!(matches!(e, AuthError::InsufficientScope { .. }), "{e:?}");
+
+        let tokens = f.auth.api_tokens().unwrap();
+        let mut records = crate::read_token_file(tokens.path()).unwrap();
+        records[0].revoked = Some(1);
+        crate::write_token_file(tokens.path(), &records).unwrap();
+        assert!(tokens.reload().unwrap());
+        let e = f
+            .auth
+            .identify(Some(&bearer(&resp.token)), LOOPBACK, &pull)
+            .await
+            .unwrap_err();
+        assert!(matches!(e, AuthError::ApiTokenRevoked), "{e:?}");
+        let e = f
+            .auth
+            .identify(Some(&basic("ci", &t[0].token)), LOOPBACK, &pull)
+            .await
+            .unwrap_err();
+        assert!(matches!(e, AuthError::ApiTokenRevoked), "{e:?}");
+    }
+
+    // Pins issue 16 (bad input): wrong tokens lock the source out like wrong passwords — past the limit even
+    // the right token is refused (429) from that source, while another source still gets in.
+    #[tokio::test]
+    async fn wrong_api_tokens_lock_the_source_out() {
+        let (f, t) = with_tokens(fixture(acme()), &[token_spec("ci", "acme", &[], false)]);
+        let pull = req(Some("library/alpine"), Action::Pull, false);
+        for _ in 0..PasswordPolicy::default().max_failures {
+            let e = f
+                .auth
+                .identify(
+                    Some(&basic("ci", "mgt_0000000000000000_nope")),
+                    LOOPBACK,
+                    &pull,
+                )
+                .await
+                .unwrap_err();
+            assert!(matches!(e, AuthError::ApiTokenInvalid));
+        }
+        let e = f
+            .auth
+            .identify(Some(&basic("ci", &t[0].token)), LOOPBACK, &pull)
+            .await
+            .unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Throttled, "{e:?}");
+        f.auth
+            .identify(Some(&basic("ci", &t[0].token)), OFFICE, &pull)
+            .await
+            .unwrap();
     }
 }

@@ -28,6 +28,25 @@ pub enum AuthError {
     /// A user name the htpasswd file does not hold (bcrypt still ran, against a dummy hash).
     #[error("invalid username or password")]
     UnknownUser,
+    /// A Basic password with the API token prefix that is no current token: unknown id, wrong secret or
+    /// malformed. Says nothing about which.
+    #[error("invalid API token")]
+    ApiTokenInvalid,
+    /// The right API token, past its expiry.
+    #[error("API token expired")]
+    ApiTokenExpired,
+    /// The right API token, revoked (or, for a JWT issued to one, no longer in the file).
+    #[error("API token revoked")]
+    ApiTokenRevoked,
+    /// The API token file is unreadable as JSON or inconsistent. The reason names fields and lines only: the
+    /// file holds hashes, never secrets.
+    #[error("API token file {}: {reason}", path.display())]
+    ApiTokenFile {
+        /// The file that was read.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
     /// A bearer token failed signature, algorithm, issuer or audience checks.
     #[error("invalid token")]
     InvalidToken(#[source] jsonwebtoken::errors::Error),
@@ -145,6 +164,9 @@ impl AuthError {
             | AuthError::MalformedHeader(_)
             | AuthError::BadCredentials
             | AuthError::UnknownUser
+            | AuthError::ApiTokenInvalid
+            | AuthError::ApiTokenExpired
+            | AuthError::ApiTokenRevoked
             | AuthError::InvalidToken(_)
             | AuthError::ExpiredToken(_)
             | AuthError::TokenRejected(_)
@@ -154,6 +176,7 @@ impl AuthError {
             AuthError::InvalidRequest(_) => ErrorKind::BadRequest,
             AuthError::Htpasswd { .. }
             | AuthError::Io { .. }
+            | AuthError::ApiTokenFile { .. }
             | AuthError::Key { .. }
             | AuthError::KeyGen(_)
             | AuthError::Sign(_)

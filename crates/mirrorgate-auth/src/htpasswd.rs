@@ -241,8 +241,6 @@ pub(crate) struct Snapshot {
 pub struct UserStore {
     path: Option<PathBuf>,
     current: ArcSwap<Snapshot>,
-    /// Content hash of the last file we failed to load, so the watcher logs each broken version once.
-    last_failed: std::sync::Mutex<Option<[u8; 32]>>,
 }
 
 impl UserStore {
@@ -255,7 +253,6 @@ impl UserStore {
         Ok(UserStore {
             current: ArcSwap::from_pointee(snapshot(users, 0, digest(&bytes))),
             path: Some(path),
-            last_failed: std::sync::Mutex::new(None),
         })
     }
 
@@ -264,7 +261,6 @@ impl UserStore {
         UserStore {
             current: ArcSwap::from_pointee(snapshot(users, 0, [0; 32])),
             path: None,
-            last_failed: std::sync::Mutex::new(None),
         }
     }
 
@@ -318,44 +314,10 @@ impl UserStore {
         let Some(path) = self.path.clone() else {
             return;
         };
-        let mut ticker = tokio::time::interval(interval);
-        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        ticker.tick().await;
-        loop {
-            tokio::select! {
-                () = cancel.cancelled() => return,
-                _ = ticker.tick() => {}
-            }
-            let bytes = match tokio::fs::read(&path).await {
-                Ok(b) => b,
-                Err(error) => {
-                    tracing::warn!(path = %path.display(), %error, "htpasswd unreadable; keeping current users");
-                    continue;
-                }
-            };
-            let hash = digest(&bytes);
-            if self
-                .last_failed
-                .lock()
-                .map(|g| *g == Some(hash))
-                .unwrap_or(false)
-            {
-                continue;
-            }
-            match self.apply(&path, &bytes) {
-                Ok(_) => {
-                    if let Ok(mut g) = self.last_failed.lock() {
-                        *g = None;
-                    }
-                }
-                Err(error) => {
-                    tracing::warn!(%error, "htpasswd reload failed; keeping current users");
-                    if let Ok(mut g) = self.last_failed.lock() {
-                        *g = Some(hash);
-                    }
-                }
-            }
-        }
+        crate::file_watch::poll(&path, "htpasswd", interval, cancel, false, |bytes| {
+            self.apply(&path, bytes)
+        })
+        .await;
     }
 }
 

@@ -3,6 +3,8 @@
 use std::fmt;
 use std::sync::Arc;
 
+use crate::api_tokens::TokenScope;
+
 /// How the client was identified.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum AuthMethod {
@@ -14,6 +16,8 @@ pub enum AuthMethod {
     Bearer,
     /// No credentials, but the source address is in a tenant's CIDR.
     Network,
+    /// An API token as the Basic password.
+    ApiToken,
 }
 
 impl AuthMethod {
@@ -24,6 +28,7 @@ impl AuthMethod {
             AuthMethod::Basic => "basic",
             AuthMethod::Bearer => "bearer",
             AuthMethod::Network => "network",
+            AuthMethod::ApiToken => "api_token",
         }
     }
 }
@@ -37,6 +42,9 @@ pub struct Identity {
     pub user: Option<Arc<str>>,
     /// How the client was identified.
     pub method: AuthMethod,
+    /// For an API token (directly or through a JWT issued to one): its own scope, which narrows the
+    /// tenant's rules. `None` for everyone else.
+    pub scope: Option<Arc<TokenScope>>,
 }
 
 impl Identity {
@@ -46,6 +54,7 @@ impl Identity {
             tenant: None,
             user: None,
             method: AuthMethod::Anonymous,
+            scope: None,
         }
     }
 
@@ -78,12 +87,14 @@ mod tests {
             tenant: Some("acme".into()),
             user: Some("alice".into()),
             method: AuthMethod::Basic,
+            scope: None,
         };
         assert_eq!(full.to_string(), "acme/alice");
         let net = Identity {
             tenant: Some("acme".into()),
             user: None,
             method: AuthMethod::Network,
+            scope: None,
         };
         assert_eq!(net.to_string(), "acme");
         assert_eq!(Identity::anonymous().to_string(), "anonymous");

@@ -13,13 +13,17 @@
 //! - `tenants`, `identity`: users and networks → tenants → `allow` rules per route host and repository;
 //! - `key`, `token`, `verify`: the ES256 token server that distribution 2.8 (`docker-registry`) accepts,
 //!   and the verifier for our own tokens;
+//! - `api_tokens`: robot accounts — scoped, expiring, revocable tokens used as Basic passwords, stored
+//!   as SHA-256 hashes in a file polled like htpasswd (`file_watch`);
 //! - `authenticator`: the facade tying these together.
 //!
 //! Secrets (passwords, tokens, hashes, keys) never appear in errors, `Debug` output or logs.
 
+mod api_tokens;
 mod authenticator;
 mod cache;
 mod error;
+mod file_watch;
 mod header;
 mod htpasswd;
 mod identity;
@@ -30,6 +34,10 @@ mod throttle;
 mod token;
 mod verify;
 
+pub use api_tokens::{
+    create_token, read_token_file, write_token_file, ApiTokenRecord, ApiTokens, NewToken,
+    NewTokenSpec, TokenScope, VerifiedToken, API_TOKEN_PREFIX, API_TOKEN_USER_PREFIX,
+};
 pub use authenticator::{AccessRequest, AuthSpec, Authenticator, Resource};
 pub use error::{
     AuthError, ErrorKind, HeaderError, HtpasswdErrors, HtpasswdLineError, HtpasswdProblem,

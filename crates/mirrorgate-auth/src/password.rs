@@ -67,7 +67,7 @@ impl Default for PasswordPolicy {
 }
 
 /// Bound on the number of tracked addresses and user names in the failure throttles.
-const THROTTLE_CAPACITY: usize = 100_000;
+pub(crate) const THROTTLE_CAPACITY: usize = 100_000;
 
 /// The delay added before bcrypt for a user with `max_failures` recent failures from anywhere: long enough to
 /// cut a distributed guesser's rate per connection, short enough that the real user barely notices.
@@ -75,7 +75,7 @@ pub const USER_SLOWDOWN: Duration = Duration::from_secs(1);
 
 /// The key a client's failures are counted under: its address, or its /64 for IPv6 (IPv4-mapped addresses
 /// count as IPv4).
-fn source_key(ip: IpAddr) -> IpAddr {
+pub(crate) fn source_key(ip: IpAddr) -> IpAddr {
     match ip.to_canonical() {
         IpAddr::V6(v6) => IpAddr::V6(std::net::Ipv6Addr::from(
             u128::from(v6) & !((1u128 << 64) - 1),

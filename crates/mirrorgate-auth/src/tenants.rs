@@ -88,8 +88,8 @@ impl fmt::Display for Action {
     }
 }
 
-#[derive(Debug, Clone)]
-struct Rule {
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Rule {
     /// The right the rule's prefix names: `Pull` (none), `Push` (`push:`) or `Delete` (`delete:`).
     right: Action,
     host: String,
@@ -97,7 +97,7 @@ struct Rule {
 }
 
 impl Rule {
-    fn parse(pattern: &str) -> Result<Rule, String> {
+    pub(crate) fn parse(pattern: &str) -> Result<Rule, String> {
         let Some((head, repo)) = pattern.split_once('/') else {
             return Err(format!(
                 "allow pattern '{pattern}' must be '[push:|delete:]<route host>/<repository pattern>'"
@@ -136,7 +136,7 @@ impl Rule {
         )
     }
 
-    fn matches(&self, route_host: &str, repo: &str, action: Action) -> bool {
+    pub(crate) fn matches(&self, route_host: &str, repo: &str, action: Action) -> bool {
         self.grants(action) && glob(&self.host, route_host) && glob(&self.repo, repo)
     }
 }
