@@ -129,6 +129,9 @@ pub enum AcmeChallenge {
 #[derive(Debug, Clone, Default)]
 pub struct AuthConfig {
     pub htpasswd: Option<PathBuf>,
+    /// `api_tokens`: the API token file made by `mirrorgate token` (relative to the config file). It may not
+    /// exist yet: the first `mirrorgate token create` makes it, and the gateway picks it up on its next poll.
+    pub api_tokens: Option<PathBuf>,
     pub token: Option<TokenConfig>,
 }
 

@@ -88,6 +88,7 @@ pub(crate) struct RawAcme {
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawAuth {
     pub htpasswd: Option<S<String>>,
+    pub api_tokens: Option<S<String>>,
     pub token: Option<S<RawToken>>,
 }
 

@@ -836,6 +836,7 @@ fn auth(v: &mut Validator<'_>, raw: Option<&S<RawAuth>>) -> AuthConfig {
         .htpasswd
         .as_ref()
         .and_then(|p| v.readable_file(p, "auth.htpasswd"));
+    let api_tokens = r.api_tokens.as_ref().map(|p| v.path(p.get_ref()));
     let token = r.token.as_ref().map(|t| {
         let t = t.get_ref();
         TokenConfig {
@@ -855,7 +856,11 @@ fn auth(v: &mut Validator<'_>, raw: Option<&S<RawAuth>>) -> AuthConfig {
             ttl: v.duration(&t.ttl, "auth.token.ttl", defaults::TOKEN_TTL),
         }
     });
-    AuthConfig { htpasswd, token }
+    AuthConfig {
+        htpasswd,
+        api_tokens,
+        token,
+    }
 }
 
 /// `[push:|delete:]route-host/repository-pattern`. Route hosts carry no port, so a `:` before the first `/` ends

@@ -71,6 +71,12 @@ pub enum AuthFailureReason {
     ExpiredToken,
     /// Authenticated, but not allowed this route, repository or action.
     Forbidden,
+    /// A Basic password with the API token prefix that is no token: unknown id or wrong secret.
+    BadApiToken,
+    /// The right API token, past its expiry.
+    ExpiredApiToken,
+    /// The right API token, revoked.
+    RevokedApiToken,
 }
 
 impl AuthFailureReason {
@@ -84,6 +90,9 @@ impl AuthFailureReason {
             Self::InvalidToken => "invalid_token",
             Self::ExpiredToken => "expired_token",
             Self::Forbidden => "forbidden",
+            Self::BadApiToken => "bad_api_token",
+            Self::ExpiredApiToken => "expired_api_token",
+            Self::RevokedApiToken => "revoked_api_token",
         }
     }
 }

@@ -343,6 +343,9 @@ impl Metrics {
             AuthFailureReason::InvalidToken,
             AuthFailureReason::ExpiredToken,
             AuthFailureReason::Forbidden,
+            AuthFailureReason::BadApiToken,
+            AuthFailureReason::ExpiredApiToken,
+            AuthFailureReason::RevokedApiToken,
         ] {
             auth_failures.with_label_values(&[reason.as_str()]);
         }

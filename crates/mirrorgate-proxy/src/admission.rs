@@ -173,6 +173,9 @@ fn failure_reason(e: &AuthError) -> Option<AuthFailureReason> {
         AuthError::UnknownUser => AuthFailureReason::UnknownUser,
         AuthError::BadCredentials => AuthFailureReason::BadPassword,
         AuthError::ExpiredToken(_) => AuthFailureReason::ExpiredToken,
+        AuthError::ApiTokenInvalid => AuthFailureReason::BadApiToken,
+        AuthError::ApiTokenExpired => AuthFailureReason::ExpiredApiToken,
+        AuthError::ApiTokenRevoked => AuthFailureReason::RevokedApiToken,
         AuthError::InvalidToken(_)
         | AuthError::TokenRejected(_)
         | AuthError::InsufficientScope { .. } => AuthFailureReason::InvalidToken,

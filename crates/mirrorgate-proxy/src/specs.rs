@@ -9,7 +9,10 @@ use mirrorgate_limits::{AnonymousLimits, LimitsSpec, SharedSpec, TenantLimits};
 
 /// Whether the config asks for client authentication at all; without `[auth]` every route is open.
 pub fn auth_enabled(config: &Config) -> bool {
-    config.auth.htpasswd.is_some() || config.auth.token.is_some() || !config.tenants.is_empty()
+    config.auth.htpasswd.is_some()
+        || config.auth.api_tokens.is_some()
+        || config.auth.token.is_some()
+        || !config.tenants.is_empty()
 }
 
 pub fn tenant_specs(config: &Config) -> Vec<TenantSpec> {
@@ -28,6 +31,7 @@ pub fn tenant_specs(config: &Config) -> Vec<TenantSpec> {
 pub fn auth_spec(config: &Config) -> AuthSpec {
     AuthSpec {
         htpasswd: config.auth.htpasswd.clone(),
+        api_tokens: config.auth.api_tokens.clone(),
         token: config.auth.token.as_ref().map(|t| TokenSpec {
             key_path: t.key.clone(),
             issuer: t.issuer.clone(),

@@ -9,6 +9,7 @@ mod run;
 mod storage_check;
 mod telemetry;
 mod tls_setup;
+mod token_cmd;
 mod usage_cmd;
 
 use std::path::PathBuf;
@@ -43,6 +44,8 @@ enum Command {
     ClientConfig(client_config::Args),
     /// Export the usage ledger (per day, tenant, user, route or repository) as a table, CSV or JSON.
     Usage(usage_cmd::Args),
+    /// Create, list or revoke API tokens (robot accounts) in the `[auth] api_tokens` file.
+    Token(token_cmd::Args),
 }
 
 fn main() -> ExitCode {
@@ -53,5 +56,6 @@ fn main() -> ExitCode {
         Command::Htpasswd(args) => htpasswd_cmd::main(args),
         Command::ClientConfig(args) => client_config::main(&args),
         Command::Usage(args) => usage_cmd::main(&args),
+        Command::Token(args) => token_cmd::main(&args),
     }
 }

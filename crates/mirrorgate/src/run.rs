@@ -119,6 +119,11 @@ async fn serve(path: PathBuf, checked: check::Checked, nofile: Option<u64>) -> a
             let cancel = shutdown.clone();
             tokio::spawn(async move { users.watch(HTPASSWD_POLL, cancel).await });
         }
+        // API tokens are polled like htpasswd: a revocation reaches every replica within HTPASSWD_POLL.
+        if let Some(tokens) = auth.api_tokens().cloned() {
+            let cancel = shutdown.clone();
+            tokio::spawn(async move { tokens.watch(HTPASSWD_POLL, cancel).await });
+        }
         Some(auth)
     } else {
         None

@@ -552,3 +552,22 @@ fn usage_section() {
         "usage.keep"
     );
 }
+
+// Pins issue 16: `[auth] api_tokens` is a path relative to the config file that need not exist yet (the first
+// `mirrorgate token create` makes it); a typo next to it is still refused with its key.
+#[test]
+fn api_tokens_path_resolves_relative_and_may_be_missing() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = parse_in(
+        dir.path(),
+        &format!("{MINIMAL}\n[auth]\napi_tokens = \"robots.json\"\n"),
+    )
+    .unwrap();
+    assert_eq!(c.auth.api_tokens, Some(dir.path().join("robots.json")));
+    let e = parse_in(
+        dir.path(),
+        &format!("{MINIMAL}\n[auth]\napi_token = \"robots.json\"\n"),
+    )
+    .unwrap_err();
+    assert_eq!(e.0[0].key, "auth.api_token", "{e}");
+}
