@@ -14,6 +14,7 @@ use crate::skopeo::Outcome;
 pub struct Podman {
     dir: PathBuf,
     cert_dir: Option<PathBuf>,
+    creds: Option<String>,
     /// podman refuses a run root longer than 50 characters, so it lives in its own short `/tmp` folder.
     runroot: tempfile::TempDir,
 }
@@ -52,6 +53,7 @@ impl Podman {
         Ok(Self {
             dir,
             cert_dir: None,
+            creds: None,
             runroot,
         })
     }
@@ -59,6 +61,12 @@ impl Podman {
     /// Trust the CA in `<dir>/ca.crt` for every registry and mirror (see [`crate::TestCa::cert_dir`]).
     pub fn cert_dir(mut self, dir: &Path) -> Self {
         self.cert_dir = Some(dir.to_path_buf());
+        self
+    }
+
+    /// Send `user:pass` with every pull (`--creds`).
+    pub fn creds(mut self, user: &str, pass: &str) -> Self {
+        self.creds = Some(format!("{user}:{pass}"));
         self
     }
 
@@ -72,6 +80,9 @@ impl Podman {
             .arg(self.dir.join("auth.json"));
         if let Some(certs) = &self.cert_dir {
             cmd.arg("--cert-dir").arg(certs);
+        }
+        if let Some(creds) = &self.creds {
+            cmd.arg("--creds").arg(creds);
         }
         cmd.arg(image);
         Outcome::run(cmd)

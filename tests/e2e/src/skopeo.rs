@@ -124,6 +124,16 @@ impl Skopeo {
         Outcome::run(cmd)
     }
 
+    /// `skopeo copy SRC DEST` with this template's CA and credentials applied to the destination: a push
+    /// (e.g. from an `oci:` layout to `docker://` through the gateway).
+    pub fn push(&self, src: &str, dest: &str) -> anyhow::Result<Outcome> {
+        let mut cmd = self.base();
+        cmd.args(["copy", "--preserve-digests"]);
+        self.src_flags(&mut cmd, "dest-");
+        cmd.arg(src).arg(dest);
+        Outcome::run(cmd)
+    }
+
     /// Pulls `image` (`docker://host:port/repo:tag`) into an OCI layout at `dir` (tag `pulled`) and returns
     /// the layer digests it holds; fails with skopeo's stderr if the pull failed.
     pub fn pull(&self, image: &str, dir: &Path) -> anyhow::Result<Vec<String>> {
