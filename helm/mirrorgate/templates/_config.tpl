@@ -34,11 +34,14 @@ challenge = {{ .Values.tls.acme.challenge | toJson }}
 # no cert/key and no ACME: a self-signed certificate for every route host, made at start
 {{- end }}
 {{- $htpasswd := include "mirrorgate.htpasswdSecretName" . }}
-{{- if or $htpasswd .Values.auth.token.enabled }}
+{{- if or $htpasswd .Values.auth.token.enabled .Values.auth.apiTokensSecret }}
 
 [auth]
 {{- if $htpasswd }}
 htpasswd = "htpasswd"
+{{- end }}
+{{- if .Values.auth.apiTokensSecret }}
+api_tokens = "api-tokens.json"
 {{- end }}
 {{- if .Values.auth.token.enabled }}
 
