@@ -11,6 +11,7 @@
 //!   verified credentials, and failure lockouts per source and per (user, source);
 //! - `header`: the `Authorization` header;
 //! - `tenants`, `identity`: users and networks → tenants → `allow` rules per route host and repository;
+//! - `deny`: patterns over repositories, tags and digests that win over `allow`;
 //! - `key`, `token`, `verify`: the ES256 token server that distribution 2.8 (`docker-registry`) accepts,
 //!   and the verifier for our own tokens;
 //! - `authenticator`: the facade tying these together.
@@ -19,6 +20,7 @@
 
 mod authenticator;
 mod cache;
+mod deny;
 mod error;
 mod header;
 mod htpasswd;
@@ -31,6 +33,7 @@ mod token;
 mod verify;
 
 pub use authenticator::{AccessRequest, AuthSpec, Authenticator, Resource};
+pub use deny::{target as deny_target, DenyRule, DenyRules};
 pub use error::{
     AuthError, ErrorKind, HeaderError, HtpasswdErrors, HtpasswdLineError, HtpasswdProblem,
 };

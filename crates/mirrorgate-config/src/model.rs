@@ -147,6 +147,8 @@ pub struct TenantConfig {
     pub bytes_per_day: Option<NonZeroU64>,
     /// `route-host/repository-glob` patterns, `push:` prefixed for push, `delete:` for delete.
     pub allow: Vec<String>,
+    /// `route-host/repository-glob[:tag-glob|@digest-glob]` patterns refused even where `allow` matches.
+    pub deny: Vec<String>,
 }
 
 /// `[limits]`: defaults for anonymous clients, per source IP, and the shared-state switch.
@@ -187,6 +189,8 @@ pub struct Route {
     /// Upstreams a path-prefix or `?ns=` request may name, by the name clients use (`gcr.io`).
     pub upstreams: Vec<(String, Upstream)>,
     pub ns: bool,
+    /// Deny patterns for everyone on this route (same grammar as a tenant's `deny`).
+    pub deny: Vec<String>,
 }
 
 /// An upstream registry: its base URL (scheme, host, port; no path) and its own server-side credentials.

@@ -106,6 +106,8 @@ pub(crate) struct RawTenant {
     pub bytes_per_day: Option<S<RawSize>>,
     #[serde(default)]
     pub allow: Vec<S<String>>,
+    #[serde(default)]
+    pub deny: Vec<S<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -151,6 +153,8 @@ pub(crate) struct RawRoute {
     #[serde(default)]
     pub upstreams: BTreeMap<String, S<toml::Value>>,
     pub ns: Option<S<bool>>,
+    #[serde(default)]
+    pub deny: Vec<S<String>>,
 }
 
 /// An `upstreams` entry written as a table: the URL and that registry's own credentials. (Entries are read as

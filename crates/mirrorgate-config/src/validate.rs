@@ -584,6 +584,7 @@ fn route(v: &mut Validator<'_>, i: usize, raw: &S<RawRoute>) -> Option<Route> {
         path_prefix,
         upstreams,
         ns,
+        deny: deny_list(v, &r.deny, &k("deny")),
     })
 }
 
@@ -744,6 +745,42 @@ fn allow_pattern(s: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// `route-host/repository-pattern[:tag-pattern|@digest-pattern]`, no prefix: a deny rule refuses every action.
+/// (The auth crate parses the same grammar into its deny rules; this check gives the file, line and key.)
+fn deny_pattern(s: &str) -> Result<(), String> {
+    let hint = "write `route-host/repository-pattern`, optionally followed by `:tag-pattern` or `@digest-pattern` \
+                (e.g. \"docker.example/*:latest\")";
+    let Some((host, rest)) = s.split_once('/') else {
+        return Err(format!("`{s}`: {hint}"));
+    };
+    if host.contains(':') {
+        return Err(format!(
+            "`{s}`: a deny rule refuses every action and takes no `push:`/`delete:` prefix; {hint}"
+        ));
+    }
+    let (repo, reference) = match rest.split_once('@') {
+        Some((repo, digest)) => (repo, Some(digest)),
+        None => {
+            let last = rest.rsplit('/').next().unwrap_or(rest);
+            match last.split_once(':') {
+                Some((_, tag)) => (&rest[..rest.len() - tag.len() - 1], Some(tag)),
+                None => (rest, None),
+            }
+        }
+    };
+    let bad_ref = reference.is_some_and(|r| r.is_empty() || r.contains(['@', '/']));
+    if host.is_empty() || repo.is_empty() || repo.contains(['@', ':']) || bad_ref {
+        return Err(format!("`{s}`: {hint}"));
+    }
+    Ok(())
+}
+
+fn deny_list(v: &mut Validator<'_>, raw: &[S<String>], key: &str) -> Vec<String> {
+    raw.iter()
+        .filter_map(|d| v.check(d, key, |s| deny_pattern(s).map(|()| s.clone())))
+        .collect()
+}
+
 fn tenants(v: &mut Validator<'_>, raw: &[S<RawTenant>]) -> Vec<TenantConfig> {
     let mut names: HashMap<String, usize> = HashMap::new();
     let mut users: HashMap<String, String> = HashMap::new();
@@ -810,6 +847,7 @@ fn tenants(v: &mut Validator<'_>, raw: &[S<RawTenant>]) -> Vec<TenantConfig> {
             ),
             bytes_per_day: v.size(&r.bytes_per_day, &k("bytes_per_day")),
             allow: r.allow.iter().map(|a| a.get_ref().clone()).collect(),
+            deny: deny_list(v, &r.deny, &k("deny")),
         });
     }
     out

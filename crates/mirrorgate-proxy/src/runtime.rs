@@ -40,7 +40,7 @@ impl Runtime {
                     c
                 }
             };
-            routes.push(CompiledRoute::new(route.clone(), client));
+            routes.push(CompiledRoute::new(route.clone(), client).with_deny()?);
         }
         Ok(Runtime {
             router: Router::new(routes),

@@ -283,6 +283,34 @@ fn allow_prefixes() {
     assert!(e.to_string().contains("unknown prefix `remove:`"), "{e}");
 }
 
+// Pins issue 20 (deny rules): tenant and route `deny` lists take repository, tag and digest patterns; a prefix
+// or an empty part is refused with its line and key.
+#[test]
+fn deny_rules() {
+    let dir = tempfile::tempdir().unwrap();
+    let ok = format!(
+        "{MINIMAL}deny = [\"docker.test/*@sha256:*\"]\n[[tenant]]\nname = \"a\"\ndeny = [\"docker.test/*:latest\", \"docker.test/evil/*\"]\n"
+    );
+    let c = parse_in(dir.path(), &ok).unwrap();
+    assert_eq!(
+        c.tenants[0].deny,
+        ["docker.test/*:latest", "docker.test/evil/*"]
+    );
+    assert_eq!(c.routes[0].deny, ["docker.test/*@sha256:*"]);
+    let bad = format!(
+        "{MINIMAL}deny = [\"push:docker.test/*\"]\n[[tenant]]\nname = \"a\"\ndeny = [\n  \"docker.test/x:\",\n]\n"
+    );
+    let e = parse_in(dir.path(), &bad).unwrap_err();
+    let keys: Vec<(&str, usize)> = e.iter().map(|e| (e.key.as_str(), e.line)).collect();
+    let line = bad[..bad.find("docker.test/x:").unwrap()].lines().count();
+    let route_line = bad[..bad.find("push:").unwrap()].lines().count();
+    assert_eq!(
+        keys,
+        [("route[1].deny", route_line), ("tenant[1].deny", line)],
+        "{e}"
+    );
+}
+
 // Pins that a syntax error is located too.
 #[test]
 fn syntax_errors_are_located() {

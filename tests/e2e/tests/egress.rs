@@ -1,0 +1,156 @@
+//! The corporate egress point: deny rules that refuse tags, digests and whole repositories even where `allow`
+//! matches, and the audit trail of manifest pulls, pushes and refusals (docs: config.md "second round",
+//! README "Corporate egress").
+
+// The whole file is test code: a failed unwrap is a failed scenario (clippy only exempts `#[test]` fns).
+#![allow(clippy::unwrap_used)]
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use mirrorgate_e2e::htpasswd::{basic_auth, Htpasswd};
+use mirrorgate_e2e::{push, rewrite, route, Gateway, OciImage, Pushed, Registry, Stage};
+
+const MT_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+
+fn push_image(s: &Stage, registry: &Registry, name: &str, reference: &str) -> Pushed {
+    let image = OciImage::write_layout(
+        &s.t.sub(&format!("image-{name}")).unwrap(),
+        name,
+        "latest",
+        4 * 1024,
+    )
+    .unwrap();
+    push(&image, registry, reference, None).unwrap()
+}
+
+/// GET `path` on docker.test with `auth`: (status, body text).
+fn get(s: &Stage, path: &str, auth: &str) -> (u16, String) {
+    let resp = s.send(
+        &s.get("docker.test", path)
+            .with_header("accept", MT_MANIFEST)
+            .with_header("authorization", auth),
+    );
+    (resp.status, resp.text())
+}
+
+/// Sends SIGHUP and waits for the next "config reloaded" line.
+fn reload(gw: &Gateway, text: &str) {
+    let needle = "config reloaded";
+    let before = gw.log().matches(needle).count();
+    rewrite(gw.config_path(), text);
+    let pid = gw.pid().to_string();
+    assert!(Command::new("kill")
+        .args(["-HUP", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let start = Instant::now();
+    while gw.log().matches(needle).count() <= before {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "no reload within 10 s:\n{}",
+            gw.log()
+        );
+        std::thread::sleep(Duration::from_millis(25));
+    }
+}
+
+/// `[auth]`, one tenant allowed everything on docker.test but `tenant_deny`, and the route with `route_deny`.
+fn deny_rest(upstream: &Registry, tenant_deny: &str, route_deny: &str) -> String {
+    format!(
+        "[auth]\nhtpasswd = \"htpasswd\"\n\n\
+         [[tenant]]\nname = \"corp\"\nusers = [\"alice\"]\nallow = [\"docker.test/*\"]\ndeny = [{tenant_deny}]\n\n{}",
+        route(
+            "docker.test",
+            &upstream.url(),
+            &format!("deny = [{route_deny}]")
+        )
+        .replace("anonymous = true\n", "")
+    )
+}
+
+// Pins issue 20 (deny rules): a tenant's `*:latest` rule and a route's digest and repository rules refuse
+// manifest requests with 403 DENIED naming the rule, before the upstream is asked; allowed tags still pass;
+// blobs are covered by repository rules only (a digest rule does not follow a manifest to its blobs); and the
+// rules change with a config reload.
+#[test]
+fn deny_rules_refuse_tags_digests_and_repositories() {
+    let s = Stage::new("egress-deny");
+    let upstream = Registry::open(s.t.path(), "upstream").unwrap();
+    let latest = push_image(&s, &upstream, "app-latest", "library/app:latest");
+    let v1 = push_image(&s, &upstream, "app-v1", "library/app:v1");
+    let pinned = push_image(&s, &upstream, "pinned", "library/pinned:v2");
+    let evil = push_image(&s, &upstream, "evil", "evil/tool:v1");
+    Htpasswd::create(&s.t.path().join("htpasswd"), &[("alice", "alice-pw", 4)]).unwrap();
+    let route_deny = format!(
+        "\"docker.test/evil/*\", \"docker.test/library/pinned@{}\"",
+        pinned.manifest_digest
+    );
+    let gw = s.gateway(&deny_rest(
+        &upstream,
+        "\"docker.test/*:latest\"",
+        &route_deny,
+    ));
+    let alice = basic_auth("alice", "alice-pw");
+
+    // the tenant's tag rule wins over its allow rule, and the upstream is never asked
+    let asked = upstream.requests("/manifests/latest");
+    let (status, text) = get(&s, "/v2/library/app/manifests/latest", &alice);
+    assert_eq!(status, 403, "{text}");
+    assert!(text.contains("DENIED"), "{text}");
+    assert!(
+        text.contains("docker.test/*:latest"),
+        "the rule is named: {text}"
+    );
+    assert!(text.contains("tenant 'corp'"), "{text}");
+    assert_eq!(upstream.requests("/manifests/latest"), asked);
+    // other tags pass, and so does the denied tag's content by digest (a tag rule covers the tag only)
+    let (status, text) = get(&s, "/v2/library/app/manifests/v1", &alice);
+    assert_eq!(status, 200, "{text}");
+    let by_digest = format!("/v2/library/app/manifests/{}", latest.manifest_digest);
+    assert_eq!(get(&s, &by_digest, &alice).0, 200);
+    assert_eq!(
+        get(
+            &s,
+            &format!("/v2/library/app/manifests/{}", v1.manifest_digest),
+            &alice
+        )
+        .0,
+        200
+    );
+
+    // the route's digest rule refuses that manifest by digest, for everyone on the route
+    let (status, text) = get(
+        &s,
+        &format!("/v2/library/pinned/manifests/{}", pinned.manifest_digest),
+        &alice,
+    );
+    assert_eq!(status, 403, "{text}");
+    assert!(text.contains("route 'docker.test'"), "{text}");
+    // ... but blobs are not followed: the layer of the denied manifest is still served
+    let blob = format!("/v2/library/pinned/blobs/{}", pinned.layer_digests[0]);
+    assert_eq!(get(&s, &blob, &alice).0, 200);
+
+    // a rule without a reference covers the whole repository: manifests, blobs, tag lists
+    for path in [
+        "/v2/evil/tool/manifests/v1".to_string(),
+        format!("/v2/evil/tool/blobs/{}", evil.layer_digests[0]),
+        "/v2/evil/tool/tags/list".to_string(),
+    ] {
+        let (status, text) = get(&s, &path, &alice);
+        assert_eq!(status, 403, "{path}: {text}");
+        assert!(text.contains("docker.test/evil/*"), "{path}: {text}");
+    }
+
+    // rules reload live: without the tenant's tag rule `latest` is served, with a new one `v1` is refused
+    reload(
+        &gw,
+        &s.config(&deny_rest(&upstream, "\"docker.test/library/app:v*\"", "")),
+    );
+    let (status, text) = get(&s, "/v2/library/app/manifests/latest", &alice);
+    assert_eq!(status, 200, "{text}");
+    let (status, text) = get(&s, "/v2/library/app/manifests/v1", &alice);
+    assert_eq!(status, 403, "{text}");
+    assert_eq!(get(&s, "/v2/evil/tool/manifests/v1", &alice).0, 200);
+}
