@@ -228,6 +228,10 @@ def assert_rules(rendered, case, root):
                and toml["server"].get("allow_missing_sni") is False
                and toml["tenant"][0].get("tenant_concurrent_requests") == 256,
                f"server={toml['server']}, tenant[0]={toml['tenant'][0]}")
+        c.rule("tenant and route deny lists reach the TOML",
+               toml["tenant"][0].get("deny") == ["docker.example/*:latest"]
+               and toml["route"][0].get("deny") == ["docker.example/evil/*"],
+               f"tenant[0]={toml['tenant'][0]}, route[0]={toml['route'][0]}")
         c.rule("PDB guards the gateway pods",
                one(docs, "PodDisruptionBudget")["spec"]["selector"]["matchLabels"].items()
                <= pod["metadata"]["labels"].items(), "selector mismatch")

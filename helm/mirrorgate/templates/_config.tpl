@@ -57,7 +57,7 @@ ttl = {{ .Values.auth.token.ttl | toJson }}
 {{- range $i, $t := .Values.tenants }}
 
 [[tenant]]
-{{- include "mirrorgate.tomlKeys" (dict "v" $t "at" (printf "tenants[%d]" $i) "keys" (list "name" "users" "cidrs" "requests_per_second" "burst" "bytes_per_second" "concurrent_requests" "tenant_requests_per_second" "tenant_bytes_per_second" "tenant_concurrent_requests" "bytes_per_day" "allow")) }}
+{{- include "mirrorgate.tomlKeys" (dict "v" $t "at" (printf "tenants[%d]" $i) "keys" (list "name" "users" "cidrs" "requests_per_second" "burst" "bytes_per_second" "concurrent_requests" "tenant_requests_per_second" "tenant_bytes_per_second" "tenant_concurrent_requests" "bytes_per_day" "allow" "deny")) }}
 {{- end }}
 
 [limits]
@@ -77,7 +77,7 @@ redis = {{ $redisUrl | toJson }}
 {{- $plain := omit $r "endpoints" "rewrite" "upstreamCredentials" "upstreamCA" "upstream_username_env" "upstream_password_env" }}
 
 [[route]]
-{{- include "mirrorgate.tomlKeys" (dict "v" $plain "at" $at "keys" (list "host" "upstream" "anonymous" "docker_hub_library" "blob_redirects" "danger_allow_private_redirects" "path_prefix" "upstreams" "ns")) }}
+{{- include "mirrorgate.tomlKeys" (dict "v" $plain "at" $at "keys" (list "host" "upstream" "anonymous" "docker_hub_library" "blob_redirects" "danger_allow_private_redirects" "path_prefix" "upstreams" "ns" "deny")) }}
 {{- if $endpoints }}
 endpoints = {{ include "mirrorgate.tomlValue" $endpoints }}
 {{- end }}
