@@ -14,9 +14,9 @@ mod values;
 
 pub use error::{ConfigError, ConfigErrors};
 pub use model::{
-    AcmeChallenge, AcmeConfig, AnonymousLimits, AuthConfig, BlobRedirects, Config, Credentials,
-    HostPattern, LimitsConfig, LogFormat, Route, Secret, ServerConfig, TenantConfig, TlsConfig,
-    TlsSource, TokenConfig, Upstream,
+    AcmeChallenge, AcmeConfig, AnonymousLimits, AuditConfig, AuditTarget, AuthConfig,
+    BlobRedirects, Config, Credentials, HostPattern, LimitsConfig, LogFormat, Route, Secret,
+    ServerConfig, TenantConfig, TlsConfig, TlsSource, TokenConfig, Upstream,
 };
 
 use std::path::Path;

@@ -22,6 +22,27 @@ pub struct Config {
     pub tenants: Vec<TenantConfig>,
     pub limits: LimitsConfig,
     pub routes: Vec<Route>,
+    /// `[audit]`; `None` writes no audit trail.
+    pub audit: Option<AuditConfig>,
+}
+
+/// `[audit]`: one JSON line per manifest pull, push or delete and per refused request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditConfig {
+    pub target: AuditTarget,
+    /// The file is rotated (`file.1`, `file.2`, …) before a line would take it past this.
+    pub max_size: u64,
+    /// Rotated files kept; older ones are deleted.
+    pub keep: u32,
+}
+
+/// Where audit lines go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AuditTarget {
+    /// `file = "-"`: standard output (a collector reads the container's stdout).
+    Stdout,
+    /// A file, relative to the config file's folder; created if missing, appended to.
+    File(std::path::PathBuf),
 }
 
 impl Config {

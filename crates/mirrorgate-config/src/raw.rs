@@ -22,6 +22,16 @@ pub(crate) struct RawConfig {
     pub limits: Option<S<RawLimits>>,
     #[serde(default)]
     pub route: Vec<S<RawRoute>>,
+    #[serde(default)]
+    pub audit: Option<S<RawAudit>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawAudit {
+    pub file: S<String>,
+    pub max_size: Option<S<RawSize>>,
+    pub keep: Option<S<u32>>,
 }
 
 #[derive(Debug, Deserialize)]

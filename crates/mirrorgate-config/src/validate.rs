@@ -236,6 +236,7 @@ pub(crate) fn validate(path: &Path, text: &str) -> Result<Config, ConfigErrors> 
     let auth = auth(&mut v, raw.auth.as_ref());
     let tenants = tenants(&mut v, &raw.tenant);
     let limits = limits(&mut v, raw.limits.as_ref());
+    let audit = raw.audit.as_ref().map(|a| audit::audit(&mut v, a));
 
     if !v.errors.is_empty() {
         // Unknown keys first (they often explain what follows), then the rest in file order.
@@ -251,6 +252,7 @@ pub(crate) fn validate(path: &Path, text: &str) -> Result<Config, ConfigErrors> 
             tenants,
             limits,
             routes,
+            audit,
         }),
         None => Err(ConfigErrors::single(ConfigError::file_level(
             path,
@@ -884,5 +886,6 @@ fn limits(v: &mut Validator<'_>, raw: Option<&S<RawLimits>>) -> LimitsConfig {
     }
 }
 
+mod audit;
 #[cfg(test)]
 mod tests;

@@ -120,6 +120,8 @@ pub struct Metrics {
 
     config_reloads: IntCounterVec,
     config_last_reload_success: Gauge,
+
+    audit_dropped: IntCounterVec,
 }
 
 /// Registers families and remembers their names (for [`Metrics::family_names`]).
@@ -309,6 +311,11 @@ impl Metrics {
                 "Unix time of the last configuration load or reload that succeeded.",
             ),
         )?;
+        let audit_dropped = b.counter(
+            "mirrorgate_audit_dropped_total",
+            "Audit lines dropped because the writer fell behind (the request was served; its line is lost).",
+            &[],
+        )?;
         let build_info = b.int_gauge(
             "mirrorgate_build_info",
             "Always 1; the labels say which build is running.",
@@ -391,6 +398,7 @@ impl Metrics {
             acme_renewals,
             config_reloads,
             config_last_reload_success,
+            audit_dropped,
         }))
     }
 
@@ -573,6 +581,11 @@ impl Metrics {
             .inc();
     }
 
+    /// Counts an audit line the bounded queue had no room for.
+    pub fn audit_dropped(&self) {
+        self.audit_dropped.with_label_values::<&str>(&[]).inc();
+    }
+
     /// Records a configuration load or reload; a success also stamps the last-success time.
     pub fn config_reload(&self, outcome: Outcome) {
         self.config_reloads
@@ -714,6 +727,7 @@ pub(crate) mod tests {
     /// Calls every helper once, so every family has at least one series. The returned guard keeps one
     /// `https` connection open.
     fn exercise_all(m: &Metrics) -> ConnectionGuard {
+        m.audit_dropped();
         m.request_done(
             &get("docker.example"),
             200,
@@ -940,7 +954,7 @@ pub(crate) mod tests {
             .filter_map(|l| l.strip_prefix("# TYPE "))
             .filter_map(|l| l.split(' ').next())
             .collect();
-        assert_eq!(m.family_names().len(), 24);
+        assert_eq!(m.family_names().len(), 25);
         for name in m.family_names() {
             assert!(name.starts_with("mirrorgate_"), "{name}");
             assert!(typed.contains(name), "{name} not exposed");

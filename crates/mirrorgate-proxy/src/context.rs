@@ -30,6 +30,14 @@ pub struct RequestFacts {
     pub endpoint: Option<String>,
     pub tenant: Option<Arc<str>>,
     pub user: Option<Arc<str>>,
+    /// The repository as the client names it.
+    pub repository: Option<String>,
+    /// The client's address after `trusted_proxies` (the audit trail's `client`).
+    pub client: Option<IpAddr>,
+    /// The tag or digest a manifest request asked for.
+    pub reference: Option<String>,
+    /// The message of a refusal the gateway decided itself (for the audit trail).
+    pub refusal: Option<String>,
 }
 
 /// The fixed context of a routed request: the state it is served from and who asks for what. Built once by

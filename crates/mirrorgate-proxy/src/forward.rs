@@ -60,8 +60,13 @@ pub async fn serve(
         return crate::token_endpoint::serve_token(gw, route, req, &authority, client_ip).await;
     }
     // Phases 1–2: the plan.
+    facts.client = Some(client_ip);
     let mut plan = plan(route, &req)?;
     facts.kind = Some(plan.path.kind());
+    facts.repository = plan.client_repository();
+    if let RegistryPath::Manifest { reference, .. } = &plan.path {
+        facts.reference = Some(reference.to_string());
+    }
     let ctx = RequestCtx {
         gw,
         rt,

@@ -15,11 +15,13 @@
 //! - `forward`: the phase list and the endpoint loop; `upstream`: clients and endpoint health.
 //! - `upstream_auth`: the upstream token dance; `attempt`: one try at one endpoint.
 //! - `respond`, `redirect`: the upstream answer becomes the client's.
+//! - `audit`: the audit trail of manifest requests and refusals, written off the request path.
 //! - `headers`, `body`: header hygiene, streaming bodies; `error`: failures and their one rendering.
 //! - `runtime`, `specs`: the state built from a config, and config → auth/limits specs.
 
 mod admission;
 mod attempt;
+mod audit;
 mod body;
 mod connect;
 mod context;
@@ -38,6 +40,7 @@ mod token_endpoint;
 mod upstream;
 mod upstream_auth;
 
+pub use audit::{AuditError, AuditLog};
 pub use body::{BoxError, GatewayBody};
 pub use connect::{is_private, refused_by_guard, PrivateAddress};
 pub use error::{EndpointError, ProxyError, RedirectRefusal, Report};

@@ -6,12 +6,13 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use arc_swap::ArcSwap;
+use arc_swap::{ArcSwap, ArcSwapOption};
 use dashmap::DashMap;
 use mirrorgate_config::Config;
 use mirrorgate_metrics::Metrics;
 use mirrorgate_registry::{TokenCache, UpstreamAuthScheme};
 
+use crate::audit::AuditLog;
 use crate::error::ProxyError;
 use crate::router::{CompiledRoute, Router};
 use crate::upstream::UpstreamClient;
@@ -62,6 +63,8 @@ pub struct Gateway {
     /// Limits keep their state across reloads that do not change them (a reload must not hand everyone a fresh
     /// burst); a reload that changes limit values swaps in a new limiter.
     limiter: ArcSwap<mirrorgate_limits::Limiter>,
+    /// The audit trail, when `[audit]` is configured; swapped on reload when its settings change.
+    audit: ArcSwapOption<AuditLog>,
 }
 
 impl Gateway {
@@ -78,6 +81,7 @@ impl Gateway {
             metrics,
             auth,
             limiter: ArcSwap::new(limiter),
+            audit: ArcSwapOption::empty(),
         })
     }
 
@@ -94,6 +98,16 @@ impl Gateway {
     /// Swaps in a limiter built from changed limit values; admissions already granted keep their permits.
     pub fn replace_limiter(&self, limiter: Arc<mirrorgate_limits::Limiter>) {
         self.limiter.store(limiter);
+    }
+
+    /// The audit trail requests are written to, if any.
+    pub fn audit(&self) -> Option<Arc<AuditLog>> {
+        self.audit.load_full()
+    }
+
+    /// Sets or replaces the audit trail; the old writer drains its queue and stops.
+    pub fn set_audit(&self, audit: Option<Arc<AuditLog>>) {
+        self.audit.store(audit);
     }
 
     /// Swaps in a new runtime; requests already running keep theirs.

@@ -154,3 +154,131 @@ fn deny_rules_refuse_tags_digests_and_repositories() {
     assert_eq!(status, 403, "{text}");
     assert_eq!(get(&s, "/v2/evil/tool/manifests/v1", &alice).0, 200);
 }
+
+/// The audit file's lines, parsed.
+fn audit_lines(path: &std::path::Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect()
+}
+
+/// Waits up to 10 s for `want` lines in the audit file (lines are written when a response body ends).
+fn wait_lines(path: &std::path::Path, want: usize) -> Vec<serde_json::Value> {
+    let start = Instant::now();
+    loop {
+        let lines = audit_lines(path);
+        if lines.len() >= want || start.elapsed() > Duration::from_secs(10) {
+            return lines;
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+}
+
+// Pins issue 20 (audit trail): a real client's pull writes manifest lines with who, what and the digest served;
+// a deny refusal is written with its reason; blob fetches and the credential-less 401 are not; no credential
+// reaches the file.
+#[test]
+fn audit_trail_records_pulls_and_refusals() {
+    let s = Stage::new("egress-audit");
+    let upstream = Registry::open(s.t.path(), "upstream").unwrap();
+    let app = push_image(&s, &upstream, "app", "library/app:latest");
+    push_image(&s, &upstream, "app-v1", "library/app:v1");
+    Htpasswd::create(&s.t.path().join("htpasswd"), &[("alice", "alice-pw", 4)]).unwrap();
+    let _gw = s.gateway(&format!(
+        "[audit]\nfile = \"audit.jsonl\"\n\n{}",
+        deny_rest(&upstream, "\"docker.test/*:v1\"", "")
+    ));
+    let audit = s.t.path().join("audit.jsonl");
+
+    let pulled = s.t.sub("pulled").unwrap();
+    s.skopeo()
+        .creds("alice", "alice-pw")
+        .pull(
+            &format!("{}:latest", s.via("docker.test", "library/app")),
+            &pulled,
+        )
+        .unwrap();
+    let lines = wait_lines(&audit, 1);
+    let pulls: Vec<_> = lines
+        .iter()
+        .filter(|l| l["method"] == "GET" && l["status"] == 200)
+        .collect();
+    assert!(!pulls.is_empty(), "no manifest GET line: {lines:?}");
+    let pull = pulls[0];
+    assert_eq!(pull["action"], "pull", "{pull}");
+    assert_eq!(pull["tenant"], "corp", "{pull}");
+    assert_eq!(pull["user"], "alice", "{pull}");
+    assert_eq!(pull["route"], "docker.test", "{pull}");
+    assert_eq!(pull["repository"], "library/app", "{pull}");
+    assert_eq!(pull["reference"], "latest", "{pull}");
+    assert_eq!(pull["digest"], app.manifest_digest.as_str(), "{pull}");
+    assert_eq!(pull["client"], "127.0.0.1", "{pull}");
+    assert!(pull["refused"].is_null(), "{pull}");
+    assert!(
+        lines.iter().all(|l| l["reference"].is_string()),
+        "only manifest requests (no blobs, no challenge 401s): {lines:?}"
+    );
+
+    let before = lines.len();
+    let (status, text) = get(
+        &s,
+        "/v2/library/app/manifests/v1",
+        &basic_auth("alice", "alice-pw"),
+    );
+    assert_eq!(status, 403, "{text}");
+    let lines = wait_lines(&audit, before + 1);
+    let refused = lines.last().unwrap();
+    assert_eq!(refused["status"], 403, "{refused}");
+    assert_eq!(refused["reference"], "v1", "{refused}");
+    assert!(refused["digest"].is_null(), "{refused}");
+    assert!(
+        refused["refused"]
+            .as_str()
+            .is_some_and(|r| r.contains("docker.test/*:v1")),
+        "{refused}"
+    );
+
+    let raw = std::fs::read_to_string(&audit).unwrap();
+    assert!(
+        !raw.contains("alice-pw") && !raw.contains("Basic "),
+        "{raw}"
+    );
+}
+
+// Pins issue 20 (audit rotation): past `max_size` the file is rotated to `.1`, `.2`, only `keep` rotated files
+// stay, and no file grows past the limit.
+#[test]
+fn audit_file_rotates_by_size() {
+    let s = Stage::new("egress-rotate");
+    let upstream = Registry::open(s.t.path(), "upstream").unwrap();
+    push_image(&s, &upstream, "app", "library/app:latest");
+    let _gw = s.gateway(&format!(
+        "[audit]\nfile = \"audit.jsonl\"\nmax_size = \"2KiB\"\nkeep = 2\n\n{}",
+        route("docker.test", &upstream.url(), "")
+    ));
+    let audit = s.t.path().join("audit.jsonl");
+    let rotated = |i: u32| s.t.path().join(format!("audit.jsonl.{i}"));
+    for _ in 0..40 {
+        let resp = s.send(
+            &s.get("docker.test", "/v2/library/app/manifests/latest")
+                .with_header("accept", MT_MANIFEST),
+        );
+        assert_eq!(resp.status, 200, "{}", resp.text());
+    }
+    let start = Instant::now();
+    while !rotated(2).exists() && start.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    assert!(
+        rotated(1).exists() && rotated(2).exists(),
+        "not rotated twice"
+    );
+    assert!(!rotated(3).exists(), "keep = 2 kept a third file");
+    for p in [audit.clone(), rotated(1), rotated(2)] {
+        let len = std::fs::metadata(&p).unwrap().len();
+        assert!(len <= 2048, "{} is {len} bytes", p.display());
+        assert!(!audit_lines(&p).is_empty(), "{} is empty", p.display());
+    }
+}

@@ -311,6 +311,35 @@ fn deny_rules() {
     );
 }
 
+// Pins issue 20 (audit trail): `[audit] file` is a path relative to the config (or "-" for stdout), with
+// defaults for rotation; unknown keys, zero sizes and rotation of stdout are refused with their key.
+#[test]
+fn audit_section() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = parse_in(dir.path(), MINIMAL).unwrap();
+    assert_eq!(c.audit, None);
+    let text =
+        format!("{MINIMAL}\n[audit]\nfile = \"audit.jsonl\"\nmax_size = \"1MiB\"\nkeep = 3\n");
+    let a = parse_in(dir.path(), &text).unwrap().audit.unwrap();
+    assert_eq!(a.target, AuditTarget::File(dir.path().join("audit.jsonl")));
+    assert_eq!((a.max_size, a.keep), (1024 * 1024, 3));
+    let text = format!("{MINIMAL}\n[audit]\nfile = \"-\"\n");
+    let a = parse_in(dir.path(), &text).unwrap().audit.unwrap();
+    assert_eq!(
+        (a.target, a.max_size, a.keep),
+        (AuditTarget::Stdout, 100 * 1024 * 1024, 10)
+    );
+    for (bad, key) in [
+        ("file = \"a\"\nmax_size = 0", "audit.max_size"),
+        ("file = \"-\"\nmax_size = \"1MiB\"", "audit.max_size"),
+        ("file = \"\"", "audit.file"),
+        ("file = \"a\"\nrotate = true", "audit.rotate"),
+    ] {
+        let e = parse_in(dir.path(), &format!("{MINIMAL}\n[audit]\n{bad}\n")).unwrap_err();
+        assert_eq!(e.0[0].key, key, "{bad}: {e}");
+    }
+}
+
 // Pins that a syntax error is located too.
 #[test]
 fn syntax_errors_are_located() {
