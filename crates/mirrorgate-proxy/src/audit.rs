@@ -108,7 +108,7 @@ impl Entry<'_> {
     /// Manifest requests and refusals are written; a credential-less 401 (the token dance's first step) is not.
     pub fn wanted(&self) -> bool {
         match &self.facts.refusal {
-            Some(_) => !(self.status == StatusCode::UNAUTHORIZED && !self.had_credentials),
+            Some(_) => self.status != StatusCode::UNAUTHORIZED || self.had_credentials,
             None => self.facts.kind == Some(RequestKind::Manifest),
         }
     }
