@@ -15,8 +15,8 @@ mod values;
 pub use error::{ConfigError, ConfigErrors};
 pub use model::{
     AcmeChallenge, AcmeConfig, AnonymousLimits, AuditConfig, AuditTarget, AuthConfig,
-    BlobRedirects, Config, Credentials, HostPattern, LimitsConfig, LogFormat, Route, Secret,
-    ServerConfig, TenantConfig, TlsConfig, TlsSource, TokenConfig, Upstream,
+    BlobRedirects, Config, Credentials, HostPattern, LimitsConfig, LogFormat, OutboundProxy, Route,
+    RouteProxy, Secret, ServerConfig, TenantConfig, TlsConfig, TlsSource, TokenConfig, Upstream,
 };
 
 use std::path::Path;

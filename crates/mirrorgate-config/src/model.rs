@@ -90,6 +90,33 @@ pub struct ServerConfig {
     /// Serve TLS clients that send no SNI (IP-literal access). Off by default: without SNI the certificate a
     /// client accepted vouches for no host, so any routed host could be named over such a connection (421).
     pub allow_missing_sni: bool,
+    /// `upstream_proxy` with its credentials; `None` with `no_proxy` empty means "from the environment"
+    /// (`HTTPS_PROXY`, `HTTP_PROXY`, `NO_PROXY`).
+    pub upstream_proxy: Option<OutboundProxy>,
+    /// Hosts (`host`, `*.suffix`, `.suffix`), addresses and CIDRs reached directly. `Some` even when empty if
+    /// the key was written (then the environment is not consulted).
+    pub no_proxy: Option<Vec<String>>,
+}
+
+/// An outbound HTTP proxy: `CONNECT` for https targets, absolute-form requests for http ones.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OutboundProxy {
+    /// `http://host:port` (no path, no user info).
+    pub url: Url,
+    /// Sent as `Proxy-Authorization: Basic`.
+    pub credentials: Option<Credentials>,
+}
+
+/// A route's `upstream_proxy`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Default)]
+pub enum RouteProxy {
+    /// Key left out: `[server]`'s proxy settings (or the environment's).
+    #[default]
+    Inherit,
+    /// `"none"`: this route's upstreams are reached directly.
+    Direct,
+    /// A proxy URL of its own (the server's credentials and `no_proxy` apply).
+    Via(Url),
 }
 
 /// Access and diagnostic log format.
@@ -212,6 +239,7 @@ pub struct Route {
     pub ns: bool,
     /// Deny patterns for everyone on this route (same grammar as a tenant's `deny`).
     pub deny: Vec<String>,
+    pub upstream_proxy: RouteProxy,
 }
 
 /// An upstream registry: its base URL (scheme, host, port; no path) and its own server-side credentials.
@@ -241,7 +269,7 @@ pub enum BlobRedirects {
 }
 
 /// Server-side upstream credentials.
-#[derive(Clone)]
+#[derive(Clone, PartialEq)]
 pub struct Credentials {
     pub username: String,
     pub password: Secret,

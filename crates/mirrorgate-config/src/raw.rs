@@ -54,6 +54,14 @@ pub(crate) struct RawServer {
     pub max_connections: Option<S<u32>>,
     pub max_connections_per_ip: Option<S<u32>>,
     pub allow_missing_sni: Option<S<bool>>,
+    pub upstream_proxy: Option<S<String>>,
+    pub upstream_proxy_username: Option<S<String>>,
+    pub upstream_proxy_username_env: Option<S<String>>,
+    pub upstream_proxy_username_file: Option<S<String>>,
+    pub upstream_proxy_password: Option<S<String>>,
+    pub upstream_proxy_password_env: Option<S<String>>,
+    pub upstream_proxy_password_file: Option<S<String>>,
+    pub no_proxy: Option<S<Vec<String>>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -165,6 +173,7 @@ pub(crate) struct RawRoute {
     pub ns: Option<S<bool>>,
     #[serde(default)]
     pub deny: Vec<S<String>>,
+    pub upstream_proxy: Option<S<String>>,
 }
 
 /// An `upstreams` entry written as a table: the URL and that registry's own credentials. (Entries are read as

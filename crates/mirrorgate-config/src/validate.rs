@@ -353,6 +353,8 @@ fn server(v: &mut Validator<'_>, raw: &S<RawServer>) -> Option<ServerConfig> {
         max_connections,
         max_connections_per_ip,
         allow_missing_sni: r.allow_missing_sni.as_ref().is_some_and(|b| *b.get_ref()),
+        upstream_proxy: egress::server_proxy(v, raw),
+        no_proxy: egress::no_proxy(v, &r.no_proxy),
     })
 }
 
@@ -587,6 +589,7 @@ fn route(v: &mut Validator<'_>, i: usize, raw: &S<RawRoute>) -> Option<Route> {
         upstreams,
         ns,
         deny: deny_list(v, &r.deny, &k("deny")),
+        upstream_proxy: egress::route_proxy(v, &r.upstream_proxy, &k("upstream_proxy")),
     })
 }
 
@@ -887,5 +890,6 @@ fn limits(v: &mut Validator<'_>, raw: Option<&S<RawLimits>>) -> LimitsConfig {
 }
 
 mod audit;
+mod egress;
 #[cfg(test)]
 mod tests;

@@ -12,7 +12,8 @@
 //! - `router`, `plan`: host → route; path, `?ns=` and path prefix → plan; name rewrites.
 //! - `token_endpoint`: the local `/token` answer.
 //! - `admission`: identify, authorize, limit.
-//! - `forward`: the phase list and the endpoint loop; `upstream`: clients and endpoint health.
+//! - `forward`: the phase list and the endpoint loop; `upstream`: clients and endpoint health; `egress`: the
+//!   outbound HTTP proxy those clients dial through.
 //! - `upstream_auth`: the upstream token dance; `attempt`: one try at one endpoint.
 //! - `respond`, `redirect`: the upstream answer becomes the client's.
 //! - `audit`: the audit trail of manifest requests and refusals, written off the request path.
@@ -25,6 +26,7 @@ mod audit;
 mod body;
 mod connect;
 mod context;
+mod egress;
 mod error;
 mod forward;
 mod headers;
@@ -43,6 +45,7 @@ mod upstream_auth;
 pub use audit::{AuditError, AuditLog};
 pub use body::{BoxError, GatewayBody};
 pub use connect::{is_private, refused_by_guard, PrivateAddress};
+pub use egress::{refused_by_proxy, ProxyRefused};
 pub use error::{EndpointError, ProxyError, RedirectRefusal, Report};
 pub use listener::{ConnectionCaps, Refusal};
 pub use runtime::{Gateway, Runtime};

@@ -8,11 +8,12 @@ use std::sync::Arc;
 
 use arc_swap::{ArcSwap, ArcSwapOption};
 use dashmap::DashMap;
-use mirrorgate_config::Config;
+use mirrorgate_config::{Config, RouteProxy};
 use mirrorgate_metrics::Metrics;
 use mirrorgate_registry::{TokenCache, UpstreamAuthScheme};
 
 use crate::audit::AuditLog;
+use crate::egress::Egress;
 use crate::error::ProxyError;
 use crate::router::{CompiledRoute, Router};
 use crate::upstream::UpstreamClient;
@@ -27,17 +28,20 @@ impl Runtime {
     /// Compiles `config`: one upstream client per distinct `upstream_ca` (clients pool connections, so routes
     /// with the same trust share one pool).
     pub fn build(config: Arc<Config>) -> Result<Runtime, ProxyError> {
-        let mut clients: HashMap<Option<PathBuf>, UpstreamClient> = HashMap::new();
+        // Keyed by trust and by outbound proxy: routes differing in either never share a pooled connection.
+        let mut clients: HashMap<(Option<PathBuf>, RouteProxy), UpstreamClient> = HashMap::new();
         let mut routes = Vec::with_capacity(config.routes.len());
         for route in &config.routes {
-            let client = match clients.get(&route.upstream_ca) {
+            let key = (route.upstream_ca.clone(), route.upstream_proxy.clone());
+            let client = match clients.get(&key) {
                 Some(c) => c.clone(),
                 None => {
                     let c = UpstreamClient::new(
                         route.upstream_ca.as_deref(),
                         config.server.connect_timeout,
+                        Egress::for_route(&config.server, &route.upstream_proxy),
                     )?;
-                    clients.insert(route.upstream_ca.clone(), c.clone());
+                    clients.insert(key, c.clone());
                     c
                 }
             };
