@@ -1,5 +1,5 @@
 //! The corporate egress point: deny rules that refuse tags, digests and whole repositories even where `allow`
-//! matches, and the audit trail of manifest pulls, pushes and refusals (docs: config.md "second round",
+//! matches, the audit trail of manifest pulls, pushes and refusals, and the outbound proxy (Debian's squid) (docs: config.md "second round",
 //! README "Corporate egress").
 
 // The whole file is test code: a failed unwrap is a failed scenario (clippy only exempts `#[test]` fns).
@@ -9,7 +9,9 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use mirrorgate_e2e::htpasswd::{basic_auth, Htpasswd};
-use mirrorgate_e2e::{push, rewrite, route, Gateway, OciImage, Pushed, Registry, Stage};
+use mirrorgate_e2e::{
+    push, rewrite, route, sha256, Gateway, OciImage, Pushed, Registry, RegistryMode, Squid, Stage,
+};
 
 const MT_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
 
@@ -281,4 +283,105 @@ fn audit_file_rotates_by_size() {
         assert!(len <= 2048, "{} is {len} bytes", p.display());
         assert!(!audit_lines(&p).is_empty(), "{} is empty", p.display());
     }
+}
+
+// Pins issue 20 (outbound proxy): with `upstream_proxy` set, an https upstream is reached through squid with
+// CONNECT (TLS still verified against the upstream's CA inside the tunnel) and an http upstream in absolute form,
+// both with the proxy credentials; a `no_proxy` host goes direct; wrong proxy credentials make the pull an
+// upstream failure logged as the proxy's refusal.
+#[test]
+fn upstream_traffic_goes_through_the_outbound_proxy() {
+    let s = Stage::new("egress-proxy");
+    let squid = Squid::start(s.t.path(), "proxyuser", "proxy-pw").unwrap();
+    let leaf = s.ca.issue("upstream", &["upstream.test"]).unwrap();
+    let secure = Registry::start(s.t.path(), "secure", RegistryMode::Open, Some(&leaf)).unwrap();
+    let plain = Registry::open(s.t.path(), "plain").unwrap();
+    let tls_app = push_image(&s, &secure, "tls-app", "library/app:latest");
+    let plain_app = push_image(&s, &plain, "plain-app", "library/app:latest");
+    std::fs::write(s.t.path().join("proxy-password"), "proxy-pw\n").unwrap();
+    let ca = s.ca.ca_path().display().to_string();
+    let routes = |password_file: &str| {
+        format!(
+            "{}{}{}",
+            route(
+                "docker.test",
+                &format!("https://upstream.test:{}", secure.port()),
+                &format!("upstream_ca = {ca:?}")
+            ),
+            route(
+                "gcr.test",
+                &format!("http://upstream.test:{}", plain.port()),
+                ""
+            ),
+            route("quay.test", &plain.url(), ""),
+        )
+        .replace("PASSWORD_FILE", password_file)
+    };
+    let server = |password_file: &str| {
+        format!(
+            "upstream_proxy = {:?}\nupstream_proxy_username = \"proxyuser\"\nupstream_proxy_password_file = {password_file:?}\nno_proxy = [\"127.0.0.1\"]\n",
+            squid.url()
+        )
+    };
+    let gw = s.gateway_with(&server("proxy-password"), &routes("proxy-password"));
+    let pull = |host: &str| {
+        s.send(
+            &s.get(host, "/v2/library/app/manifests/latest")
+                .with_header("accept", MT_MANIFEST),
+        )
+    };
+
+    // https upstream: a CONNECT tunnel through squid, as the proxy user
+    let resp = pull("docker.test");
+    assert_eq!(resp.status, 200, "{}", resp.text());
+    assert_eq!(sha256(&resp.body), tls_app.manifest_digest);
+    let connect = format!("CONNECT upstream.test:{} proxyuser", secure.port());
+    assert!(
+        squid.wait_for_log(&connect),
+        "no {connect:?} in squid's log:\n{}",
+        squid.access_log()
+    );
+
+    // http upstream: absolute-form requests through squid
+    let resp = pull("gcr.test");
+    assert_eq!(resp.status, 200, "{}", resp.text());
+    assert_eq!(sha256(&resp.body), plain_app.manifest_digest);
+    let absolute = format!(
+        "GET http://upstream.test:{}/v2/library/app/manifests/latest proxyuser",
+        plain.port()
+    );
+    assert!(
+        squid.wait_for_log(&absolute),
+        "no {absolute:?} in squid's log:\n{}",
+        squid.access_log()
+    );
+
+    // a no_proxy host goes direct: the same registry by 127.0.0.1 is served (squid's log is checked at the end)
+    let resp = pull("quay.test");
+    assert_eq!(resp.status, 200, "{}", resp.text());
+
+    // wrong proxy credentials: squid answers CONNECT with 407, the pull fails as an upstream error
+    std::fs::write(s.t.path().join("wrong-password"), "nope\n").unwrap();
+    reload(
+        &gw,
+        &s.config_with(&server("wrong-password"), &routes("wrong-password")),
+    );
+    let resp = pull("docker.test");
+    assert!(resp.status >= 500, "{}: {}", resp.status, resp.text());
+    assert!(
+        gw.log()
+            .contains("the outbound proxy refused the connection"),
+        "{}",
+        gw.log()
+    );
+    assert!(
+        squid.wait_for_log("TCP_DENIED/407"),
+        "{}",
+        squid.access_log()
+    );
+    let log = squid.access_log();
+    assert!(
+        !log.contains(&format!("127.0.0.1:{}", plain.port())),
+        "a no_proxy request went through squid:\n{log}"
+    );
 }
