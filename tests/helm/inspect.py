@@ -232,6 +232,12 @@ def assert_rules(rendered, case, root):
                toml["tenant"][0].get("deny") == ["docker.example/*:latest"]
                and toml["route"][0].get("deny") == ["docker.example/evil/*"],
                f"tenant[0]={toml['tenant'][0]}, route[0]={toml['route'][0]}")
+        c.rule("outbound proxy keys reach the TOML",
+               toml["server"].get("upstream_proxy") == "http://proxy.corp.example:3128"
+               and toml["server"].get("upstream_proxy_password_env") == "PROXY_PASS"
+               and toml["server"].get("no_proxy") == ["*.corp.example", "10.0.0.0/8"]
+               and toml["route"][0].get("upstream_proxy") == "none",
+               f"server={toml['server']}, route[0]={toml['route'][0]}")
         c.rule("PDB guards the gateway pods",
                one(docs, "PodDisruptionBudget")["spec"]["selector"]["matchLabels"].items()
                <= pod["metadata"]["labels"].items(), "selector mismatch")

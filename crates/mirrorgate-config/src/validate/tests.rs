@@ -340,6 +340,63 @@ fn audit_section() {
     }
 }
 
+// Pins issue 20 (outbound proxy): `upstream_proxy` is an http:// URL without credentials or path, its credentials
+// come in pairs, `no_proxy` entries are single hosts or networks, and a route's `upstream_proxy` is "none" or a URL.
+#[test]
+fn outbound_proxy_keys() {
+    let dir = tempfile::tempdir().unwrap();
+    let with_server = |extra: &str, route_extra: &str| {
+        MINIMAL.replace(
+            "https = \"127.0.0.1:8443\"",
+            &format!("https = \"127.0.0.1:8443\"\n{extra}"),
+        ) + route_extra
+    };
+    let c = parse_in(dir.path(), &with_server(
+        "upstream_proxy = \"http://proxy.test:3128\"\nupstream_proxy_username = \"u\"\nupstream_proxy_password = \"p\"\nno_proxy = [\"*.corp.test\", \"10.0.0.0/8\"]",
+        "upstream_proxy = \"none\"\n",
+    ))
+    .unwrap();
+    let p = c.server.upstream_proxy.unwrap();
+    assert_eq!(p.url.as_str(), "http://proxy.test:3128/");
+    assert_eq!(p.credentials.unwrap().username, "u");
+    assert_eq!(c.server.no_proxy.unwrap(), ["*.corp.test", "10.0.0.0/8"]);
+    assert_eq!(c.routes[0].upstream_proxy, RouteProxy::Direct);
+    let c = parse_in(dir.path(), MINIMAL).unwrap();
+    assert_eq!((c.server.upstream_proxy, c.server.no_proxy), (None, None));
+    assert_eq!(c.routes[0].upstream_proxy, RouteProxy::Inherit);
+    for (server, route, key) in [
+        (
+            "upstream_proxy = \"https://proxy.test\"",
+            "",
+            "server.upstream_proxy",
+        ),
+        (
+            "upstream_proxy = \"http://u:p@proxy.test\"",
+            "",
+            "server.upstream_proxy",
+        ),
+        (
+            "upstream_proxy = \"http://proxy.test/x\"",
+            "",
+            "server.upstream_proxy",
+        ),
+        (
+            "upstream_proxy = \"http://proxy.test\"\nupstream_proxy_username = \"u\"",
+            "",
+            "server.upstream_proxy_password",
+        ),
+        ("no_proxy = [\"a.test,b.test\"]", "", "server.no_proxy"),
+        (
+            "",
+            "upstream_proxy = \"socks5://x\"\n",
+            "route[1].upstream_proxy",
+        ),
+    ] {
+        let e = parse_in(dir.path(), &with_server(server, route)).unwrap_err();
+        assert_eq!(e.0[0].key, key, "{server} {route}: {e}");
+    }
+}
+
 // Pins that a syntax error is located too.
 #[test]
 fn syntax_errors_are_located() {
