@@ -385,3 +385,53 @@ fn upstream_traffic_goes_through_the_outbound_proxy() {
         "a no_proxy request went through squid:\n{log}"
     );
 }
+
+// Pins issue 20 (outbound proxy from the environment): with no proxy key in the config, HTTPS_PROXY (credentials
+// in its URL) carries https upstream traffic through squid, and NO_PROXY sends the hosts it lists direct.
+#[test]
+fn the_environment_proxy_is_honoured_when_the_config_says_nothing() {
+    let s = Stage::new("egress-env-proxy");
+    let squid = Squid::start(s.t.path(), "envuser", "env-pw").unwrap();
+    let leaf =
+        s.ca.issue("upstream", &["upstream.test", "127.0.0.1"])
+            .unwrap();
+    let secure = Registry::start(s.t.path(), "secure", RegistryMode::Open, Some(&leaf)).unwrap();
+    let app = push_image(&s, &secure, "app", "library/app:latest");
+    let proxy = squid.url().replace("http://", "http://envuser:env-pw@");
+    let s = s.env("HTTPS_PROXY", &proxy).env("NO_PROXY", "127.0.0.1");
+    let ca = s.ca.ca_path().display().to_string();
+    let upstream_ca = format!("upstream_ca = {ca:?}");
+    let _gw = s.gateway(&format!(
+        "{}{}",
+        route(
+            "docker.test",
+            &format!("https://upstream.test:{}", secure.port()),
+            &upstream_ca
+        ),
+        route("gcr.test", &secure.url(), &upstream_ca),
+    ));
+    let pull = |host: &str| {
+        s.send(
+            &s.get(host, "/v2/library/app/manifests/latest")
+                .with_header("accept", MT_MANIFEST),
+        )
+    };
+    let resp = pull("docker.test");
+    assert_eq!(resp.status, 200, "{}", resp.text());
+    assert_eq!(sha256(&resp.body), app.manifest_digest);
+    let connect = format!("CONNECT upstream.test:{} envuser", secure.port());
+    assert!(
+        squid.wait_for_log(&connect),
+        "no {connect:?} in squid's log:\n{}",
+        squid.access_log()
+    );
+    // NO_PROXY: the same registry by 127.0.0.1 is reached directly
+    let resp = pull("gcr.test");
+    assert_eq!(resp.status, 200, "{}", resp.text());
+    std::thread::sleep(Duration::from_secs(3));
+    let log = squid.access_log();
+    assert!(
+        !log.contains(&format!("127.0.0.1:{}", secure.port())),
+        "a NO_PROXY request went through squid:\n{log}"
+    );
+}
