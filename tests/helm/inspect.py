@@ -228,6 +228,16 @@ def assert_rules(rendered, case, root):
                and toml["server"].get("allow_missing_sni") is False
                and toml["tenant"][0].get("tenant_concurrent_requests") == 256,
                f"server={toml['server']}, tenant[0]={toml['tenant'][0]}")
+        c.rule("tenant and route deny lists reach the TOML",
+               toml["tenant"][0].get("deny") == ["docker.example/*:latest"]
+               and toml["route"][0].get("deny") == ["docker.example/evil/*"],
+               f"tenant[0]={toml['tenant'][0]}, route[0]={toml['route'][0]}")
+        c.rule("outbound proxy keys reach the TOML",
+               toml["server"].get("upstream_proxy") == "http://proxy.corp.example:3128"
+               and toml["server"].get("upstream_proxy_password_env") == "PROXY_PASS"
+               and toml["server"].get("no_proxy") == ["*.corp.example", "10.0.0.0/8"]
+               and toml["route"][0].get("upstream_proxy") == "none",
+               f"server={toml['server']}, route[0]={toml['route'][0]}")
         c.rule("PDB guards the gateway pods",
                one(docs, "PodDisruptionBudget")["spec"]["selector"]["matchLabels"].items()
                <= pod["metadata"]["labels"].items(), "selector mismatch")

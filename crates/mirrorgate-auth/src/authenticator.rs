@@ -38,6 +38,7 @@ use std::time::{Instant, SystemTime};
 
 use arc_swap::ArcSwap;
 use http::HeaderValue;
+use mirrorgate_registry::Reference;
 
 use crate::api_tokens::{ApiTokens, API_TOKEN_PREFIX, API_TOKEN_USER_PREFIX};
 use crate::error::AuthError;
@@ -46,7 +47,7 @@ use crate::htpasswd::UserStore;
 use crate::identity::{AuthMethod, Identity};
 use crate::key::TokenKey;
 use crate::password::{source_key, PasswordChecker, PasswordPolicy, THROTTLE_CAPACITY};
-use crate::tenants::{Action, TenantSpec, Tenants};
+use crate::tenants::{Action, TenantSpec, Tenants, ANONYMOUS_TENANT};
 use crate::throttle::FailureThrottle;
 use crate::token::{
     grant_access, password_fingerprint, Grant, TokenIssuer, TokenRequest, TokenResponse, TokenSpec,
@@ -102,6 +103,8 @@ pub struct AccessRequest<'a> {
     pub resource: Resource<'a>,
     /// What the request does.
     pub action: Action,
+    /// The manifest reference (tag or digest) of a manifest request, for deny rules; `None` otherwise.
+    pub reference: Option<&'a Reference>,
 }
 
 /// Identifies and authorizes clients; one per process, shared by all connections.
@@ -363,8 +366,27 @@ impl Authenticator {
             }
             Resource::Repository(repo) => repo,
         };
+        let tenants = self.tenants.load();
+        // Deny wins over allow: checked first, against the tenant's rules (the anonymous tenant's for anonymous
+        // clients; users in no tenant have none).
+        let deny_tenant = match (&identity.tenant, &identity.user) {
+            (Some(t), _) => Some(&**t),
+            (None, Some(_)) => None,
+            (None, None) => Some(ANONYMOUS_TENANT),
+        };
+        if let Some(tenant) = deny_tenant {
+            if let Some(rule) = tenants.denied(tenant, req.route_host, repo, req.reference) {
+                return Err(AuthError::DenyRule {
+                    who: identity.to_string(),
+                    target: crate::deny::target(req.route_host, repo, req.reference),
+                    action: req.action,
+                    rule: rule.to_string(),
+                    owner: format!("tenant '{tenant}'"),
+                });
+            }
+        }
         if self.allowed(
-            &self.tenants.load(),
+            &tenants,
             identity,
             req.route_host,
             req.route_anonymous,
@@ -612,12 +634,14 @@ mod tests {
                     "docker.example/library/*".into(),
                     "push:docker.example/acme/*".into(),
                 ],
+                deny: vec![],
             },
             TenantSpec {
                 name: "office".into(),
                 users: vec!["bob".into()],
                 cidrs: vec!["127.10.0.0/16".parse().unwrap()],
                 allow: vec!["docker.example/*".into()],
+                deny: vec![],
             },
         ]
     }
@@ -637,6 +661,7 @@ mod tests {
             route_anonymous: anonymous,
             resource: repo.map_or(Resource::Ping, Resource::Repository),
             action,
+            reference: None,
         }
     }
 
@@ -675,6 +700,66 @@ mod tests {
             .unwrap_err();
         assert_eq!(e.kind(), ErrorKind::Unauthorized);
         assert!(!format!("{e} {e:?}").contains("nope"));
+    }
+
+    // Pins issue 20 (deny rules): a tenant's deny rule wins over its allow rule and names itself in the
+    // refusal; tags it does not match and other tenants pass; the anonymous tenant's rules bind anonymous
+    // clients.
+    #[tokio::test]
+    async fn deny_wins_over_allow() {
+        let mut t = acme();
+        t[0].deny = vec!["docker.example/library/*:latest".into()];
+        t.push(TenantSpec {
+            name: ANONYMOUS_TENANT.into(),
+            allow: vec!["docker.example/*".into()],
+            deny: vec!["docker.example/evil/*".into()],
+            ..Default::default()
+        });
+        let f = fixture(t);
+        let latest = Reference::parse("latest").unwrap();
+        let pinned = Reference::parse("3.19").unwrap();
+        let with = |repo, reference| AccessRequest {
+            reference,
+            ..req(Some(repo), Action::Pull, true)
+        };
+        let alice = f
+            .auth
+            .identify(
+                Some(&basic("alice", "wonder")),
+                LOOPBACK,
+                &with("library/alpine", None),
+            )
+            .await
+            .unwrap();
+        let e = f
+            .auth
+            .authorize(&alice, &with("library/alpine", Some(&latest)))
+            .unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Denied);
+        let msg = e.to_string();
+        assert!(msg.contains("docker.example/library/*:latest"), "{msg}");
+        assert!(
+            msg.contains("docker.example/library/alpine:latest"),
+            "{msg}"
+        );
+        f.auth
+            .authorize(&alice, &with("library/alpine", Some(&pinned)))
+            .unwrap();
+        f.auth
+            .authorize(&alice, &with("library/alpine", None))
+            .unwrap();
+        let office = f
+            .auth
+            .identify(None, OFFICE, &with("library/alpine", None))
+            .await
+            .unwrap();
+        f.auth
+            .authorize(&office, &with("library/alpine", Some(&latest)))
+            .unwrap();
+        let anon = Identity::anonymous();
+        f.auth.authorize(&anon, &with("good/x", None)).unwrap();
+        let e = f.auth.authorize(&anon, &with("evil/x", None)).unwrap_err();
+        assert!(matches!(e, AuthError::DenyRule { .. }), "{e:?}");
     }
 
     // Pins issue 21 item 1: the catalog is refused (403) for every identity — a tenant user, a network

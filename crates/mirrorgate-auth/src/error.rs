@@ -76,6 +76,20 @@ pub enum AuthError {
         /// What the request wanted to do.
         action: Action,
     },
+    /// A deny rule of the tenant or of the route refuses the request (deny wins over allow).
+    #[error("{who} may not {action} '{target}': refused by deny rule '{rule}' of {owner}")]
+    DenyRule {
+        /// The identity as logged.
+        who: String,
+        /// `host/repository[:tag|@digest]` as asked for.
+        target: String,
+        /// What the request wanted to do.
+        action: Action,
+        /// The rule as written.
+        rule: String,
+        /// Whose rule it is: `tenant 'acme'` or `route 'docker.example'`.
+        owner: String,
+    },
     /// `/v2/_catalog` (a request naming no repository that is not the `/v2/` ping) while auth is on: a
     /// listing of the upstream would show repositories the caller's rules do not cover, fetched with the
     /// route's own upstream credentials. Refused like a denied repository (403 DENIED).
@@ -171,7 +185,9 @@ impl AuthError {
             | AuthError::ExpiredToken(_)
             | AuthError::TokenRejected(_)
             | AuthError::InsufficientScope { .. } => ErrorKind::Unauthorized,
-            AuthError::Denied { .. } | AuthError::CatalogRefused { .. } => ErrorKind::Denied,
+            AuthError::Denied { .. }
+            | AuthError::DenyRule { .. }
+            | AuthError::CatalogRefused { .. } => ErrorKind::Denied,
             AuthError::Throttled { .. } => ErrorKind::Throttled,
             AuthError::InvalidRequest(_) => ErrorKind::BadRequest,
             AuthError::Htpasswd { .. }

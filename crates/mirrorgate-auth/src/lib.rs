@@ -11,6 +11,7 @@
 //!   verified credentials, and failure lockouts per source and per (user, source);
 //! - `header`: the `Authorization` header;
 //! - `tenants`, `identity`: users and networks → tenants → `allow` rules per route host and repository;
+//! - `deny`: patterns over repositories, tags and digests that win over `allow`;
 //! - `key`, `token`, `verify`: the ES256 token server that distribution 2.8 (`docker-registry`) accepts,
 //!   and the verifier for our own tokens;
 //! - `api_tokens`: robot accounts — scoped, expiring, revocable tokens used as Basic passwords, stored
@@ -22,6 +23,7 @@
 mod api_tokens;
 mod authenticator;
 mod cache;
+mod deny;
 mod error;
 mod file_watch;
 mod header;
@@ -39,6 +41,7 @@ pub use api_tokens::{
     NewTokenSpec, TokenScope, VerifiedToken, API_TOKEN_PREFIX, API_TOKEN_USER_PREFIX,
 };
 pub use authenticator::{AccessRequest, AuthSpec, Authenticator, Resource};
+pub use deny::{target as deny_target, DenyRule, DenyRules};
 pub use error::{
     AuthError, ErrorKind, HeaderError, HtpasswdErrors, HtpasswdLineError, HtpasswdProblem,
 };

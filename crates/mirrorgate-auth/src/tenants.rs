@@ -28,8 +28,9 @@ use std::sync::Arc;
 
 use http::Method;
 use ipnet::IpNet;
-use mirrorgate_registry::RequestKind;
+use mirrorgate_registry::{Reference, RequestKind};
 
+use crate::deny::{DenyRule, DenyRules};
 use crate::error::AuthError;
 
 /// The tenant whose rules, when configured, narrow anonymous access on anonymous routes.
@@ -46,6 +47,8 @@ pub struct TenantSpec {
     pub cidrs: Vec<IpNet>,
     /// Access patterns, see the module docs.
     pub allow: Vec<String>,
+    /// Deny patterns (see [`crate::deny`]): refused even where `allow` matches.
+    pub deny: Vec<String>,
 }
 
 /// What a request wants to do with a repository.
@@ -144,6 +147,7 @@ impl Rule {
 #[derive(Debug)]
 struct Tenant {
     rules: Vec<Rule>,
+    deny: DenyRules,
 }
 
 /// All tenants, with lookups by user and by source address.
@@ -183,6 +187,8 @@ impl Tenants {
                     Rule::parse(p).map_err(|e| AuthError::Config(format!("tenant '{name}': {e}")))
                 })
                 .collect::<Result<Vec<_>, _>>()?;
+            let deny = DenyRules::new(&spec.deny)
+                .map_err(|e| AuthError::Config(format!("tenant '{name}': {e}")))?;
             for user in spec.users {
                 if let Some(other) = out.by_user.get(&user) {
                     return Err(AuthError::Config(format!(
@@ -201,7 +207,7 @@ impl Tenants {
                 seen_nets.insert(net, name.clone());
                 out.cidrs.push((net, name.clone()));
             }
-            out.tenants.insert(name, Tenant { rules });
+            out.tenants.insert(name, Tenant { rules, deny });
         }
         out.cidrs
             .sort_by_key(|(net, _)| std::cmp::Reverse(net.prefix_len()));
@@ -246,6 +252,20 @@ impl Tenants {
             .is_some_and(|t| t.rules.iter().any(|r| r.matches(route_host, repo, action)))
     }
 
+    /// The first of `tenant`'s deny rules refusing a request on `repo` at `route_host` with `reference` (the
+    /// anonymous client's rules are those of [`ANONYMOUS_TENANT`]).
+    pub fn denied(
+        &self,
+        tenant: &str,
+        route_host: &str,
+        repo: &str,
+        reference: Option<&Reference>,
+    ) -> Option<&DenyRule> {
+        self.tenants
+            .get(tenant)
+            .and_then(|t| t.deny.refusing(route_host, repo, reference))
+    }
+
     /// What a user in no tenant may do: pull everywhere while no tenant is configured, else nothing.
     pub fn allows_untenanted_user(&self, action: Action) -> bool {
         action == Action::Pull && !self.has_tenants()
@@ -264,7 +284,7 @@ impl Tenants {
 
 /// Glob match where `*` is any run of characters, `/` included. Linear-time two-pointer matching with
 /// backtracking to the last star.
-fn glob(pattern: &str, text: &str) -> bool {
+pub(crate) fn glob(pattern: &str, text: &str) -> bool {
     let (p, t) = (pattern.as_bytes(), text.as_bytes());
     let (mut pi, mut ti) = (0, 0);
     let mut star: Option<(usize, usize)> = None;
@@ -296,6 +316,7 @@ mod tests {
             users: users.iter().map(|s| s.to_string()).collect(),
             cidrs: cidrs.iter().map(|s| s.parse().unwrap()).collect(),
             allow: allow.iter().map(|s| s.to_string()).collect(),
+            deny: Vec::new(),
         }
     }
 

@@ -14,10 +14,11 @@ mod values;
 
 pub use error::{ConfigError, ConfigErrors};
 pub use model::{
-    AcmeChallenge, AcmeConfig, AnonymousLimits, AuthConfig, BlobRedirects, CacheConfig, Config,
-    Credentials, HostPattern, LimitsConfig, LogFormat, PoolCredential, Route, Secret, ServerConfig,
-    TenantConfig, TlsConfig, TlsSource, TokenConfig, Upstream, UsageConfig,
-    ANONYMOUS_CREDENTIAL_NAME, DEFAULT_CREDENTIAL_NAME,
+    AcmeChallenge, AcmeConfig, AnonymousLimits, AuditConfig, AuditTarget, AuthConfig,
+    BlobRedirects, CacheConfig, Config, Credentials, HostPattern, LimitsConfig, LogFormat,
+    OutboundProxy, PoolCredential, Route, RouteProxy, Secret, ServerConfig, TenantConfig,
+    TlsConfig, TlsSource, TokenConfig, Upstream, UsageConfig, ANONYMOUS_CREDENTIAL_NAME,
+    DEFAULT_CREDENTIAL_NAME,
 };
 
 use std::path::Path;

@@ -25,6 +25,8 @@ pub struct Config {
     pub cache: Option<CacheConfig>,
     pub routes: Vec<Route>,
     pub usage: UsageConfig,
+    /// `[audit]`; `None` writes no audit trail.
+    pub audit: Option<AuditConfig>,
 }
 
 /// `[usage]`: the usage ledger, always on.
@@ -34,6 +36,25 @@ pub struct UsageConfig {
     pub store: PathBuf,
     /// Days older than this are deleted (default 400 days: a year of bills plus a month of disputes).
     pub retention: Duration,
+}
+
+/// `[audit]`: one JSON line per manifest pull, push or delete and per refused request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditConfig {
+    pub target: AuditTarget,
+    /// The file is rotated (`file.1`, `file.2`, …) before a line would take it past this.
+    pub max_size: u64,
+    /// Rotated files kept; older ones are deleted.
+    pub keep: u32,
+}
+
+/// Where audit lines go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AuditTarget {
+    /// `file = "-"`: standard output (a collector reads the container's stdout).
+    Stdout,
+    /// A file, relative to the config file's folder; created if missing, appended to.
+    File(std::path::PathBuf),
 }
 
 impl Config {
@@ -81,6 +102,33 @@ pub struct ServerConfig {
     /// Serve TLS clients that send no SNI (IP-literal access). Off by default: without SNI the certificate a
     /// client accepted vouches for no host, so any routed host could be named over such a connection (421).
     pub allow_missing_sni: bool,
+    /// `upstream_proxy` with its credentials; `None` with `no_proxy` empty means "from the environment"
+    /// (`HTTPS_PROXY`, `HTTP_PROXY`, `NO_PROXY`).
+    pub upstream_proxy: Option<OutboundProxy>,
+    /// Hosts (`host`, `*.suffix`, `.suffix`), addresses and CIDRs reached directly. `Some` even when empty if
+    /// the key was written (then the environment is not consulted).
+    pub no_proxy: Option<Vec<String>>,
+}
+
+/// An outbound HTTP proxy: `CONNECT` for https targets, absolute-form requests for http ones.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OutboundProxy {
+    /// `http://host:port` (no path, no user info).
+    pub url: Url,
+    /// Sent as `Proxy-Authorization: Basic`.
+    pub credentials: Option<Credentials>,
+}
+
+/// A route's `upstream_proxy`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Default)]
+pub enum RouteProxy {
+    /// Key left out: `[server]`'s proxy settings (or the environment's).
+    #[default]
+    Inherit,
+    /// `"none"`: this route's upstreams are reached directly.
+    Direct,
+    /// A proxy URL of its own (the server's credentials and `no_proxy` apply).
+    Via(Url),
 }
 
 /// Access and diagnostic log format.
@@ -162,6 +210,8 @@ pub struct TenantConfig {
     pub bytes_per_day: Option<NonZeroU64>,
     /// `route-host/repository-glob` patterns, `push:` prefixed for push, `delete:` for delete.
     pub allow: Vec<String>,
+    /// `route-host/repository-glob[:tag-glob|@digest-glob]` patterns refused even where `allow` matches.
+    pub deny: Vec<String>,
 }
 
 /// `[limits]`: defaults for anonymous clients, per source IP, and the shared-state switch.
@@ -206,6 +256,9 @@ pub struct Route {
     pub cache: bool,
     /// This route's override of `[cache] tag_ttl`.
     pub tag_ttl: Option<Duration>,
+    /// Deny patterns for everyone on this route (same grammar as a tenant's `deny`).
+    pub deny: Vec<String>,
+    pub upstream_proxy: RouteProxy,
 }
 
 /// `[cache]`: the built-in pull-through cache.
@@ -267,7 +320,7 @@ pub enum BlobRedirects {
 }
 
 /// Server-side upstream credentials.
-#[derive(Clone)]
+#[derive(Clone, PartialEq)]
 pub struct Credentials {
     pub username: String,
     pub password: Secret,

@@ -26,6 +26,7 @@ pub(crate) struct RawConfig {
     pub route: Vec<S<RawRoute>>,
     #[serde(default)]
     pub usage: Option<S<RawUsage>>,
+    pub audit: Option<S<RawAudit>>,
 }
 
 /// `[usage]`: the usage ledger (on by default; the section only moves the store or changes retention).
@@ -34,6 +35,14 @@ pub(crate) struct RawConfig {
 pub(crate) struct RawUsage {
     pub store: Option<S<String>>,
     pub retention: Option<S<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawAudit {
+    pub file: S<String>,
+    pub max_size: Option<S<RawSize>>,
+    pub keep: Option<S<u32>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -56,6 +65,14 @@ pub(crate) struct RawServer {
     pub max_connections: Option<S<u32>>,
     pub max_connections_per_ip: Option<S<u32>>,
     pub allow_missing_sni: Option<S<bool>>,
+    pub upstream_proxy: Option<S<String>>,
+    pub upstream_proxy_username: Option<S<String>>,
+    pub upstream_proxy_username_env: Option<S<String>>,
+    pub upstream_proxy_username_file: Option<S<String>>,
+    pub upstream_proxy_password: Option<S<String>>,
+    pub upstream_proxy_password_env: Option<S<String>>,
+    pub upstream_proxy_password_file: Option<S<String>>,
+    pub no_proxy: Option<S<Vec<String>>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -119,6 +136,8 @@ pub(crate) struct RawTenant {
     pub bytes_per_day: Option<S<RawSize>>,
     #[serde(default)]
     pub allow: Vec<S<String>>,
+    #[serde(default)]
+    pub deny: Vec<S<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -179,6 +198,9 @@ pub(crate) struct RawRoute {
     pub ns: Option<S<bool>>,
     pub cache: Option<S<bool>>,
     pub tag_ttl: Option<S<String>>,
+    #[serde(default)]
+    pub deny: Vec<S<String>>,
+    pub upstream_proxy: Option<S<String>>,
 }
 
 /// An `upstreams` entry written as a table: the URL and that registry's own credentials. (Entries are read as

@@ -250,6 +250,7 @@ pub(crate) fn validate(path: &Path, text: &str) -> Result<Config, ConfigErrors> 
     let limits = limits(&mut v, raw.limits.as_ref());
     let cache = cache(&mut v, raw.cache.as_ref());
     let usage = usage(&mut v, raw.usage.as_ref(), &tls.storage);
+    let audit = raw.audit.as_ref().map(|a| audit::audit(&mut v, a));
 
     if !v.errors.is_empty() {
         // Unknown keys first (they often explain what follows), then the rest in file order.
@@ -267,6 +268,7 @@ pub(crate) fn validate(path: &Path, text: &str) -> Result<Config, ConfigErrors> 
             cache,
             routes,
             usage,
+            audit,
         }),
         None => Err(ConfigErrors::single(ConfigError::file_level(
             path,
@@ -367,6 +369,8 @@ fn server(v: &mut Validator<'_>, raw: &S<RawServer>) -> Option<ServerConfig> {
         max_connections,
         max_connections_per_ip,
         allow_missing_sni: r.allow_missing_sni.as_ref().is_some_and(|b| *b.get_ref()),
+        upstream_proxy: egress::server_proxy(v, raw),
+        no_proxy: egress::no_proxy(v, &r.no_proxy),
     })
 }
 
@@ -722,6 +726,8 @@ fn route(v: &mut Validator<'_>, i: usize, raw: &S<RawRoute>) -> Option<Route> {
             .tag_ttl
             .as_ref()
             .and_then(|t| v.check(t, k("tag_ttl"), |s| values::duration(s))),
+        deny: deny_list(v, &r.deny, &k("deny")),
+        upstream_proxy: egress::route_proxy(v, &r.upstream_proxy, &k("upstream_proxy")),
     })
 }
 
@@ -887,6 +893,42 @@ fn allow_pattern(s: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// `route-host/repository-pattern[:tag-pattern|@digest-pattern]`, no prefix: a deny rule refuses every action.
+/// (The auth crate parses the same grammar into its deny rules; this check gives the file, line and key.)
+fn deny_pattern(s: &str) -> Result<(), String> {
+    let hint = "write `route-host/repository-pattern`, optionally followed by `:tag-pattern` or `@digest-pattern` \
+                (e.g. \"docker.example/*:latest\")";
+    let Some((host, rest)) = s.split_once('/') else {
+        return Err(format!("`{s}`: {hint}"));
+    };
+    if host.contains(':') {
+        return Err(format!(
+            "`{s}`: a deny rule refuses every action and takes no `push:`/`delete:` prefix; {hint}"
+        ));
+    }
+    let (repo, reference) = match rest.split_once('@') {
+        Some((repo, digest)) => (repo, Some(digest)),
+        None => {
+            let last = rest.rsplit('/').next().unwrap_or(rest);
+            match last.split_once(':') {
+                Some((_, tag)) => (&rest[..rest.len() - tag.len() - 1], Some(tag)),
+                None => (rest, None),
+            }
+        }
+    };
+    let bad_ref = reference.is_some_and(|r| r.is_empty() || r.contains(['@', '/']));
+    if host.is_empty() || repo.is_empty() || repo.contains(['@', ':']) || bad_ref {
+        return Err(format!("`{s}`: {hint}"));
+    }
+    Ok(())
+}
+
+fn deny_list(v: &mut Validator<'_>, raw: &[S<String>], key: &str) -> Vec<String> {
+    raw.iter()
+        .filter_map(|d| v.check(d, key, |s| deny_pattern(s).map(|()| s.clone())))
+        .collect()
+}
+
 fn tenants(v: &mut Validator<'_>, raw: &[S<RawTenant>]) -> Vec<TenantConfig> {
     let mut names: HashMap<String, usize> = HashMap::new();
     let mut users: HashMap<String, String> = HashMap::new();
@@ -953,6 +995,7 @@ fn tenants(v: &mut Validator<'_>, raw: &[S<RawTenant>]) -> Vec<TenantConfig> {
             ),
             bytes_per_day: v.size(&r.bytes_per_day, &k("bytes_per_day")),
             allow: r.allow.iter().map(|a| a.get_ref().clone()).collect(),
+            deny: deny_list(v, &r.deny, &k("deny")),
         });
     }
     out
@@ -1040,5 +1083,7 @@ fn usage(v: &mut Validator<'_>, raw: Option<&S<RawUsage>>, storage: &Path) -> Us
     UsageConfig { store, retention }
 }
 
+mod audit;
+mod egress;
 #[cfg(test)]
 mod tests;

@@ -124,6 +124,7 @@ pub struct Metrics {
 
     /// Upstream credential pool families (`credential_metrics`).
     pub credentials: CredentialMetrics,
+    audit_dropped: IntCounterVec,
 }
 
 /// Registers families and remembers their names (for [`Metrics::family_names`]).
@@ -313,6 +314,11 @@ impl Metrics {
                 "Unix time of the last configuration load or reload that succeeded.",
             ),
         )?;
+        let audit_dropped = b.counter(
+            "mirrorgate_audit_dropped_total",
+            "Audit lines dropped because the writer fell behind (the request was served; its line is lost).",
+            &[],
+        )?;
         let build_info = b.int_gauge(
             "mirrorgate_build_info",
             "Always 1; the labels say which build is running.",
@@ -402,6 +408,7 @@ impl Metrics {
             config_reloads,
             config_last_reload_success,
             credentials,
+            audit_dropped,
         }))
     }
 
@@ -584,6 +591,11 @@ impl Metrics {
             .inc();
     }
 
+    /// Counts an audit line the bounded queue had no room for.
+    pub fn audit_dropped(&self) {
+        self.audit_dropped.with_label_values::<&str>(&[]).inc();
+    }
+
     /// Records a configuration load or reload; a success also stamps the last-success time.
     pub fn config_reload(&self, outcome: Outcome) {
         self.config_reloads
@@ -729,6 +741,7 @@ pub(crate) mod tests {
         m.credentials.set_available("docker.example", "hub-1", true);
         m.credentials.request("docker.example", "hub-1");
         m.credentials.throttled("docker.example", "hub-1");
+        m.audit_dropped();
         m.request_done(
             &get("docker.example"),
             200,
@@ -955,7 +968,7 @@ pub(crate) mod tests {
             .filter_map(|l| l.strip_prefix("# TYPE "))
             .filter_map(|l| l.split(' ').next())
             .collect();
-        assert_eq!(m.family_names().len(), 28);
+        assert_eq!(m.family_names().len(), 29);
         for name in m.family_names() {
             assert!(name.starts_with("mirrorgate_"), "{name}");
             assert!(typed.contains(name), "{name} not exposed");

@@ -9,10 +9,10 @@ use std::net::IpAddr;
 
 use http::header::{HeaderValue, AUTHORIZATION};
 use http::HeaderMap;
-use mirrorgate_auth::{AccessRequest, Action, AuthError, ErrorKind, Identity, Resource};
+use mirrorgate_auth::{AccessRequest, Action, AuthError, DenyRules, ErrorKind, Identity, Resource};
 use mirrorgate_limits::{Admission, LimitKind, Limited, Subject};
 use mirrorgate_metrics::{AuthFailureReason, LimitScope};
-use mirrorgate_registry::{ErrorCode, RegistryError, RequestKind};
+use mirrorgate_registry::{ErrorCode, Reference, RegistryError, RequestKind};
 
 use crate::context::RequestFacts;
 use crate::error::ProxyError;
@@ -31,6 +31,8 @@ pub struct Ask<'a> {
     /// The source repository of a cross-repository blob mount (`?mount=…&from=…`), in the same naming as
     /// `repository`: it is read, so it needs the caller's pull right too.
     pub mount_from: Option<&'a str>,
+    /// The tag or digest of a manifest request, for deny rules.
+    pub reference: Option<&'a Reference>,
 }
 
 /// A request that passed admission.
@@ -59,6 +61,7 @@ pub async fn admit(
                 route_anonymous: ask.route_anonymous,
                 resource: resource(facts.kind, ask.repository),
                 action: ask.action,
+                reference: ask.reference,
             };
             let authorization = headers.get(AUTHORIZATION);
             let identity = match auth.identify(authorization, client_ip, &req).await {
@@ -89,6 +92,40 @@ pub async fn admit(
     })
 }
 
+/// The route's deny rules, for every client whatever its tenant (run after [`admit`], so a client without
+/// credentials still gets its 401 first). A refused mount source only drops the mount, like an unreadable one.
+pub fn check_route_deny(
+    gw: &Gateway,
+    deny: &DenyRules,
+    ask: &Ask<'_>,
+    facts: &RequestFacts,
+) -> Result<bool, ProxyError> {
+    if deny.is_empty() {
+        return Ok(true);
+    }
+    if let Some(repo) = ask.repository {
+        if let Some(rule) = deny.refusing(ask.route_host, repo, ask.reference) {
+            let who = match (&facts.tenant, &facts.user) {
+                (Some(t), Some(u)) => format!("{t}/{u}"),
+                (Some(t), None) => t.to_string(),
+                (None, Some(u)) => u.to_string(),
+                (None, None) => "anonymous".to_owned(),
+            };
+            let e = AuthError::DenyRule {
+                who,
+                target: mirrorgate_auth::deny_target(ask.route_host, repo, ask.reference),
+                action: ask.action,
+                rule: rule.to_string(),
+                owner: format!("route '{}'", ask.route_host),
+            };
+            return Err(auth_refusal(gw, ask, &e));
+        }
+    }
+    Ok(ask
+        .mount_from
+        .is_none_or(|from| deny.refusing(ask.route_host, from, None).is_none()))
+}
+
 /// Whether the same credentials may pull `repository`: the identity is established again for a pull of it (a
 /// Bearer token must grant that pull itself; Basic credentials hit the verified-credential cache), then the
 /// tenant rules are asked.
@@ -102,6 +139,7 @@ async fn may_read(
     let read = AccessRequest {
         resource: Resource::Repository(repository),
         action: Action::Pull,
+        reference: None,
         ..*req
     };
     match auth.identify(authorization, client_ip, &read).await {
@@ -179,7 +217,9 @@ fn failure_reason(e: &AuthError) -> Option<AuthFailureReason> {
         AuthError::InvalidToken(_)
         | AuthError::TokenRejected(_)
         | AuthError::InsufficientScope { .. } => AuthFailureReason::InvalidToken,
-        AuthError::Denied { .. } | AuthError::CatalogRefused { .. } => AuthFailureReason::Forbidden,
+        AuthError::Denied { .. }
+        | AuthError::DenyRule { .. }
+        | AuthError::CatalogRefused { .. } => AuthFailureReason::Forbidden,
         _ => return None,
     })
 }

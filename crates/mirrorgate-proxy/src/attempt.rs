@@ -70,11 +70,24 @@ impl Attempt<'_> {
             started.elapsed(),
         );
         match result {
+            // Registries never ask for proxy credentials: a 407 is the outbound proxy's answer to an http request.
+            Ok(Ok(resp)) if resp.status() == http::StatusCode::PROXY_AUTHENTICATION_REQUIRED => {
+                tracing::warn!(route = %ctx.route.label, endpoint = %endpoint.origin, "the outbound proxy refused the request (407): check upstream_proxy_username/_password");
+                Err(ProxyError::Unavailable(EndpointError::Status {
+                    origin: endpoint.origin.clone(),
+                    status: resp.status(),
+                }))
+            }
             Ok(Ok(resp)) => Ok(resp),
-            Ok(Err(source)) => Err(ProxyError::Unavailable(EndpointError::Send {
-                origin: endpoint.origin.clone(),
-                source,
-            })),
+            Ok(Err(source)) => {
+                if let Some(refused) = crate::egress::refused_by_proxy(&source) {
+                    tracing::warn!(route = %ctx.route.label, endpoint = %endpoint.origin, error = %refused, "the outbound proxy refused the connection");
+                }
+                Err(ProxyError::Unavailable(EndpointError::Send {
+                    origin: endpoint.origin.clone(),
+                    source,
+                }))
+            }
             Err(_) => Err(ProxyError::Timeout(timeout)),
         }
     }

@@ -33,6 +33,12 @@ pub struct RequestFacts {
     /// The validated repository name as the client wrote it ([`Plan::client_repository`]): the usage
     /// ledger's repository key. `None` for requests that name none (`/v2/`, `/token`, the catalog).
     pub repository: Option<String>,
+    /// The client's address after `trusted_proxies` (the audit trail's `client`).
+    pub client: Option<IpAddr>,
+    /// The tag or digest a manifest request asked for.
+    pub reference: Option<String>,
+    /// The message of a refusal the gateway decided itself (for the audit trail).
+    pub refusal: Option<String>,
 }
 
 /// The fixed context of a routed request: the state it is served from and who asks for what. Built once by

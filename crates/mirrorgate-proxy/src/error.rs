@@ -20,6 +20,9 @@ pub enum ProxyError {
     /// A route's `upstream_ca` could not be used (caught at start and reload, before serving).
     #[error("upstream CA `{}`: {reason}", path.display())]
     UpstreamCa { path: PathBuf, reason: String },
+    /// A route's `deny` list could not be parsed (caught at start and reload, before serving).
+    #[error("route `{route}`: {reason}")]
+    RouteDeny { route: String, reason: String },
     /// No route serves this host.
     #[error("no route for host `{host}`")]
     NoRoute { host: String },
@@ -159,7 +162,9 @@ impl ProxyError {
                 "the upstream registry's pull limit is used up for every account of this gateway; try again later",
             )
             .with_retry_after(crate::credentials::retry_after_secs(*retry_after)),
-            ProxyError::UpstreamCa { .. } | ProxyError::Internal(_) => {
+            ProxyError::UpstreamCa { .. }
+            | ProxyError::RouteDeny { .. }
+            | ProxyError::Internal(_) => {
                 RegistryError::new(ErrorCode::Internal, ErrorCode::Internal.default_message())
             }
         }
@@ -169,7 +174,7 @@ impl ProxyError {
     pub fn is_internal(&self) -> bool {
         matches!(
             self,
-            ProxyError::Internal(_) | ProxyError::UpstreamCa { .. }
+            ProxyError::Internal(_) | ProxyError::UpstreamCa { .. } | ProxyError::RouteDeny { .. }
         )
     }
 }

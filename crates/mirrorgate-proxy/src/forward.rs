@@ -32,7 +32,7 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use mirrorgate_registry::{manifest_accept, RegistryPath, Scope};
 
-use crate::admission::{admit, Ask};
+use crate::admission::{admit, check_route_deny, Ask};
 use crate::attempt::Attempt;
 use crate::body::{empty, full, GatewayBody};
 use crate::context::{ConnInfo, Plan, RequestCtx, RequestFacts};
@@ -65,8 +65,13 @@ pub async fn serve(
         return crate::token_endpoint::serve_token(gw, route, req, &authority, client_ip).await;
     }
     // Phases 1–2: the plan.
+    facts.client = Some(client_ip);
     let mut plan = plan(route, &req)?;
     facts.kind = Some(plan.path.kind());
+    facts.repository = plan.client_repository();
+    if let RegistryPath::Manifest { reference, .. } = &plan.path {
+        facts.reference = Some(reference.to_string());
+    }
     let ctx = RequestCtx {
         gw,
         rt,
@@ -87,9 +92,14 @@ pub async fn serve(
         repository: repository.as_deref(),
         action: ctx.action,
         mount_from: plan.mount.as_ref().map(|m| m.from_client.as_str()),
+        reference: match &plan.path {
+            RegistryPath::Manifest { reference, .. } => Some(reference),
+            _ => None,
+        },
     };
     let admitted = admit(gw, &ask, req.headers(), client_ip, facts).await?;
-    if !admitted.mount_allowed {
+    let mount_not_denied = check_route_deny(gw, &route.deny, &ask, facts)?;
+    if !admitted.mount_allowed || !mount_not_denied {
         plan.mount = None;
     }
     let admission = admitted.limits;

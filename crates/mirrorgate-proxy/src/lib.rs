@@ -14,21 +14,25 @@
 //! - `token_endpoint`: the local `/token` answer.
 //! - `admission`: identify, authorize, limit.
 //! - `cache`: answers from and fills of the built-in cache, around the endpoint loop.
-//! - `forward`: the phase list and the endpoint loop; `upstream`: clients and endpoint health.
+//! - `forward`: the phase list and the endpoint loop; `upstream`: clients and endpoint health; `egress`: the
+//!   outbound HTTP proxy those clients dial through.
 //! - `upstream_auth`: the upstream token dance; `attempt`: one try at one endpoint.
 //! - `credentials`, `pool_attempt`: upstream credential pools (selection, set-aside) and a try with a member.
 //! - `respond`, `redirect`: the upstream answer becomes the client's.
 //! - `usage`: the finished request counted in the usage ledger; the admin `/usage` export.
+//! - `audit`: the audit trail of manifest requests and refusals, written off the request path.
 //! - `headers`, `body`: header hygiene, streaming bodies; `error`: failures and their one rendering.
 //! - `runtime`, `specs`: the state built from a config, and config → auth/limits specs.
 
 mod admission;
 mod attempt;
+mod audit;
 mod body;
 mod cache;
 mod connect;
 mod context;
 mod credentials;
+mod egress;
 mod error;
 mod forward;
 mod framing;
@@ -47,9 +51,11 @@ mod upstream;
 mod upstream_auth;
 mod usage;
 
+pub use audit::{AuditError, AuditLog};
 pub use body::{BoxError, GatewayBody};
 pub use cache::CacheSetupError;
 pub use connect::{is_private, refused_by_guard, PrivateAddress};
+pub use egress::{refused_by_proxy, ProxyRefused};
 pub use error::{EndpointError, ProxyError, RedirectRefusal, Report};
 pub use listener::{ConnectionCaps, Refusal};
 pub use runtime::{Gateway, Runtime};

@@ -5,6 +5,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use mirrorgate_auth::DenyRules;
 use mirrorgate_config::{HostPattern, Route};
 use mirrorgate_registry::Rewrites;
 
@@ -22,6 +23,8 @@ pub struct CompiledRoute {
     /// Upstreams a path-prefix or `?ns=` request may name.
     pub named_upstreams: HashMap<String, Arc<Endpoint>>,
     pub rewrites: Rewrites,
+    /// The route's own deny rules, for every client (tenants add theirs).
+    pub deny: DenyRules,
 }
 
 impl CompiledRoute {
@@ -53,7 +56,17 @@ impl CompiledRoute {
             endpoints,
             named_upstreams,
             rewrites,
+            deny: DenyRules::default(),
         }
+    }
+
+    /// With the route's `deny` list parsed (refused before serving when a pattern is bad).
+    pub fn with_deny(mut self) -> Result<Self, ProxyError> {
+        self.deny = DenyRules::new(&self.config.deny).map_err(|reason| ProxyError::RouteDeny {
+            route: self.label.clone(),
+            reason,
+        })?;
+        Ok(self)
     }
 }
 

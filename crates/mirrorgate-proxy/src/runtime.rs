@@ -6,13 +6,15 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
 
-use arc_swap::ArcSwap;
+use arc_swap::{ArcSwap, ArcSwapOption};
 use dashmap::DashMap;
-use mirrorgate_config::Config;
+use mirrorgate_config::{Config, RouteProxy};
 use mirrorgate_metrics::Metrics;
 use mirrorgate_registry::{TokenCache, UpstreamAuthScheme};
 
+use crate::audit::AuditLog;
 use crate::credentials::CredentialPools;
+use crate::egress::Egress;
 use crate::error::ProxyError;
 use crate::router::{CompiledRoute, Router};
 use crate::upstream::UpstreamClient;
@@ -27,21 +29,24 @@ impl Runtime {
     /// Compiles `config`: one upstream client per distinct `upstream_ca` (clients pool connections, so routes
     /// with the same trust share one pool).
     pub fn build(config: Arc<Config>) -> Result<Runtime, ProxyError> {
-        let mut clients: HashMap<Option<PathBuf>, UpstreamClient> = HashMap::new();
+        // Keyed by trust and by outbound proxy: routes differing in either never share a pooled connection.
+        let mut clients: HashMap<(Option<PathBuf>, RouteProxy), UpstreamClient> = HashMap::new();
         let mut routes = Vec::with_capacity(config.routes.len());
         for route in &config.routes {
-            let client = match clients.get(&route.upstream_ca) {
+            let key = (route.upstream_ca.clone(), route.upstream_proxy.clone());
+            let client = match clients.get(&key) {
                 Some(c) => c.clone(),
                 None => {
                     let c = UpstreamClient::new(
                         route.upstream_ca.as_deref(),
                         config.server.connect_timeout,
+                        Egress::for_route(&config.server, &route.upstream_proxy),
                     )?;
-                    clients.insert(route.upstream_ca.clone(), c.clone());
+                    clients.insert(key, c.clone());
                     c
                 }
             };
-            routes.push(CompiledRoute::new(route.clone(), client));
+            routes.push(CompiledRoute::new(route.clone(), client).with_deny()?);
         }
         Ok(Runtime {
             router: Router::new(routes),
@@ -69,6 +74,8 @@ pub struct Gateway {
     cache: std::sync::OnceLock<Arc<crate::cache::GatewayCache>>,
     /// The usage ledger, set once at start (see [`Gateway::set_usage`]); unset in tests that do not count.
     usage: OnceLock<Arc<mirrorgate_usage::Ledger>>,
+    /// The audit trail, when `[audit]` is configured; swapped on reload when its settings change.
+    audit: ArcSwapOption<AuditLog>,
 }
 
 impl Gateway {
@@ -88,6 +95,7 @@ impl Gateway {
             limiter: ArcSwap::new(limiter),
             cache: std::sync::OnceLock::new(),
             usage: OnceLock::new(),
+            audit: ArcSwapOption::empty(),
         })
     }
 
@@ -131,6 +139,16 @@ impl Gateway {
     /// The usage ledger, once attached.
     pub fn usage(&self) -> Option<&Arc<mirrorgate_usage::Ledger>> {
         self.usage.get()
+    }
+
+    /// The audit trail requests are written to, if any.
+    pub fn audit(&self) -> Option<Arc<AuditLog>> {
+        self.audit.load_full()
+    }
+
+    /// Sets or replaces the audit trail; the old writer drains its queue and stops.
+    pub fn set_audit(&self, audit: Option<Arc<AuditLog>>) {
+        self.audit.store(audit);
     }
 
     /// Swaps in a new runtime; requests already running keep theirs.

@@ -311,10 +311,12 @@ async fn handle(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok())
         .unwrap_or(0);
+    let had_credentials = req.headers().contains_key(header::AUTHORIZATION);
     let mut facts = RequestFacts::default();
     let response = match serve(gateway, &runtime, conn, req, &mut facts).await {
         Ok(r) => r,
         Err(e) => {
+            facts.refusal = crate::audit::refusal(&e);
             if e.is_internal() {
                 tracing::warn!(error = %crate::error::Report(&e), %host, %path, "request failed");
             } else {
@@ -348,6 +350,12 @@ async fn handle(
         mirrorgate_registry::api_version(),
     );
     let status = parts.status;
+    let served_digest = parts
+        .headers
+        .get("docker-content-digest")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let audit = gateway.audit();
     let gw = gateway.clone();
     let peer = conn.peer;
     let idle = Some(runtime.config.server.upstream_timeout);
@@ -385,6 +393,19 @@ async fn handle(
             user = facts.user.as_deref().unwrap_or("-"),
             completion = ?completion,
         );
+        if let Some(audit) = audit {
+            let entry = crate::audit::Entry {
+                facts: &facts,
+                peer: peer.ip(),
+                method: &method,
+                status,
+                digest: served_digest.as_deref(),
+                had_credentials,
+            };
+            if entry.wanted() {
+                audit.record(entry.line());
+            }
+        }
     });
     let body = GatewayBody::new(Metered::new(body, idle, on_done));
     Response::from_parts(parts, body)

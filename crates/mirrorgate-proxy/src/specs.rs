@@ -24,6 +24,7 @@ pub fn tenant_specs(config: &Config) -> Vec<TenantSpec> {
             users: t.users.clone(),
             cidrs: t.cidrs.clone(),
             allow: t.allow.clone(),
+            deny: t.deny.clone(),
         })
         .collect()
 }

@@ -42,6 +42,7 @@ pub async fn serve_token(
         repository: None,
         action: Action::Pull,
         mount_from: None,
+        reference: None,
     };
     let authorization = req.headers().get(header::AUTHORIZATION).cloned();
     let parsed = match *req.method() {

@@ -19,6 +19,7 @@ use url::Url;
 
 use crate::body::GatewayBody;
 use crate::connect::{PublicOnlyConnector, PublicOnlyResolver, SystemLookup};
+use crate::egress::{Egress, ProxyConnector};
 use crate::error::ProxyError;
 
 /// How long an endpoint that failed is skipped (unless every endpoint is down, then it is tried anyway).
@@ -37,13 +38,19 @@ const UPSTREAM_READ_BUF: usize = 16 * 1024;
 /// configured endpoint is never reused for an untrusted URL naming the same authority.
 #[derive(Clone)]
 pub struct UpstreamClient {
-    client: Client<HttpsConnector<HttpConnector>, GatewayBody>,
-    untrusted: Client<HttpsConnector<PublicOnlyConnector>, GatewayBody>,
+    client: Client<HttpsConnector<ProxyConnector<HttpConnector>>, GatewayBody>,
+    untrusted: Client<HttpsConnector<ProxyConnector<PublicOnlyConnector>>, GatewayBody>,
+    /// The outbound proxy settings both pools dial through (`None`: direct).
+    egress: Option<Arc<Egress>>,
 }
 
 impl UpstreamClient {
     /// A client trusting the webpki roots plus the PEM certificates in `extra_ca`.
-    pub fn new(extra_ca: Option<&Path>, connect_timeout: Duration) -> Result<Self, ProxyError> {
+    pub fn new(
+        extra_ca: Option<&Path>,
+        connect_timeout: Duration,
+        egress: Option<Arc<Egress>>,
+    ) -> Result<Self, ProxyError> {
         let mut roots = rustls::RootCertStore::empty();
         roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
         if let Some(path) = extra_ca {
@@ -78,6 +85,7 @@ impl UpstreamClient {
         .with_no_client_auth();
         let mut http = HttpConnector::new();
         configure(&mut http, connect_timeout);
+        let via = http.clone();
         let mut guarded =
             HttpConnector::new_with_resolver(PublicOnlyResolver::new(Arc::new(SystemLookup)));
         configure(&mut guarded, connect_timeout);
@@ -85,12 +93,22 @@ impl UpstreamClient {
             .with_tls_config(tls.clone())
             .https_or_http()
             .enable_all_versions()
-            .wrap_connector(http);
+            .wrap_connector(ProxyConnector::new(
+                http,
+                via.clone(),
+                egress.clone(),
+                false,
+            ));
         let guarded = hyper_rustls::HttpsConnectorBuilder::new()
             .with_tls_config(tls)
             .https_or_http()
             .enable_all_versions()
-            .wrap_connector(PublicOnlyConnector::new(guarded));
+            .wrap_connector(ProxyConnector::new(
+                PublicOnlyConnector::new(guarded),
+                via,
+                egress.clone(),
+                true,
+            ));
         let mut builder = Client::builder(TokioExecutor::new());
         builder
             .pool_idle_timeout(Duration::from_secs(90))
@@ -99,6 +117,7 @@ impl UpstreamClient {
         Ok(UpstreamClient {
             client: builder.build(https),
             untrusted: builder.build(guarded),
+            egress,
         })
     }
 
@@ -106,8 +125,9 @@ impl UpstreamClient {
     /// headers and body).
     pub async fn send(
         &self,
-        req: Request<GatewayBody>,
+        mut req: Request<GatewayBody>,
     ) -> Result<http::Response<Incoming>, hyper_util::client::legacy::Error> {
+        self.proxy_authorization(&mut req);
         self.client.request(req).await
     }
 
@@ -120,10 +140,26 @@ impl UpstreamClient {
         req: Request<GatewayBody>,
         allow_private: bool,
     ) -> Result<http::Response<Incoming>, hyper_util::client::legacy::Error> {
+        let mut req = req;
+        self.proxy_authorization(&mut req);
         if allow_private {
             self.client.request(req).await
         } else {
             self.untrusted.request(req).await
+        }
+    }
+}
+
+impl UpstreamClient {
+    /// An http request sent through the proxy in absolute form carries the proxy's credentials itself (https
+    /// requests travel inside a tunnel that was authorized once, at `CONNECT`).
+    fn proxy_authorization(&self, req: &mut Request<GatewayBody>) {
+        if req.uri().scheme_str() != Some("http") {
+            return;
+        }
+        if let Some((_, Some(auth))) = self.egress.as_ref().and_then(|e| e.intercept(req.uri())) {
+            req.headers_mut()
+                .insert(http::header::PROXY_AUTHORIZATION, auth);
         }
     }
 }

@@ -137,6 +137,11 @@ async fn serve(path: PathBuf, checked: check::Checked, nofile: Option<u64>) -> a
     gateway
         .open_cache(&config)
         .context("opening the [cache] directory")?;
+    if let Some(audit) = &config.audit {
+        let log = mirrorgate_proxy::AuditLog::start(audit, metrics.clone())
+            .context("starting the audit trail")?;
+        gateway.set_audit(Some(Arc::new(log)));
+    }
     spawn_limiter_housekeeping(gateway.clone(), metrics.clone(), shutdown.clone());
     // The usage ledger: opened (and expired days deleted) before serving, so its file problems stop the start.
     let usage = crate::usage_cmd::start_ledger(&config, &metrics).await?;
@@ -248,6 +253,23 @@ impl Server {
         };
         log_warnings(&checked.warnings);
         let config = &checked.config;
+        // Opened before anything is applied, so an unwritable audit file refuses the whole reload.
+        let new_audit = if config.audit == self.config.audit {
+            None
+        } else {
+            match config
+                .audit
+                .as_ref()
+                .map(|a| mirrorgate_proxy::AuditLog::start(a, self.metrics.clone()))
+                .transpose()
+            {
+                Ok(log) => Some(log),
+                Err(e) => {
+                    let reason = format!("{:#}", anyhow::Error::new(e));
+                    return refused(&self.metrics, &self.path, reason);
+                }
+            }
+        };
         if let Err(e) = self.listeners.apply(&config.server, &self.spawner).await {
             return refused(&self.metrics, &self.path, format!("{e:#}"));
         }
@@ -264,6 +286,9 @@ impl Server {
                 }
                 Err(e) => return refused(&self.metrics, &self.path, e.to_string()),
             }
+        }
+        if let Some(log) = new_audit {
+            self.gateway.set_audit(log.map(Arc::new));
         }
         if let Some(auth) = &self.gateway.auth {
             auth.set_tenants(checked.tenants);

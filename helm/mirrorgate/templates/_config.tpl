@@ -16,7 +16,7 @@ https = {{ printf "%s:%d" $bindFmt (int .Values.ports.https) | toJson }}
 http = {{ printf "%s:%d" $bindFmt (int .Values.ports.http) | toJson }}
 {{- end }}
 admin = {{ printf "%s:%d" $bindFmt (int .Values.ports.admin) | toJson }}
-{{- include "mirrorgate.tomlKeys" (dict "v" .Values.server "at" "server" "keys" (list "trusted_proxies" "hsts" "upstream_timeout" "connect_timeout" "client_header_timeout" "shutdown_grace" "log_format" "metrics_user_labels" "idle_timeout" "max_connections" "max_connections_per_ip" "allow_missing_sni") "chartKeys" (list "bindAddress")) }}
+{{- include "mirrorgate.tomlKeys" (dict "v" .Values.server "at" "server" "keys" (list "trusted_proxies" "hsts" "upstream_timeout" "connect_timeout" "client_header_timeout" "shutdown_grace" "log_format" "metrics_user_labels" "idle_timeout" "max_connections" "max_connections_per_ip" "allow_missing_sni" "upstream_proxy" "upstream_proxy_username_env" "upstream_proxy_password_env" "upstream_proxy_username_file" "upstream_proxy_password_file" "no_proxy") "chartKeys" (list "bindAddress")) }}
 
 [tls]
 storage = {{ printf "%s/certs" (include "mirrorgate.stateDir" .) | toJson }}
@@ -60,7 +60,7 @@ ttl = {{ .Values.auth.token.ttl | toJson }}
 {{- range $i, $t := .Values.tenants }}
 
 [[tenant]]
-{{- include "mirrorgate.tomlKeys" (dict "v" $t "at" (printf "tenants[%d]" $i) "keys" (list "name" "users" "cidrs" "requests_per_second" "burst" "bytes_per_second" "concurrent_requests" "tenant_requests_per_second" "tenant_bytes_per_second" "tenant_concurrent_requests" "bytes_per_day" "allow")) }}
+{{- include "mirrorgate.tomlKeys" (dict "v" $t "at" (printf "tenants[%d]" $i) "keys" (list "name" "users" "cidrs" "requests_per_second" "burst" "bytes_per_second" "concurrent_requests" "tenant_requests_per_second" "tenant_bytes_per_second" "tenant_concurrent_requests" "bytes_per_day" "allow" "deny")) }}
 {{- end }}
 
 [limits]
@@ -80,7 +80,7 @@ redis = {{ $redisUrl | toJson }}
 {{- $plain := omit $r "endpoints" "rewrite" "upstreamCredentials" "upstreamCredentialPool" "upstreamCA" "upstream_username_env" "upstream_password_env" }}
 
 [[route]]
-{{- include "mirrorgate.tomlKeys" (dict "v" $plain "at" $at "keys" (list "host" "upstream" "anonymous" "docker_hub_library" "blob_redirects" "danger_allow_private_redirects" "path_prefix" "upstreams" "ns")) }}
+{{- include "mirrorgate.tomlKeys" (dict "v" $plain "at" $at "keys" (list "host" "upstream" "anonymous" "docker_hub_library" "blob_redirects" "danger_allow_private_redirects" "path_prefix" "upstreams" "ns" "deny" "upstream_proxy")) }}
 {{- if $endpoints }}
 endpoints = {{ include "mirrorgate.tomlValue" $endpoints }}
 {{- end }}

@@ -91,6 +91,20 @@ impl Gateway {
             .arg(&config)
             .current_dir(dir)
             .env("RUST_LOG", "info");
+        // The gateway honours the proxy variables when its config names no proxy: the machine's own must not
+        // reroute a scenario (a scenario that wants them passes them in `env`).
+        for k in [
+            "HTTPS_PROXY",
+            "https_proxy",
+            "HTTP_PROXY",
+            "http_proxy",
+            "ALL_PROXY",
+            "all_proxy",
+            "NO_PROXY",
+            "no_proxy",
+        ] {
+            cmd.env_remove(k);
+        }
         for (k, v) in env {
             cmd.env(k, v);
         }

@@ -294,6 +294,120 @@ fn allow_prefixes() {
     assert!(e.to_string().contains("unknown prefix `remove:`"), "{e}");
 }
 
+// Pins issue 20 (deny rules): tenant and route `deny` lists take repository, tag and digest patterns; a prefix
+// or an empty part is refused with its line and key.
+#[test]
+fn deny_rules() {
+    let dir = tempfile::tempdir().unwrap();
+    let ok = format!(
+        "{MINIMAL}deny = [\"docker.test/*@sha256:*\"]\n[[tenant]]\nname = \"a\"\ndeny = [\"docker.test/*:latest\", \"docker.test/evil/*\"]\n"
+    );
+    let c = parse_in(dir.path(), &ok).unwrap();
+    assert_eq!(
+        c.tenants[0].deny,
+        ["docker.test/*:latest", "docker.test/evil/*"]
+    );
+    assert_eq!(c.routes[0].deny, ["docker.test/*@sha256:*"]);
+    let bad = format!(
+        "{MINIMAL}deny = [\"push:docker.test/*\"]\n[[tenant]]\nname = \"a\"\ndeny = [\n  \"docker.test/x:\",\n]\n"
+    );
+    let e = parse_in(dir.path(), &bad).unwrap_err();
+    let keys: Vec<(&str, usize)> = e.iter().map(|e| (e.key.as_str(), e.line)).collect();
+    let line = bad[..bad.find("docker.test/x:").unwrap()].lines().count();
+    let route_line = bad[..bad.find("push:").unwrap()].lines().count();
+    assert_eq!(
+        keys,
+        [("route[1].deny", route_line), ("tenant[1].deny", line)],
+        "{e}"
+    );
+}
+
+// Pins issue 20 (audit trail): `[audit] file` is a path relative to the config (or "-" for stdout), with
+// defaults for rotation; unknown keys, zero sizes and rotation of stdout are refused with their key.
+#[test]
+fn audit_section() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = parse_in(dir.path(), MINIMAL).unwrap();
+    assert_eq!(c.audit, None);
+    let text =
+        format!("{MINIMAL}\n[audit]\nfile = \"audit.jsonl\"\nmax_size = \"1MiB\"\nkeep = 3\n");
+    let a = parse_in(dir.path(), &text).unwrap().audit.unwrap();
+    assert_eq!(a.target, AuditTarget::File(dir.path().join("audit.jsonl")));
+    assert_eq!((a.max_size, a.keep), (1024 * 1024, 3));
+    let text = format!("{MINIMAL}\n[audit]\nfile = \"-\"\n");
+    let a = parse_in(dir.path(), &text).unwrap().audit.unwrap();
+    assert_eq!(
+        (a.target, a.max_size, a.keep),
+        (AuditTarget::Stdout, 100 * 1024 * 1024, 10)
+    );
+    for (bad, key) in [
+        ("file = \"a\"\nmax_size = 0", "audit.max_size"),
+        ("file = \"-\"\nmax_size = \"1MiB\"", "audit.max_size"),
+        ("file = \"\"", "audit.file"),
+        ("file = \"a\"\nrotate = true", "audit.rotate"),
+    ] {
+        let e = parse_in(dir.path(), &format!("{MINIMAL}\n[audit]\n{bad}\n")).unwrap_err();
+        assert_eq!(e.0[0].key, key, "{bad}: {e}");
+    }
+}
+
+// Pins issue 20 (outbound proxy): `upstream_proxy` is an http:// URL without credentials or path, its credentials
+// come in pairs, `no_proxy` entries are single hosts or networks, and a route's `upstream_proxy` is "none" or a URL.
+#[test]
+fn outbound_proxy_keys() {
+    let dir = tempfile::tempdir().unwrap();
+    let with_server = |extra: &str, route_extra: &str| {
+        MINIMAL.replace(
+            "https = \"127.0.0.1:8443\"",
+            &format!("https = \"127.0.0.1:8443\"\n{extra}"),
+        ) + route_extra
+    };
+    let c = parse_in(dir.path(), &with_server(
+        "upstream_proxy = \"http://proxy.test:3128\"\nupstream_proxy_username = \"u\"\nupstream_proxy_password = \"p\"\nno_proxy = [\"*.corp.test\", \"10.0.0.0/8\"]",
+        "upstream_proxy = \"none\"\n",
+    ))
+    .unwrap();
+    let p = c.server.upstream_proxy.unwrap();
+    assert_eq!(p.url.as_str(), "http://proxy.test:3128/");
+    assert_eq!(p.credentials.unwrap().username, "u");
+    assert_eq!(c.server.no_proxy.unwrap(), ["*.corp.test", "10.0.0.0/8"]);
+    assert_eq!(c.routes[0].upstream_proxy, RouteProxy::Direct);
+    let c = parse_in(dir.path(), MINIMAL).unwrap();
+    assert_eq!((c.server.upstream_proxy, c.server.no_proxy), (None, None));
+    assert_eq!(c.routes[0].upstream_proxy, RouteProxy::Inherit);
+    for (server, route, key) in [
+        (
+            "upstream_proxy = \"https://proxy.test\"",
+            "",
+            "server.upstream_proxy",
+        ),
+        (
+            "upstream_proxy = \"http://u:p@proxy.test\"",
+            "",
+            "server.upstream_proxy",
+        ),
+        (
+            "upstream_proxy = \"http://proxy.test/x\"",
+            "",
+            "server.upstream_proxy",
+        ),
+        (
+            "upstream_proxy = \"http://proxy.test\"\nupstream_proxy_username = \"u\"",
+            "",
+            "server.upstream_proxy_password",
+        ),
+        ("no_proxy = [\"a.test,b.test\"]", "", "server.no_proxy"),
+        (
+            "",
+            "upstream_proxy = \"socks5://x\"\n",
+            "route[1].upstream_proxy",
+        ),
+    ] {
+        let e = parse_in(dir.path(), &with_server(server, route)).unwrap_err();
+        assert_eq!(e.0[0].key, key, "{server} {route}: {e}");
+    }
+}
+
 // Pins that a syntax error is located too.
 #[test]
 fn syntax_errors_are_located() {
