@@ -166,6 +166,7 @@ mod tests {
                     flush_every: std::time::Duration::from_secs(60),
                     queue: 16,
                     max_repositories: 10,
+                    redis: None,
                 },
                 None,
             )

@@ -9,7 +9,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use mirrorgate_config::Config;
 use mirrorgate_metrics::Metrics;
-use mirrorgate_usage::{Format, Ledger, LedgerOptions, Query, Report, Store};
+use mirrorgate_usage::{Format, Ledger, LedgerOptions, Query, Report, SharedStore, Store};
 
 /// How long counts stay in memory only: a `kill -9` loses at most this much.
 const FLUSH_EVERY: Duration = Duration::from_secs(2);
@@ -71,9 +71,12 @@ fn export(args: &Args) -> Result<String, String> {
         .parse()
         .map_err(|e: mirrorgate_usage::UsageError| e.to_string())?;
     let config = mirrorgate_config::load(&args.config).map_err(|e| e.to_string())?;
-    let rows = Store::open_read_only(&config.usage.store)
-        .and_then(|store| store.query(&query))
-        .map_err(|e| Report(&e).to_string())?;
+    // With `[limits] redis` every replica adds into Redis: the bill is the sum there, not this node's file.
+    let rows = match &config.limits.redis {
+        Some(url) => SharedStore::new(url.as_str()).and_then(|mut shared| shared.query(&query)),
+        None => Store::open_read_only(&config.usage.store).and_then(|store| store.query(&query)),
+    }
+    .map_err(|e| Report(&e).to_string())?;
     Ok(mirrorgate_usage::render(&rows, query.by, format))
 }
 
@@ -86,6 +89,7 @@ pub async fn start_ledger(config: &Config, metrics: &Metrics) -> anyhow::Result<
         flush_every: FLUSH_EVERY,
         queue: QUEUE,
         max_repositories: mirrorgate_usage::MAX_REPOSITORIES_PER_TENANT_DAY,
+        redis: config.limits.redis.as_ref().map(|url| url.to_string()),
     };
     let registry = metrics.registry().clone();
     let store = options.store.clone();
@@ -94,6 +98,10 @@ pub async fn start_ledger(config: &Config, metrics: &Metrics) -> anyhow::Result<
         .context("starting the usage ledger")?
         .map_err(|e| anyhow::anyhow!("{}", Report(&e)))
         .context("starting the usage ledger")?;
-    tracing::info!(store = %store.display(), "usage ledger open");
+    if config.limits.redis.is_some() {
+        tracing::info!("usage ledger shared through [limits] redis");
+    } else {
+        tracing::info!(store = %store.display(), "usage ledger open");
+    }
     Ok(Arc::new(ledger))
 }
