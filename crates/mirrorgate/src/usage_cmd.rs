@@ -105,3 +105,46 @@ pub async fn start_ledger(config: &Config, metrics: &Metrics) -> anyhow::Result<
     }
     Ok(Arc::new(ledger))
 }
+
+/// Starts each tenant's daily byte quota at the bytes the ledger counted for it today, so a restart (or a
+/// reload that rebuilds the limiter) does not hand out a fresh quota; the quota and the ledger count the same
+/// response body bytes from there on. On reload the old limiter's count is kept when higher (it includes
+/// bytes of responses still streaming, which the ledger counts only when they end). In shared mode the quota
+/// already lives in Redis; nothing to seed. A ledger that cannot answer is logged, not fatal.
+pub async fn seed_quotas(
+    limiter: &mirrorgate_limits::Limiter,
+    ledger: &Arc<Ledger>,
+    previous: Option<&mirrorgate_limits::Limiter>,
+) {
+    if limiter.is_shared() {
+        return;
+    }
+    let ledger = ledger.clone();
+    let counted =
+        tokio::task::spawn_blocking(move || ledger.bytes_sent_on(mirrorgate_usage::today())).await;
+    let counted = match counted {
+        Ok(Ok(counted)) => counted,
+        Ok(Err(e)) => {
+            tracing::warn!(error = %Report(&e), "cannot read today's bytes from the usage ledger; daily quotas start at 0");
+            return;
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read today's bytes from the usage ledger; daily quotas start at 0");
+            return;
+        }
+    };
+    for (tenant, bytes) in &counted {
+        let before = previous.and_then(|l| l.quota_used_today(tenant)).unwrap_or(0);
+        limiter.seed_quota_used(tenant, (*bytes).max(before));
+    }
+    if let Some(previous) = previous {
+        // Tenants with no ledger row yet today may still have bytes streaming through the old limiter.
+        for tenant in limiter.quota_tenants() {
+            if !counted.contains_key(tenant.as_ref()) {
+                if let Some(used) = previous.quota_used_today(&tenant) {
+                    limiter.seed_quota_used(&tenant, used);
+                }
+            }
+        }
+    }
+}
