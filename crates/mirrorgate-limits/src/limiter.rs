@@ -368,6 +368,14 @@ impl Limiter {
         }
     }
 
+    /// Counts `bytes` sent to `tenant` outside an admitted, quota-counted body (refusals, errors before
+    /// admission), so the quota counts every response byte the usage ledger counts.
+    pub fn record_sent(&self, tenant: &str, bytes: u64) {
+        if let Some(quota) = self.tenants.get(tenant).and_then(|t| t.quota.as_ref()) {
+            quota.record(bytes);
+        }
+    }
+
     /// The tenants that have a daily byte quota.
     pub fn quota_tenants(&self) -> Vec<Arc<str>> {
         self.tenants

@@ -33,6 +33,9 @@ pub struct RequestFacts {
     /// The validated repository name as the client wrote it ([`Plan::client_repository`]): the usage
     /// ledger's repository key. `None` for requests that name none (`/v2/`, `/token`, the catalog).
     pub repository: Option<String>,
+    /// The response body counts towards the tenant's daily quota as it streams (it passed admission with a
+    /// quota). When false its bytes are added to the quota when it ends, so quota and ledger see the same.
+    pub quota_counted: bool,
 }
 
 /// The fixed context of a routed request: the state it is served from and who asks for what. Built once by
