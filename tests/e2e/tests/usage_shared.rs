@@ -190,16 +190,16 @@ fn two_replicas_share_the_ledger_through_redis() {
     }
 }
 
-// Pins quota and ledger agreement: with bytes_per_day = 2.5 blobs, each GET is admitted exactly while the
-// ledger's bytes_sent for acme today (the admin /usage, which flushes first) is below the quota, and the
-// ledger and quota count the same bytes (a 429 body too). After a clean restart the day's bytes still count:
-// the next GET is refused at once.
+// Pins quota and ledger agreement: with bytes_per_day = 2 blobs + 1 byte, and a refused push first (its 403
+// body counts in the ledger, and so in the quota, though no admission streamed it), each blob GET is admitted
+// exactly while the ledger's bytes_sent for acme today (the admin /usage, which flushes first) is below the
+// quota: the third is refused. After a clean restart the day's bytes still count: the next GET is refused.
 #[test]
 fn quota_refuses_at_the_ledger_count_and_survives_restart() {
     let s = Stage::new("usage-quota");
     let up = Upstream::new(&s, 2000);
     let dir = s.t.sub("gw").unwrap();
-    let quota = up.layer_bytes * 5 / 2;
+    let quota = up.layer_bytes * 2 + 1;
     let extra = format!("bytes_per_day = {quota}");
     let mut gw = gateway(&s, &up, &dir, &s.ports, &extra, "");
     let ledger_bytes = || {
@@ -212,8 +212,15 @@ fn quota_refuses_at_the_ledger_count_and_survives_restart() {
         assert_eq!(resp.status, 200, "{}", resp.text());
         resp.json().unwrap()[0]["bytes_sent"].as_u64().unwrap_or(0)
     };
+    let mut push = RawRequest::h1(s.ports.https, "docker.test", "/v2/library/app/blobs/uploads/")
+        .with_host(&format!("docker.test:{}", s.ports.https))
+        .with_header("authorization", &basic_auth("u", PASSWORD));
+    push.method = http::Method::POST;
+    let refused = s.send(&push);
+    assert_eq!(refused.status, 403, "{}", refused.text());
+    assert!(ledger_bytes() > 0, "the 403 body was not counted");
     let mut statuses = Vec::new();
-    for _ in 0..6 {
+    for _ in 0..5 {
         let before = ledger_bytes();
         let (status, _) = get_blob(&s, s.ports.https, &up);
         statuses.push(status);
@@ -224,7 +231,7 @@ fn quota_refuses_at_the_ledger_count_and_survives_restart() {
         );
         assert!(status == 200 || status == 429, "{statuses:?}");
     }
-    assert_eq!(statuses, [200, 200, 200, 429, 429, 429]);
+    assert_eq!(statuses, [200, 200, 429, 429, 429]);
 
     gw.stop().unwrap();
     let _gw = gateway(&s, &up, &dir, &s.ports, &extra, "");
