@@ -172,6 +172,7 @@ mod tests {
                     queue: 16,
                     max_repositories: 10,
                     redis: None,
+                    max_held_rows: 100,
                 },
                 None,
             )

@@ -8,7 +8,7 @@
 //!
 //! With [`LedgerOptions::redis`] set the flushes go to the shared ledger in Redis instead (see `shared`): a
 //! batch keeps its id until Redis took it, so a retry never counts twice. While the store (SQLite or Redis)
-//! fails, counts stay in memory, up to [`MAX_HELD_ROWS`] rows; past that, events that would need a new row
+//! fails, counts stay in memory, up to [`LedgerOptions::max_held_rows`] rows; past that, events that would need a new row
 //! are dropped and counted in `mirrorgate_usage_dropped_total` (events for rows already held still add up).
 
 use std::collections::HashMap;
@@ -51,6 +51,8 @@ pub struct LedgerOptions {
     /// Shared mode: the Redis URL of `[limits] redis`. Flushes go there instead of to `store`, and exports
     /// read the sum of every replica from there. The repository cap is then per replica.
     pub redis: Option<String>,
+    /// Rows held in memory while the store fails, before new rows are dropped ([`MAX_HELD_ROWS`]).
+    pub max_held_rows: usize,
 }
 
 /// The ledger's own metric families, registered next to the gateway's.
@@ -67,7 +69,8 @@ impl LedgerMetrics {
         let m = LedgerMetrics {
             dropped: IntCounter::new(
                 "mirrorgate_usage_dropped_total",
-                "Finished requests the usage ledger could not count because its queue was full.",
+                "Finished requests the usage ledger could not count: its queue was full, or the store failed so long \
+                 that the counts held in memory reached their bound.",
             )?,
             flush_failures: IntCounter::new(
                 "mirrorgate_usage_flush_failures_total",
@@ -126,7 +129,7 @@ impl Ledger {
         let day = today();
         let sink = match &options.redis {
             Some(url) => Sink::Shared {
-                store: SharedStore::new(url)?,
+                store: Box::new(SharedStore::new(url)?),
                 pending: None,
                 replica: replica_id(),
                 batches: 0,
@@ -147,6 +150,7 @@ impl Ledger {
             batch: Batch::default(),
             metrics: metrics.clone(),
             retention: options.retention,
+            max_held_rows: options.max_held_rows,
             pruned_on: day,
         };
         let flush_every = options.flush_every;
@@ -263,7 +267,8 @@ impl LedgerMetrics {
 enum Sink {
     Local(Store),
     Shared {
-        store: SharedStore,
+        // Boxed: a live Redis connection is much larger than the SQLite handle.
+        store: Box<SharedStore>,
         /// The batch Redis has not confirmed yet, with its id: retried as is until it has.
         pending: Option<(String, HashMap<Key, Counts>)>,
         replica: String,
@@ -277,6 +282,7 @@ struct Writer {
     batch: Batch,
     metrics: LedgerMetrics,
     retention: Duration,
+    max_held_rows: usize,
     pruned_on: Date,
 }
 
@@ -325,7 +331,7 @@ impl Writer {
 
     fn count(&mut self, event: &Event) {
         let key = self.cap.key(event);
-        if self.held() >= MAX_HELD_ROWS && !self.batch.contains(&key) {
+        if self.held() >= self.max_held_rows && !self.batch.contains(&key) {
             self.metrics.drop_one(
                 "usage store unreachable for long: memory for held counts is full, new rows are not counted",
             );
@@ -371,7 +377,7 @@ impl Writer {
                         ),
                         Err(error) => tracing::warn!(
                             error = %crate::Report(error),
-                            max_rows = MAX_HELD_ROWS,
+                            max_rows = self.max_held_rows,
                             "shared usage ledger in redis unreachable; counts kept in memory and retried"
                         ),
                     }
@@ -451,6 +457,7 @@ mod tests {
             queue: 1024,
             max_repositories: 100,
             redis: None,
+            max_held_rows: MAX_HELD_ROWS,
         }
     }
 

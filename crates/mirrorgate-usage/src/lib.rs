@@ -30,7 +30,7 @@ mod store;
 pub use error::{Report, UsageError};
 pub use event::{Activity, Counts, Event, NONE, OTHER_REPOSITORY};
 pub use format::{render, Format};
-pub use ledger::{today, Ledger, LedgerOptions};
+pub use ledger::{today, Ledger, LedgerOptions, MAX_HELD_ROWS};
 pub use query::{format_day, parse_day, GroupBy, Query, Row};
 pub use shared::SharedStore;
 pub use store::Store;

@@ -90,6 +90,7 @@ pub async fn start_ledger(config: &Config, metrics: &Metrics) -> anyhow::Result<
         queue: QUEUE,
         max_repositories: mirrorgate_usage::MAX_REPOSITORIES_PER_TENANT_DAY,
         redis: config.limits.redis.as_ref().map(|url| url.to_string()),
+        max_held_rows: mirrorgate_usage::MAX_HELD_ROWS,
     };
     let registry = metrics.registry().clone();
     let store = options.store.clone();
@@ -134,7 +135,9 @@ pub async fn seed_quotas(
         }
     };
     for (tenant, bytes) in &counted {
-        let before = previous.and_then(|l| l.quota_used_today(tenant)).unwrap_or(0);
+        let before = previous
+            .and_then(|l| l.quota_used_today(tenant))
+            .unwrap_or(0);
         limiter.seed_quota_used(tenant, (*bytes).max(before));
     }
     if let Some(previous) = previous {

@@ -119,15 +119,26 @@ fn settles_at(config: &Path, want: u64) {
 fn redis_cmd(port: u16, dir: &Path) -> Command {
     let mut cmd = Command::new("redis-server");
     cmd.args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-        .args(["--save", "", "--appendonly", "yes", "--appendfsync", "always"])
+        .args([
+            "--save",
+            "",
+            "--appendonly",
+            "yes",
+            "--appendfsync",
+            "always",
+        ])
         .arg("--dir")
         .arg(dir);
     cmd
 }
 
 fn admin_metrics(s: &Stage, port: u16) -> String {
-    s.send(&RawRequest::plain(port, &format!("127.0.0.1:{port}"), "/metrics"))
-        .text()
+    s.send(&RawRequest::plain(
+        port,
+        &format!("127.0.0.1:{port}"),
+        "/metrics",
+    ))
+    .text()
 }
 
 // Pins shared mode end to end: blob pulls spread over two gateways show up once, summed, in the export of
@@ -172,8 +183,16 @@ fn two_replicas_share_the_ledger_through_redis() {
     }
     for (g, p) in ports.iter().enumerate() {
         let deadline = Instant::now() + Duration::from_secs(10);
-        while metric(&admin_metrics(&s, p.admin), "mirrorgate_usage_redis_up", &[]) != 0.0 {
-            assert!(Instant::now() < deadline, "gateway {g} never reported redis down");
+        while metric(
+            &admin_metrics(&s, p.admin),
+            "mirrorgate_usage_redis_up",
+            &[],
+        ) != 0.0
+        {
+            assert!(
+                Instant::now() < deadline,
+                "gateway {g} never reported redis down"
+            );
             std::thread::sleep(Duration::from_millis(250));
         }
         assert!(gws[g].log().contains("counts kept in memory and retried"));
@@ -184,7 +203,11 @@ fn two_replicas_share_the_ledger_through_redis() {
     settles_at(gws[1].config_path(), sent);
     for p in &ports {
         assert_eq!(
-            metric(&admin_metrics(&s, p.admin), "mirrorgate_usage_redis_up", &[]),
+            metric(
+                &admin_metrics(&s, p.admin),
+                "mirrorgate_usage_redis_up",
+                &[]
+            ),
             1.0
         );
     }
@@ -212,9 +235,13 @@ fn quota_refuses_at_the_ledger_count_and_survives_restart() {
         assert_eq!(resp.status, 200, "{}", resp.text());
         resp.json().unwrap()[0]["bytes_sent"].as_u64().unwrap_or(0)
     };
-    let mut push = RawRequest::h1(s.ports.https, "docker.test", "/v2/library/app/blobs/uploads/")
-        .with_host(&format!("docker.test:{}", s.ports.https))
-        .with_header("authorization", &basic_auth("u", PASSWORD));
+    let mut push = RawRequest::h1(
+        s.ports.https,
+        "docker.test",
+        "/v2/library/app/blobs/uploads/",
+    )
+    .with_host(&format!("docker.test:{}", s.ports.https))
+    .with_header("authorization", &basic_auth("u", PASSWORD));
     push.method = http::Method::POST;
     let refused = s.send(&push);
     assert_eq!(refused.status, 403, "{}", refused.text());

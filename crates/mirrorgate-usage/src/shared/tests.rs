@@ -82,6 +82,7 @@ fn replica(dir: &Path, name: &str, url: &str) -> Ledger {
             queue: 1024,
             max_repositories: 100,
             redis: Some(url.to_string()),
+            max_held_rows: 1000,
         },
         None,
     )
@@ -178,8 +179,8 @@ fn a_retried_batch_counts_once() {
     assert!(ttl > 86_400 && ttl <= 2 * 86_400, "ttl {ttl}");
 }
 
-// Pins the outage path: with Redis gone, flushes fail, counts stay in memory (gauge and metric say so); once
-// Redis is back the next flush writes them, once.
+// Pins the outage path: with Redis gone, flushes fail, counts stay in memory (gauge and metric say so) up to
+// `max_held_rows` rows (further new rows dropped and counted); once Redis is back the next flush writes them, once.
 #[test]
 fn redis_down_keeps_counts_and_retries() {
     let mut redis = RedisProcess::start();
@@ -193,6 +194,7 @@ fn redis_down_keeps_counts_and_retries() {
             queue: 1024,
             max_repositories: 100,
             redis: Some(redis.url()),
+            max_held_rows: 3,
         },
         Some(&registry),
     )
@@ -212,10 +214,23 @@ fn redis_down_keeps_counts_and_retries() {
     assert_eq!(gauge("mirrorgate_usage_redis_up"), Some(0.0));
     assert_eq!(gauge("mirrorgate_usage_pending_rows"), Some(1.0));
     ledger.record(pull("acme", "alice", 1));
+    // The bound (3 rows: alice's unconfirmed batch, alice's and bob's new rows): carol's new row is dropped and
+    // counted; rows already held still add up.
+    ledger.record(pull("acme", "bob", 2));
+    ledger.record(pull("acme", "carol", 4));
+    ledger.record(pull("acme", "bob", 2));
+    let _ = ledger.flush();
+    assert_eq!(gauge("mirrorgate_usage_pending_rows"), Some(3.0));
+    let dropped = registry
+        .gather()
+        .iter()
+        .find(|f| f.name() == "mirrorgate_usage_dropped_total")
+        .map(|f| f.get_metric()[0].get_counter().get_value());
+    assert_eq!(dropped, Some(1.0));
     redis.restart();
     let rows = ledger.query(&by(GroupBy::Tenant)).unwrap();
-    assert_eq!(rows[0].counts.blob_bytes_sent, 16);
-    assert_eq!(rows[0].counts.requests, 3);
+    assert_eq!(rows[0].counts.blob_bytes_sent, 20);
+    assert_eq!(rows[0].counts.requests, 5);
     assert_eq!(gauge("mirrorgate_usage_redis_up"), Some(1.0));
     assert_eq!(gauge("mirrorgate_usage_pending_rows"), Some(0.0));
     ledger.close();
