@@ -151,3 +151,70 @@ pub async fn seed_quotas(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+    use std::net::{IpAddr, Ipv4Addr};
+    use std::num::NonZeroU64;
+
+    use mirrorgate_limits::{Limiter, LimitsSpec, Subject, TenantLimits};
+    use mirrorgate_usage::{Activity, Event};
+
+    use super::*;
+
+    fn limiter() -> Limiter {
+        let limits = TenantLimits {
+            bytes_per_day: NonZeroU64::new(1000),
+            ..TenantLimits::default()
+        };
+        Limiter::new(LimitsSpec {
+            tenants: HashMap::from([(Arc::from("acme"), limits)]),
+            ..LimitsSpec::default()
+        })
+        .unwrap()
+    }
+
+    // Pins the quota seeding: a fresh limiter starts at the ledger's bytes for today; on reload the old
+    // limiter's count wins when higher (it includes bodies still streaming, which the ledger counts at their end).
+    #[tokio::test]
+    async fn quotas_start_from_the_ledger_and_keep_streaming_bytes_on_reload() {
+        let dir = tempfile::tempdir().unwrap();
+        let ledger = Arc::new(
+            Ledger::start(
+                LedgerOptions {
+                    store: dir.path().join("u.db"),
+                    retention: Duration::from_secs(86_400),
+                    flush_every: Duration::from_secs(3600),
+                    queue: 16,
+                    max_repositories: 10,
+                    redis: None,
+                    max_held_rows: 100,
+                },
+                None,
+            )
+            .unwrap(),
+        );
+        ledger.record(Event {
+            day: mirrorgate_usage::today(),
+            tenant: Some(Arc::from("acme")),
+            user: None,
+            route: "docker.test".into(),
+            repository: None,
+            activity: Activity::BlobPull,
+            status: 200,
+            bytes_sent: 600,
+            bytes_received: 0,
+        });
+        let started = limiter();
+        seed_quotas(&started, &ledger, None).await;
+        assert_eq!(started.quota_used_today("acme"), Some(600));
+
+        let alice = Subject::tenant("acme", Some("alice"), IpAddr::V4(Ipv4Addr::LOCALHOST));
+        started.check_local(&alice).unwrap().record_bytes(300);
+        let reloaded = limiter();
+        seed_quotas(&reloaded, &ledger, Some(&started)).await;
+        assert_eq!(reloaded.quota_used_today("acme"), Some(900));
+        ledger.close();
+    }
+}
