@@ -47,6 +47,12 @@ impl Admission {
         }
     }
 
+    /// Whether the body [`Admission::throttle`] wraps counts towards a daily quota (else the bytes of the
+    /// answer are the caller's to report, with [`crate::Limiter::record_sent`]).
+    pub fn counts_quota(&self) -> bool {
+        self.quota.is_some()
+    }
+
     /// Wraps a response body so it is throttled, counted, and releases this admission at its end.
     pub fn throttle<B>(self, body: B) -> crate::ThrottledBody<B> {
         crate::ThrottledBody::new(body, self)

@@ -359,6 +359,32 @@ impl Limiter {
         self.tenants.get(tenant)?.quota.as_ref().map(|q| q.used())
     }
 
+    /// Starts `tenant`'s count of bytes sent today at (at least) `used`, as the usage ledger counted them
+    /// before this limiter existed (a restart, or a reload that changed limits). In shared mode the count
+    /// lives in Redis and survives restarts on its own; this only sets the replica's local view.
+    pub fn seed_quota_used(&self, tenant: &str, used: u64) {
+        if let Some(quota) = self.tenants.get(tenant).and_then(|t| t.quota.as_ref()) {
+            quota.seed(used);
+        }
+    }
+
+    /// Counts `bytes` sent to `tenant` outside an admitted, quota-counted body (refusals, errors before
+    /// admission), so the quota counts every response byte the usage ledger counts.
+    pub fn record_sent(&self, tenant: &str, bytes: u64) {
+        if let Some(quota) = self.tenants.get(tenant).and_then(|t| t.quota.as_ref()) {
+            quota.record(bytes);
+        }
+    }
+
+    /// The tenants that have a daily byte quota.
+    pub fn quota_tenants(&self) -> Vec<Arc<str>> {
+        self.tenants
+            .values()
+            .filter(|t| t.quota.is_some())
+            .map(|t| t.name.clone())
+            .collect()
+    }
+
     /// Whether shared mode is on.
     pub fn is_shared(&self) -> bool {
         self.shared.is_some()
@@ -559,6 +585,25 @@ mod tests {
         clock.advance(Duration::from_secs(1));
         limiter.check_local(&alice()).unwrap();
         assert_eq!(limiter.quota_used_today("acme"), Some(0));
+    }
+
+    // Pins: a seeded count (the ledger's bytes for today, after a restart) refuses like bytes sent by this
+    // limiter, is never lowered by a smaller seed, and ignores tenants without a quota.
+    #[test]
+    fn seeded_quota_refuses_after_restart() {
+        let clock = TimeSource::manual(START);
+        let limits = TenantLimits {
+            bytes_per_day: NonZeroU64::new(1000),
+            ..TenantLimits::default()
+        };
+        let limiter = tenant_limiter(limits, &clock);
+        limiter.seed_quota_used("acme", 999);
+        limiter.seed_quota_used("nobody", 5000);
+        limiter.check_local(&alice()).unwrap().record_bytes(1);
+        limiter.seed_quota_used("acme", 10);
+        assert_eq!(limiter.quota_used_today("acme"), Some(1000));
+        let refused = limiter.check_local(&alice()).unwrap_err();
+        assert_eq!(refused.kind, LimitKind::Quota);
     }
 
     // Pins: keyed state is bounded: 100k anonymous IPs are evicted once their window passed.

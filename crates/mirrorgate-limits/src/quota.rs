@@ -32,6 +32,17 @@ impl DailyQuota {
         today.1
     }
 
+    /// Raises today's count to at least `used` (never lowers it): the ledger's count for the day, so a
+    /// restart or a reload does not hand a tenant a fresh quota.
+    pub(crate) fn seed(&self, used: u64) {
+        let day = self.clock.utc_day();
+        let mut today = self.today.lock().unwrap_or_else(|p| p.into_inner());
+        if today.0 != day {
+            *today = (day, 0);
+        }
+        today.1 = today.1.max(used);
+    }
+
     pub(crate) fn record(&self, n: u64) {
         let day = self.clock.utc_day();
         {

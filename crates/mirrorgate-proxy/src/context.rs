@@ -39,6 +39,9 @@ pub struct RequestFacts {
     pub reference: Option<String>,
     /// The message of a refusal the gateway decided itself (for the audit trail).
     pub refusal: Option<String>,
+    /// The response body counts towards the tenant's daily quota as it streams (it passed admission with a
+    /// quota). When false its bytes are added to the quota when it ends, so quota and ledger see the same.
+    pub quota_counted: bool,
 }
 
 /// The fixed context of a routed request: the state it is served from and who asks for what. Built once by

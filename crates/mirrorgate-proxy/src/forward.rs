@@ -110,6 +110,7 @@ pub async fn serve(
         crate::cache::serve(&ctx, &plan, req, facts).await?
     };
     let (mut parts, body) = resp.into_parts();
+    facts.quota_counted = admission.counts_quota();
     for (name, value) in rate_headers.iter() {
         parts.headers.insert(name.clone(), value.clone());
     }

@@ -36,6 +36,11 @@ pub(crate) fn record(
     bytes_sent: u64,
     bytes_received: u64,
 ) {
+    if let (Some(tenant), false) = (facts.tenant.as_deref(), facts.quota_counted) {
+        // One count for the quota and the ledger: bytes of answers that were not counted while streaming
+        // (refusals, errors before admission) go to the quota here, as they go to the ledger below.
+        gw.limiter().record_sent(tenant, bytes_sent);
+    }
     let (Some(ledger), Some(route)) = (gw.usage(), facts.route.as_ref()) else {
         return;
     };
@@ -166,6 +171,8 @@ mod tests {
                     flush_every: std::time::Duration::from_secs(60),
                     queue: 16,
                     max_repositories: 10,
+                    redis: None,
+                    max_held_rows: 100,
                 },
                 None,
             )

@@ -18,6 +18,10 @@ impl Batch {
         self.rows.entry(key).or_default().add(counts);
     }
 
+    pub fn contains(&self, key: &Key) -> bool {
+        self.rows.contains_key(key)
+    }
+
     pub fn is_empty(&self) -> bool {
         self.rows.is_empty()
     }

@@ -31,6 +31,13 @@ pub enum UsageError {
     /// The writer thread is gone (after shutdown, or it could not start).
     #[error("the usage writer has stopped")]
     Stopped,
+    /// A call to the shared ledger in Redis failed (unreachable, timed out, refused).
+    #[error("shared usage ledger in redis: {doing}")]
+    Redis {
+        doing: &'static str,
+        #[source]
+        source: redis::RedisError,
+    },
     /// A date that is not `YYYY-MM-DD`.
     #[error("`{text}` is not a date (expected YYYY-MM-DD)")]
     BadDate {

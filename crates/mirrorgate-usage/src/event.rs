@@ -116,6 +116,40 @@ impl Counts {
         c
     }
 
+    /// The counters in [`COUNTER_COLUMNS`] order (the shared store keeps one hash field per counter).
+    pub(crate) fn fields(&self) -> [u64; 9] {
+        [
+            self.requests,
+            self.manifest_pulls,
+            self.bytes_sent,
+            self.blob_bytes_sent,
+            self.blob_bytes_from_cache,
+            self.pushes,
+            self.bytes_received,
+            self.throttled,
+            self.denied,
+        ]
+    }
+
+    /// Adds `n` to the counter at `index` in [`COUNTER_COLUMNS`] order (an unknown index adds nothing).
+    pub(crate) fn add_field(&mut self, index: usize, n: u64) {
+        let mut one = [0u64; 9];
+        if let Some(slot) = one.get_mut(index) {
+            *slot = n;
+        }
+        self.add(&Counts {
+            requests: one[0],
+            manifest_pulls: one[1],
+            bytes_sent: one[2],
+            blob_bytes_sent: one[3],
+            blob_bytes_from_cache: one[4],
+            pushes: one[5],
+            bytes_received: one[6],
+            throttled: one[7],
+            denied: one[8],
+        });
+    }
+
     /// Adds `other` field by field (saturating: a counter never wraps).
     pub fn add(&mut self, other: &Counts) {
         self.requests = self.requests.saturating_add(other.requests);

@@ -5,7 +5,13 @@
 //! logged. One writer thread sums events in memory and adds them to the store every
 //! [`LedgerOptions::flush_every`] in one transaction, so a `kill -9` loses at most one interval; a clean
 //! shutdown ([`Ledger::close`]) flushes what is left.
+//!
+//! With [`LedgerOptions::redis`] set the flushes go to the shared ledger in Redis instead (see `shared`): a
+//! batch keeps its id until Redis took it, so a retry never counts twice. While the store (SQLite or Redis)
+//! fails, counts stay in memory, up to [`LedgerOptions::max_held_rows`] rows; past that, events that would need a new row
+//! are dropped and counted in `mirrorgate_usage_dropped_total` (events for rows already held still add up).
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{self, RecvTimeoutError, SyncSender, TrySendError};
 use std::sync::Mutex;
@@ -17,9 +23,14 @@ use time::Date;
 
 use crate::batch::{Batch, RepositoryCap};
 use crate::error::UsageError;
-use crate::event::{Counts, Event};
+use crate::event::{Counts, Event, Key};
 use crate::query::{Query, Row};
+use crate::shared::{day_bytes, SharedStore};
 use crate::store::Store;
+
+/// Rows held in memory while the store fails (about 200 bytes each). A day has at most one row per tenant,
+/// user, route and (capped) repository, so this is reached only by a long outage on a large mirror.
+pub const MAX_HELD_ROWS: usize = 200_000;
 
 /// How long an admin or shutdown flush may wait for the writer before giving up.
 const FLUSH_WAIT: Duration = Duration::from_secs(30);
@@ -37,6 +48,11 @@ pub struct LedgerOptions {
     pub queue: usize,
     /// Distinct repositories per tenant and day before further ones count as `other`.
     pub max_repositories: usize,
+    /// Shared mode: the Redis URL of `[limits] redis`. Flushes go there instead of to `store`, and exports
+    /// read the sum of every replica from there. The repository cap is then per replica.
+    pub redis: Option<String>,
+    /// Rows held in memory while the store fails, before new rows are dropped ([`MAX_HELD_ROWS`]).
+    pub max_held_rows: usize,
 }
 
 /// The ledger's own metric families, registered next to the gateway's.
@@ -45,6 +61,7 @@ struct LedgerMetrics {
     dropped: IntCounter,
     flush_failures: IntCounter,
     pending_rows: IntGauge,
+    redis_up: IntGauge,
 }
 
 impl LedgerMetrics {
@@ -52,7 +69,8 @@ impl LedgerMetrics {
         let m = LedgerMetrics {
             dropped: IntCounter::new(
                 "mirrorgate_usage_dropped_total",
-                "Finished requests the usage ledger could not count because its queue was full.",
+                "Finished requests the usage ledger could not count: its queue was full, or the store failed so long \
+                 that the counts held in memory reached their bound.",
             )?,
             flush_failures: IntCounter::new(
                 "mirrorgate_usage_flush_failures_total",
@@ -62,8 +80,15 @@ impl LedgerMetrics {
                 "mirrorgate_usage_pending_rows",
                 "Usage ledger rows counted in memory and not yet written to the store.",
             )?,
+            redis_up: IntGauge::new(
+                "mirrorgate_usage_redis_up",
+                "1 when the last flush to the shared usage ledger in Redis worked, 0 when it failed \
+                 (counts are kept in memory and retried); 1 without shared mode.",
+            )?,
         };
+        m.redis_up.set(1);
         if let Some(registry) = registry {
+            registry.register(Box::new(m.redis_up.clone()))?;
             registry.register(Box::new(m.dropped.clone()))?;
             registry.register(Box::new(m.flush_failures.clone()))?;
             registry.register(Box::new(m.pending_rows.clone()))?;
@@ -83,6 +108,7 @@ pub struct Ledger {
     tx: SyncSender<Command>,
     metrics: LedgerMetrics,
     store: PathBuf,
+    redis: Option<String>,
     writer: Mutex<Option<JoinHandle<()>>>,
 }
 
@@ -99,20 +125,32 @@ impl Ledger {
         registry: Option<&Registry>,
     ) -> Result<Ledger, UsageError> {
         let metrics = LedgerMetrics::new(registry).map_err(|_| UsageError::Stopped)?;
-        let store = Store::open(&options.store)?;
         let mut cap = RepositoryCap::new(options.max_repositories);
         let day = today();
-        store.prune_before(first_kept(day, options.retention))?;
-        for (tenant, repository) in store.repositories_on(day)? {
-            cap.seed(day, &tenant, repository);
-        }
+        let sink = match &options.redis {
+            Some(url) => Sink::Shared {
+                store: Box::new(SharedStore::new(url)?),
+                pending: None,
+                replica: replica_id(),
+                batches: 0,
+            },
+            None => {
+                let store = Store::open(&options.store)?;
+                store.prune_before(first_kept(day, options.retention))?;
+                for (tenant, repository) in store.repositories_on(day)? {
+                    cap.seed(day, &tenant, repository);
+                }
+                Sink::Local(store)
+            }
+        };
         let (tx, rx) = mpsc::sync_channel(options.queue.max(1));
         let writer = Writer {
-            store,
+            sink,
             cap,
             batch: Batch::default(),
             metrics: metrics.clone(),
             retention: options.retention,
+            max_held_rows: options.max_held_rows,
             pruned_on: day,
         };
         let flush_every = options.flush_every;
@@ -127,6 +165,7 @@ impl Ledger {
             tx,
             metrics,
             store: options.store,
+            redis: options.redis,
             writer: Mutex::new(Some(handle)),
         })
     }
@@ -136,15 +175,8 @@ impl Ledger {
         match self.tx.try_send(Command::Record(event)) {
             Ok(()) => {}
             Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
-                self.metrics.dropped.inc();
-                let dropped = self.metrics.dropped.get();
-                // Logged at 1, 2, 4, 8, … drops: visible without flooding the log under overload.
-                if dropped.is_power_of_two() {
-                    tracing::warn!(
-                        dropped,
-                        "usage ledger queue full: finished requests were not counted"
-                    );
-                }
+                self.metrics
+                    .drop_one("usage ledger queue full: finished requests were not counted");
             }
         }
     }
@@ -164,7 +196,24 @@ impl Ledger {
     /// Blocking.
     pub fn query(&self, query: &Query) -> Result<Vec<Row>, UsageError> {
         self.flush()?;
-        Store::open_read_only(&self.store)?.query(query)
+        match &self.redis {
+            Some(url) => SharedStore::new(url)?.query(query),
+            None => Store::open_read_only(&self.store)?.query(query),
+        }
+    }
+
+    /// Response bytes each tenant was sent on `day`, as the ledger counts them (every replica's in shared
+    /// mode): what the daily byte quotas start from, so a restart does not reset them. Blocking.
+    pub fn bytes_sent_on(
+        &self,
+        day: Date,
+    ) -> Result<std::collections::HashMap<String, u64>, UsageError> {
+        day_bytes(self.query(&Query {
+            from: Some(day),
+            to: Some(day),
+            tenant: None,
+            by: crate::GroupBy::Tenant,
+        })?)
     }
 
     /// The store's file.
@@ -194,12 +243,46 @@ fn first_kept(today: Date, retention: Duration) -> Date {
         .unwrap_or(Date::MIN)
 }
 
+/// A replica's name in batch ids: process id and start time, unique across replicas and restarts.
+fn replica_id() -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    format!("{:x}-{nanos:x}", std::process::id())
+}
+
+impl LedgerMetrics {
+    /// Counts one event that could not be counted, logging at 1, 2, 4, 8, … drops (visible without flooding
+    /// the log under overload).
+    fn drop_one(&self, why: &'static str) {
+        self.dropped.inc();
+        let dropped = self.dropped.get();
+        if dropped.is_power_of_two() {
+            tracing::warn!(dropped, "{why}");
+        }
+    }
+}
+
+/// Where flushes go.
+enum Sink {
+    Local(Store),
+    Shared {
+        // Boxed: a live Redis connection is much larger than the SQLite handle.
+        store: Box<SharedStore>,
+        /// The batch Redis has not confirmed yet, with its id: retried as is until it has.
+        pending: Option<(String, HashMap<Key, Counts>)>,
+        replica: String,
+        batches: u64,
+    },
+}
+
 struct Writer {
-    store: Store,
+    sink: Sink,
     cap: RepositoryCap,
     batch: Batch,
     metrics: LedgerMetrics,
     retention: Duration,
+    max_held_rows: usize,
     pruned_on: Date,
 }
 
@@ -209,19 +292,14 @@ impl Writer {
         loop {
             let wait = next.saturating_duration_since(Instant::now());
             match rx.recv_timeout(wait) {
-                Ok(Command::Record(event)) => {
-                    let key = self.cap.key(&event);
-                    self.batch.add(key, &Counts::of(&event));
-                    self.metrics.pending_rows.set(gauge(self.batch.len()));
-                }
+                Ok(Command::Record(event)) => self.count(&event),
                 Ok(Command::Flush(reply)) => {
                     let _ = reply.try_send(self.flush());
                 }
                 Ok(Command::Stop) | Err(RecvTimeoutError::Disconnected) => {
                     // Events queued before the stop are counted too.
                     while let Ok(Command::Record(event)) = rx.try_recv() {
-                        let key = self.cap.key(&event);
-                        self.batch.add(key, &Counts::of(&event));
+                        self.count(&event);
                     }
                     if let Err(error) = self.flush() {
                         tracing::error!(error = %crate::Report(&error), "last usage flush failed; its counts are lost");
@@ -239,23 +317,79 @@ impl Writer {
         }
     }
 
+    /// Rows in memory: the batch and, in shared mode, the batch Redis has not confirmed.
+    fn held(&self) -> usize {
+        let pending = match &self.sink {
+            Sink::Shared {
+                pending: Some((_, rows)),
+                ..
+            } => rows.len(),
+            _ => 0,
+        };
+        self.batch.len() + pending
+    }
+
+    fn count(&mut self, event: &Event) {
+        let key = self.cap.key(event);
+        if self.held() >= self.max_held_rows && !self.batch.contains(&key) {
+            self.metrics.drop_one(
+                "usage store unreachable for long: memory for held counts is full, new rows are not counted",
+            );
+            return;
+        }
+        self.batch.add(key, &Counts::of(event));
+        self.metrics.pending_rows.set(gauge(self.held()));
+    }
+
     fn flush(&mut self) -> Result<(), UsageError> {
-        if self.batch.is_empty() {
-            return Ok(());
-        }
-        let rows = self.batch.take();
-        match self.store.add(&rows) {
-            Ok(()) => {
-                self.metrics.pending_rows.set(0);
-                Ok(())
+        let result = match &mut self.sink {
+            Sink::Local(store) => {
+                if self.batch.is_empty() {
+                    return Ok(());
+                }
+                let rows = self.batch.take();
+                let result = store.add(&rows);
+                if result.is_err() {
+                    self.batch.restore(rows);
+                }
+                result
             }
-            Err(e) => {
-                self.metrics.flush_failures.inc();
-                self.batch.restore(rows);
-                self.metrics.pending_rows.set(gauge(self.batch.len()));
-                Err(e)
+            Sink::Shared {
+                store,
+                pending,
+                replica,
+                batches,
+            } => {
+                let result = flush_shared(
+                    store,
+                    pending,
+                    &mut self.batch,
+                    replica,
+                    batches,
+                    self.retention,
+                );
+                let up = i64::from(result.is_ok());
+                if self.metrics.redis_up.get() != up {
+                    self.metrics.redis_up.set(up);
+                    match &result {
+                        Ok(()) => tracing::info!(
+                            "shared usage ledger in redis reachable again; held counts written"
+                        ),
+                        Err(error) => tracing::warn!(
+                            error = %crate::Report(error),
+                            max_rows = self.max_held_rows,
+                            "shared usage ledger in redis unreachable; counts kept in memory and retried"
+                        ),
+                    }
+                }
+                result
             }
+        };
+        if result.is_err() {
+            self.metrics.flush_failures.inc();
         }
+        self.metrics.pending_rows.set(gauge(self.held()));
+        result
     }
 
     /// Once per UTC day: delete expired days and forget yesterday's repository names.
@@ -266,13 +400,43 @@ impl Writer {
         }
         self.pruned_on = day;
         self.cap.forget_before(day);
-        match self.store.prune_before(first_kept(day, self.retention)) {
+        // Redis expires each day's hash on its own.
+        let Sink::Local(store) = &self.sink else {
+            return;
+        };
+        match store.prune_before(first_kept(day, self.retention)) {
             Ok(0) => {}
             Ok(rows) => tracing::info!(rows, "usage rows past retention deleted"),
             Err(error) => {
                 tracing::warn!(error = %crate::Report(&error), "cannot delete expired usage rows")
             }
         }
+    }
+}
+
+/// Sends the unconfirmed batch (same id as before), then the new one (a new id), until both are in Redis.
+fn flush_shared(
+    store: &mut SharedStore,
+    pending: &mut Option<(String, HashMap<Key, Counts>)>,
+    batch: &mut Batch,
+    replica: &str,
+    batches: &mut u64,
+    retention: Duration,
+) -> Result<(), UsageError> {
+    loop {
+        if pending.is_none() {
+            if batch.is_empty() {
+                return Ok(());
+            }
+            *batches += 1;
+            *pending = Some((format!("{replica}-{batches}"), batch.take()));
+        }
+        if let Some((id, rows)) = pending.as_ref() {
+            if !store.add(id, rows, retention)? {
+                tracing::debug!(batch = %id, "usage batch was already in redis (its reply had been lost)");
+            }
+        }
+        *pending = None;
     }
 }
 
@@ -292,6 +456,8 @@ mod tests {
             flush_every,
             queue: 1024,
             max_repositories: 100,
+            redis: None,
+            max_held_rows: MAX_HELD_ROWS,
         }
     }
 

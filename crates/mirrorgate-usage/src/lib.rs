@@ -11,6 +11,7 @@
 //! - `event`: one finished response, the row key and the counters it adds.
 //! - `batch`: counts summed in memory between flushes; the per-tenant, per-day repository cap.
 //! - `store`: the SQLite table, flushes, retention, export queries.
+//! - `shared`: the same rows summed in Redis by every replica (`[limits] redis`).
 //! - `ledger`: the handle the request path records into, the writer thread, flush and shutdown.
 //! - `query`, `format`: what an export asks for and how it is printed (table, CSV, JSON).
 //! - `error`: the crate's error.
@@ -23,13 +24,15 @@ mod event;
 mod format;
 mod ledger;
 mod query;
+mod shared;
 mod store;
 
 pub use error::{Report, UsageError};
 pub use event::{Activity, Counts, Event, NONE, OTHER_REPOSITORY};
 pub use format::{render, Format};
-pub use ledger::{today, Ledger, LedgerOptions};
+pub use ledger::{today, Ledger, LedgerOptions, MAX_HELD_ROWS};
 pub use query::{format_day, parse_day, GroupBy, Query, Row};
+pub use shared::SharedStore;
 pub use store::Store;
 
 /// Distinct repositories one tenant gets rows for per day; further ones are counted under

@@ -5,7 +5,7 @@ use std::str::FromStr;
 use time::Date;
 
 use crate::error::UsageError;
-use crate::event::Counts;
+use crate::event::{Counts, Key};
 
 /// The `YYYY-MM-DD` form days are written in, in the store and in exports.
 pub(crate) const DAY_FORMAT: &[time::format_description::BorrowedFormatItem<'static>] =
@@ -116,6 +116,63 @@ pub struct Row {
     pub repository: Option<String>,
     #[serde(flatten)]
     pub counts: Counts,
+}
+
+impl Query {
+    /// Whether a row of `day` and `tenant` is in this export.
+    pub(crate) fn selects(&self, day: Date, tenant: &str) -> bool {
+        self.from.is_none_or(|f| day >= f)
+            && self.to.is_none_or(|t| day <= t)
+            && self.tenant.as_deref().is_none_or(|t| t == tenant)
+    }
+
+    /// Sums `rows` the way the store's `GROUP BY … ORDER BY …` does, for stores that are no SQL database
+    /// (the shared Redis ledger). Rows outside the query's days or tenant are skipped.
+    pub(crate) fn group<'a>(
+        &self,
+        rows: impl IntoIterator<Item = (&'a Key, &'a Counts)>,
+    ) -> Vec<Row> {
+        let columns = self.by.columns();
+        let mut sums: std::collections::BTreeMap<Vec<String>, Counts> = Default::default();
+        for (key, counts) in rows {
+            if !self.selects(key.day, &key.tenant) {
+                continue;
+            }
+            let group = columns
+                .iter()
+                .map(|c| match *c {
+                    "day" => format_day(key.day),
+                    "tenant" => key.tenant.clone(),
+                    "user" => key.user.clone(),
+                    "route" => key.route.clone(),
+                    _ => key.repository.clone(),
+                })
+                .collect();
+            sums.entry(group).or_default().add(counts);
+        }
+        sums.into_iter()
+            .map(|(group, counts)| {
+                let mut row = Row {
+                    day: None,
+                    tenant: None,
+                    user: None,
+                    route: None,
+                    repository: None,
+                    counts,
+                };
+                for (column, value) in columns.iter().zip(group) {
+                    match *column {
+                        "day" => row.day = Some(value),
+                        "tenant" => row.tenant = Some(value),
+                        "user" => row.user = Some(value),
+                        "route" => row.route = Some(value),
+                        _ => row.repository = Some(value),
+                    }
+                }
+                row
+            })
+            .collect()
+    }
 }
 
 #[cfg(test)]

@@ -146,6 +146,7 @@ async fn serve(path: PathBuf, checked: check::Checked, nofile: Option<u64>) -> a
     // The usage ledger: opened (and expired days deleted) before serving, so its file problems stop the start.
     let usage = crate::usage_cmd::start_ledger(&config, &metrics).await?;
     gateway.set_usage(usage.clone());
+    crate::usage_cmd::seed_quotas(&gateway.limiter(), &usage, None).await;
 
     // 5. Bind every listener before serving any, so a taken port fails the start cleanly; then serve.
     let spawner = Spawner {
@@ -281,7 +282,10 @@ impl Server {
         if config.tenants != self.config.tenants || config.limits != self.config.limits {
             match mirrorgate_limits::Limiter::new(mirrorgate_proxy::limits_spec(config)) {
                 Ok(limiter) => {
-                    self.gateway.replace_limiter(Arc::new(limiter));
+                    let limiter = Arc::new(limiter);
+                    let old = self.gateway.limiter();
+                    crate::usage_cmd::seed_quotas(&limiter, &self.spawner.usage, Some(&old)).await;
+                    self.gateway.replace_limiter(limiter);
                     tracing::info!("limits changed: limiter state starts afresh");
                 }
                 Err(e) => return refused(&self.metrics, &self.path, e.to_string()),
