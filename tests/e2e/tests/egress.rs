@@ -269,9 +269,25 @@ fn audit_file_rotates_by_size() {
         );
         assert_eq!(resp.status, 200, "{}", resp.text());
     }
+    // The writer thread may still be draining its queue (and be between the renames of a rotation): wait until
+    // the three files exist and have stopped changing.
+    let sizes = || {
+        [audit.clone(), rotated(1), rotated(2)].map(|p| std::fs::metadata(p).map(|m| m.len()).ok())
+    };
     let start = Instant::now();
-    while !rotated(2).exists() && start.elapsed() < Duration::from_secs(10) {
-        std::thread::sleep(Duration::from_millis(25));
+    let mut last = sizes();
+    let mut stable_since = Instant::now();
+    while start.elapsed() < Duration::from_secs(20) {
+        std::thread::sleep(Duration::from_millis(50));
+        let now = sizes();
+        if now != last {
+            last = now;
+            stable_since = Instant::now();
+        } else if now.iter().all(Option::is_some)
+            && stable_since.elapsed() > Duration::from_millis(500)
+        {
+            break;
+        }
     }
     assert!(
         rotated(1).exists() && rotated(2).exists(),
