@@ -1,6 +1,7 @@
 //! The `mirrorgate` binary: reads the command line and hands over to one command module. Start-up, signals
 //! and reload live in `run`; everything that serves requests lives in the library crates.
 
+mod cache_cmd;
 mod check;
 mod client_config;
 mod fds;
@@ -43,6 +44,8 @@ enum Command {
     ClientConfig(client_config::Args),
     /// Export the usage ledger (per day, tenant, user, route or repository) as a table, CSV or JSON.
     Usage(usage_cmd::Args),
+    /// Inspect or purge the built-in cache's store on disk (safe while the gateway runs).
+    Cache(cache_cmd::Args),
 }
 
 fn main() -> ExitCode {
@@ -53,5 +56,6 @@ fn main() -> ExitCode {
         Command::Htpasswd(args) => htpasswd_cmd::main(args),
         Command::ClientConfig(args) => client_config::main(&args),
         Command::Usage(args) => usage_cmd::main(&args),
+        Command::Cache(args) => cache_cmd::main(&args),
     }
 }

@@ -272,3 +272,105 @@ fn tag_ttl_stale_if_error_and_route_opt_out() {
     let layers = pull("docker.test", "tag-stale");
     assert_eq!(layers, app.layer_digests);
 }
+
+/// Upstream requests with `method` whose URI contains `path_part` (the registry logs each request's method).
+fn requests_by(upstream: &Registry, method: &str, path_part: &str) -> usize {
+    let method = format!("http.request.method={method}");
+    upstream
+        .log()
+        .lines()
+        .filter(|l| {
+            l.contains("response completed") && l.contains(&method) && l.contains(path_part)
+        })
+        .count()
+}
+
+/// `mirrorgate cache <args> -c <config>`: (exit code, stdout, stderr).
+fn cache_cli(config: &Path, args: &[&str]) -> (i32, String, String) {
+    let out = std::process::Command::new(mirrorgate_e2e::bin_path())
+        .arg("cache")
+        .args(args)
+        .arg("-c")
+        .arg(config)
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+// Pins tag revalidation: past `tag_ttl` one HEAD upstream (no GET) refreshes an unchanged tag, which is then
+// answered from the cache (its bytes counted as saved); a moved tag is fetched again. And `mirrorgate cache
+// stats|purge` on the store of the running gateway: purging the repository makes the next pull fetch again.
+#[test]
+fn expired_tag_revalidates_with_one_head_and_admin_purges() {
+    let s = Stage::new("cache-revalidate");
+    let upstream = Registry::open(s.t.path(), "upstream").unwrap();
+    let app = push_image(&s, &upstream, "app", "team-a/app:v1", 16 * 1024);
+    let gw = s.gateway(&cached_route(&upstream, "tag_ttl = \"1s\""));
+    let pull = |dir: &str| {
+        s.skopeo()
+            .pull(
+                &s.via("docker.test", "team-a/app:v1"),
+                &s.t.sub(dir).unwrap(),
+            )
+            .unwrap()
+    };
+    let tag = "/v2/team-a/app/manifests/v1";
+    let (gets, heads) = (
+        requests_by(&upstream, "GET", tag),
+        requests_by(&upstream, "HEAD", tag),
+    );
+
+    assert_eq!(pull("first"), app.layer_digests);
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    assert_eq!(pull("revalidated"), app.layer_digests);
+    assert_eq!(
+        requests_by(&upstream, "GET", tag),
+        gets + 1,
+        "{}",
+        upstream.log()
+    );
+    assert_eq!(
+        requests_by(&upstream, "HEAD", tag),
+        heads + 1,
+        "{}",
+        upstream.log()
+    );
+    let m = s.metrics();
+    assert!(metric(&m, "mirrorgate_cache_hits_total", &["kind=\"manifest\""]) >= 1.0);
+    assert!(
+        metric(
+            &m,
+            "mirrorgate_cache_hit_bytes_total",
+            &["route=\"docker.test\""]
+        ) > 0.0
+    );
+
+    let moved = push_image(&s, &upstream, "moved", "team-a/app:v1", 8 * 1024);
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    assert_eq!(pull("moved"), moved.layer_digests);
+
+    let (code, out, err) = cache_cli(gw.config_path(), &["stats"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("repositories: 1"), "{out}");
+    assert!(!out.contains("entries: 0 "), "{out}");
+    let (code, _, err) = cache_cli(gw.config_path(), &["purge"]);
+    assert_eq!(code, 2, "purge without a selection is refused: {err}");
+    let (code, out, err) = cache_cli(gw.config_path(), &["purge", "--repository", "team-a/app"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(!out.starts_with("removed 0 entries"), "{out}");
+    let (_, out, _) = cache_cli(gw.config_path(), &["stats"]);
+    assert!(out.contains("entries: 0 "), "{out}");
+
+    let layer = &moved.layer_digests[0];
+    let before = upstream.requests(layer);
+    assert_eq!(pull("after-purge"), moved.layer_digests);
+    assert_eq!(
+        upstream.requests(layer),
+        before + 1,
+        "the purged layer is fetched again"
+    );
+}
