@@ -422,3 +422,25 @@ async fn admin_stats_and_purge() {
     assert_eq!((p.entries, p.references), (1, 1));
     assert_eq!(stats(dir.path()).unwrap().entries, 0);
 }
+
+// Pins that a client following a fill with an announced length never has every byte before the fill is
+// verified: the last byte waits for the digest check, so wrong bytes end in an error, never in a body the
+// client can take for complete (a Content-Length body with all its bytes is complete to any HTTP client).
+#[tokio::test]
+async fn last_byte_waits_for_verification() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cache, _) = open(dir.path(), 1 << 20);
+    let d = digest_of(b"the real bytes");
+    let (tx, body) = channel_body();
+    let mut reader = lead(&cache, &d).start(Some(9), body);
+    tx.send(Ok(Bytes::from_static(b"evil byte"))).await.unwrap();
+    let mut got = 0;
+    while let Ok(Some(chunk)) =
+        tokio::time::timeout(Duration::from_millis(300), reader.next()).await
+    {
+        got += chunk.unwrap().len();
+    }
+    assert_eq!(got, 8, "bytes delivered before verification");
+    drop(tx);
+    assert!(matches!(reader.next().await, Some(Err(_))));
+}

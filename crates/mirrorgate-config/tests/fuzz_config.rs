@@ -164,7 +164,11 @@ fn shipped_config_caches_within_a_few_gib() {
     let (path, text) = shipped();
     let config = parse(&path, &text).unwrap();
     let cache = config.cache.expect("the shipped config has a [cache]");
-    assert!(cache.max_size >= 1 << 30 && cache.max_size <= 8 << 30, "{}", cache.max_size);
+    assert!(
+        cache.max_size >= 1 << 30 && cache.max_size <= 8 << 30,
+        "{}",
+        cache.max_size
+    );
     assert!(config.routes.iter().all(|r| r.cache));
 }
 

@@ -374,3 +374,324 @@ fn expired_tag_revalidates_with_one_head_and_admin_purges() {
         "the purged layer is fetched again"
     );
 }
+
+/// The blob file of `digest` inside a `docker-registry`'s filesystem storage.
+fn stored_blob(upstream: &Registry, digest: &str) -> std::path::PathBuf {
+    let hex = digest.trim_start_matches("sha256:");
+    upstream
+        .dir()
+        .join("storage/docker/registry/v2/blobs/sha256")
+        .join(&hex[..2])
+        .join(hex)
+        .join("data")
+}
+
+/// The cache's entry file for `digest` under the scratch folder's `cache/`.
+fn cached_blob(s: &Stage, digest: &str) -> std::path::PathBuf {
+    s.t.path()
+        .join("cache/blobs/sha256")
+        .join(digest.trim_start_matches("sha256:"))
+}
+
+fn file_sha256(path: &Path) -> String {
+    mirrorgate_e2e::sha256(&std::fs::read(path).unwrap())
+}
+
+// Pins the token-mode upstream with real clients: skopeo pulls twice (the second reaches no upstream content
+// and asks the token service for nothing more), and podman then pulls the same image through a registries.conf
+// mirror, served from the cache.
+#[test]
+fn token_upstream_pulled_twice_by_skopeo_then_by_podman() {
+    const PUSHER: (&str, &str) = ("pusher", "push-secret");
+    let s = Stage::new("cache-token");
+    let issuer = mirrorgate_e2e::TokenIssuer::start(
+        &s.t.sub("issuer").unwrap(),
+        mirrorgate_e2e::TokenIssuerOptions {
+            users: vec![(PUSHER.0.into(), PUSHER.1.into())],
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let upstream = Registry::token(s.t.path(), "upstream", &issuer).unwrap();
+    let image = OciImage::write_layout(
+        &s.t.sub("image-hello").unwrap(),
+        "hello",
+        "latest",
+        64 * 1024,
+    )
+    .unwrap();
+    let hello = push(&image, &upstream, "library/hello:latest", Some(PUSHER)).unwrap();
+    let gw = s.gateway(&cached_route(&upstream, ""));
+
+    let pull = |dir: &str| {
+        s.skopeo()
+            .pull(
+                &s.via("docker.test", "library/hello:latest"),
+                &s.t.sub(dir).unwrap(),
+            )
+            .unwrap()
+    };
+    assert_eq!(pull("first"), hello.layer_digests);
+    let (contents, tokens) = (by_digest_requests(&upstream), issuer.total());
+    assert_eq!(pull("second"), hello.layer_digests);
+    assert_eq!(
+        by_digest_requests(&upstream),
+        contents,
+        "{}",
+        upstream.log()
+    );
+    assert_eq!(
+        issuer.total(),
+        tokens,
+        "the second pull needed no upstream token"
+    );
+
+    let registry = format!("upstream.test:{}", upstream.port());
+    let podman = mirrorgate_e2e::Podman::new(
+        s.t.path(),
+        &registry,
+        &format!("127.0.0.1:{}", mirrorgate_e2e::free_port()),
+        &[&format!("docker.test:{}", s.ports.https)],
+    )
+    .unwrap()
+    .cert_dir(&s.certs);
+    let reference = format!("{registry}/library/hello:latest");
+    let out = podman.pull(&reference).unwrap();
+    assert!(
+        out.ok(),
+        "podman pull: {}{}\n{}",
+        out.stdout,
+        out.stderr,
+        gw.log()
+    );
+    assert_eq!(
+        podman.image_digest(&reference).unwrap(),
+        hello.manifest_digest
+    );
+    assert_eq!(
+        by_digest_requests(&upstream),
+        contents,
+        "podman's pull reached the upstream"
+    );
+}
+
+// Pins verification against a real upstream: a blob whose bytes were corrupted inside the registry's storage
+// fails the pull, never becomes an entry, and is counted in `mirrorgate_cache_fill_errors_total`.
+#[test]
+fn corrupted_upstream_blob_fails_the_pull_and_is_not_cached() {
+    let s = Stage::new("cache-corrupt");
+    let upstream = Registry::open(s.t.path(), "upstream").unwrap();
+    let app = push_image(&s, &upstream, "app", "team-a/app:v1", 256 * 1024);
+    let layer = &app.layer_digests[0];
+    let stored = stored_blob(&upstream, layer);
+    let mut bytes = std::fs::read(&stored).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0xff;
+    std::fs::write(&stored, &bytes).unwrap();
+    let _gw = s.gateway(&cached_route(&upstream, ""));
+
+    let pulled = s.skopeo().pull(
+        &s.via("docker.test", "team-a/app:v1"),
+        &s.t.sub("pull").unwrap(),
+    );
+    assert!(pulled.is_err(), "a corrupted layer pulled: {pulled:?}");
+    let resp = s.http.download_with_pause(
+        &s.get("docker.test", &format!("/v2/team-a/app/blobs/{layer}")),
+        u64::MAX,
+        std::time::Duration::ZERO,
+        || Ok(()),
+    );
+    assert!(
+        resp.is_err(),
+        "the stream of wrong bytes ended cleanly: {resp:?}"
+    );
+    assert!(
+        !cached_blob(&s, layer).exists(),
+        "the corrupted blob became an entry"
+    );
+    assert!(metric(&s.metrics(), "mirrorgate_cache_fill_errors_total", &[]) >= 1.0);
+}
+
+/// A TCP relay to `backend` that passes the backend's answers on `chunk` bytes per `every` (a slow upstream).
+struct SlowRelay {
+    port: u16,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl SlowRelay {
+    fn start(backend: u16, chunk: usize, every: std::time::Duration) -> Self {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let rt = mirrorgate_e2e::runtime();
+        let listener = rt
+            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+            .unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let task = rt.spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    let Ok(server) = tokio::net::TcpStream::connect(("127.0.0.1", backend)).await
+                    else {
+                        return;
+                    };
+                    let (mut client_rx, mut client_tx) = client.into_split();
+                    let (mut server_rx, mut server_tx) = server.into_split();
+                    let up = tokio::spawn(async move {
+                        let _ = tokio::io::copy(&mut client_rx, &mut server_tx).await;
+                    });
+                    let mut buf = vec![0u8; chunk];
+                    loop {
+                        let n = match server_rx.read(&mut buf).await {
+                            Ok(0) | Err(_) => break,
+                            Ok(n) => n,
+                        };
+                        if client_tx.write_all(&buf[..n]).await.is_err() {
+                            break;
+                        }
+                        tokio::time::sleep(every).await;
+                    }
+                    up.abort();
+                });
+            }
+        });
+        Self { port, task }
+    }
+}
+
+impl Drop for SlowRelay {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+// Pins crash safety: `kill -9` of the gateway while a large blob is being filled leaves no entry; the restart
+// removes the partial file, and the next pull fills the blob cleanly (its entry hashes to its digest).
+#[test]
+fn kill_9_during_a_fill_leaves_no_partial_entry() {
+    let s = Stage::new("cache-kill");
+    let upstream = Registry::open(s.t.path(), "upstream").unwrap();
+    let big = push_image(&s, &upstream, "big", "team-a/big:v1", 16 << 20);
+    let layer = &big.layer_digests[0];
+    // About 3 MiB/s: the 16 MiB fill takes seconds, the kill lands in its middle.
+    let relay = SlowRelay::start(
+        upstream.port(),
+        64 * 1024,
+        std::time::Duration::from_millis(20),
+    );
+    let config = format!(
+        "{}[cache]\ndir = \"cache\"\n",
+        route(
+            "docker.test",
+            &format!("http://127.0.0.1:{}", relay.port),
+            ""
+        )
+    );
+    let mut gw = s.gateway(&config);
+    let pid = gw.pid().to_string();
+    let got = s.http.download_with_pause(
+        &s.get("docker.test", &format!("/v2/team-a/big/blobs/{layer}")),
+        2 << 20,
+        std::time::Duration::from_secs(2),
+        || {
+            let status = std::process::Command::new("kill")
+                .args(["-9", &pid])
+                .status()?;
+            anyhow::ensure!(status.success(), "kill -9 {pid}: {status}");
+            Ok(())
+        },
+    );
+    assert!(got.is_err(), "the download survived kill -9: {got:?}");
+    assert!(gw.wait_exit(std::time::Duration::from_secs(5)).is_err());
+    let tmp = s.t.path().join("cache/tmp");
+    let partial: Vec<_> = std::fs::read_dir(&tmp).unwrap().collect();
+    assert!(
+        !partial.is_empty(),
+        "no partial fill to clean up: the kill came too late"
+    );
+    assert!(
+        !cached_blob(&s, layer).exists(),
+        "a partial blob became an entry"
+    );
+    drop(gw);
+
+    let _gw = s.gateway(&config);
+    assert_eq!(
+        std::fs::read_dir(&tmp).unwrap().count(),
+        0,
+        "the start left partial fills"
+    );
+    let layers = s
+        .skopeo()
+        .pull(
+            &s.via("docker.test", "team-a/big:v1"),
+            &s.t.sub("pull").unwrap(),
+        )
+        .unwrap();
+    assert_eq!(layers, big.layer_digests);
+    assert_eq!(file_sha256(&cached_blob(&s, layer)), *layer);
+}
+
+// Pins single flight at scale: 50 clients asking at once for one uncached 64 MiB blob cause exactly one
+// upstream GET of it (the registry's log), every body hashes to the digest, and the gateway's RSS stays far
+// below the blob's size (bodies stream from the growing file; nothing holds the blob in memory).
+#[test]
+fn fifty_clients_one_uncached_blob_one_upstream_get() {
+    const CLIENTS: usize = 50;
+    const SIZE: usize = 64 << 20;
+    let s = Stage::new("cache-flight");
+    let upstream = Registry::open(s.t.path(), "upstream").unwrap();
+    let big = push_image(&s, &upstream, "big", "team-a/big:v1", SIZE);
+    let layer = big.layer_digests[0].clone();
+    let gw = s.gateway(&cached_route(&upstream, "max_size = \"1GiB\""));
+    // warm up connections and allocator arenas before the idle figure
+    let warm = s.send(&s.get(
+        "docker.test",
+        &format!("/v2/team-a/big/manifests/{}", big.manifest_digest),
+    ));
+    assert_eq!(warm.status, 200);
+    let idle = gw.rss_kib().unwrap();
+    let before = requests_by(&upstream, "GET", &layer);
+
+    let req = s.get("docker.test", &format!("/v2/team-a/big/blobs/{layer}"));
+    let done = std::sync::atomic::AtomicBool::new(false);
+    let (results, peak) = std::thread::scope(|scope| {
+        let sampler = scope.spawn(|| {
+            let mut peak = idle;
+            while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                peak = peak.max(gw.rss_kib().unwrap_or(0));
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+            peak
+        });
+        let clients: Vec<_> = (0..CLIENTS)
+            .map(|_| {
+                let (http, req) = (s.http.clone(), req.clone());
+                scope.spawn(move || {
+                    http.download_with_pause(&req, u64::MAX, std::time::Duration::ZERO, || Ok(()))
+                })
+            })
+            .collect();
+        let results: Vec<_> = clients.into_iter().map(|c| c.join().unwrap()).collect();
+        done.store(true, std::sync::atomic::Ordering::Relaxed);
+        (results, sampler.join().unwrap())
+    });
+    for r in &results {
+        let (status, n, digest) = r.as_ref().unwrap();
+        assert_eq!(
+            (*status, *n as usize, digest.as_str()),
+            (200, SIZE, layer.as_str())
+        );
+    }
+    assert_eq!(
+        requests_by(&upstream, "GET", &layer),
+        before + 1,
+        "{}",
+        upstream.log()
+    );
+    let above = peak.saturating_sub(idle);
+    println!("single flight: {CLIENTS} clients, RSS idle {idle} KiB, peak {peak} KiB");
+    assert!(
+        above < (SIZE as u64 / 1024) / 2,
+        "RSS rose {above} KiB for a {} KiB blob",
+        SIZE / 1024
+    );
+}
