@@ -157,10 +157,7 @@ async fn forward_parts(
     let server = &ctx.rt.config.server;
     let idempotent = ctx.method == Method::GET || ctx.method == Method::HEAD;
     // Requests without a body (GET, HEAD, the POST that opens an upload) can be sent again after a 401.
-    let replayable = idempotent
-        || body
-            .as_ref()
-            .is_none_or(|b| http_body::Body::is_end_stream(b));
+    let replayable = idempotent || body.as_ref().is_none_or(http_body::Body::is_end_stream);
     let path_and_query = plan.upstream_path_and_query();
     let mut base_headers =
         headers::upstream_request_headers(client_headers, ctx.client_ip, &server.trusted_proxies);
