@@ -1,7 +1,9 @@
-//! The built-in pull-through cache with a real `docker-registry` upstream and skopeo: repeated pulls stay
-//! local, cached digests keep pulling while the upstream is down (also after a gateway restart), a digest
-//! cached through one repository is not served through another, and `max_size` bounds the store
-//! (design.md "Caching", config.md `[cache]`).
+//! The built-in pull-through cache with a real `docker-registry` upstream (open and token mode), skopeo and
+//! podman: repeated pulls stay local, cached digests keep pulling while the upstream is down (also after a
+//! gateway restart), a digest cached through one repository is not served through another, `max_size` bounds
+//! the store, an expired tag is revalidated with one HEAD, `mirrorgate cache stats|purge`, a corrupted upstream
+//! blob is never cached, `kill -9` mid-fill leaves no entry, 50 clients of one uncached blob make one upstream
+//! GET, and an exhausted credential pool serves a known tag stale (design.md "Caching", config.md `[cache]`).
 
 // The whole file is test code: a failed unwrap is a failed scenario (clippy only exempts `#[test]` fns).
 #![allow(clippy::unwrap_used)]
@@ -695,5 +697,91 @@ fn fifty_clients_one_uncached_blob_one_upstream_get() {
         above < (SIZE as u64 / 1024) / 2,
         "RSS rose {above} KiB for a {} KiB blob",
         SIZE / 1024
+    );
+}
+
+// Pins stale-if-error when every upstream credential is set aside (`CredentialsExhausted`): behind a
+// Docker-Hub-like front allowing one manifest GET per account, a tag moved upstream after its TTL needs a GET
+// the only account may no longer make (429, set aside), so the tag's last manifest is served instead — and
+// again on the next pull, when the gateway refuses from its exhausted pool without asking upstream. Both are
+// logged with their reason and counted.
+#[test]
+fn exhausted_credential_pool_serves_a_known_tag_stale() {
+    const PUSHER: (&str, &str) = ("pusher", "push-secret");
+    const MANIFEST: &str = "/v2/library/hello/manifests/latest";
+    let s = Stage::new("cache-pool");
+    let issuer = mirrorgate_e2e::TokenIssuer::start(
+        &s.t.sub("issuer").unwrap(),
+        mirrorgate_e2e::TokenIssuerOptions {
+            users: vec![
+                (PUSHER.0.into(), PUSHER.1.into()),
+                ("hub-one".into(), "pw-one".into()),
+            ],
+            anonymous_pull: false,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let registry = Registry::token(s.t.path(), "upstream", &issuer).unwrap();
+    // The name seeds the image's bytes: two names, two manifests.
+    let write =
+        |name: &str| OciImage::write_layout(&s.t.sub(name).unwrap(), name, "latest", 4096).unwrap();
+    let hello = push(
+        &write("image-1"),
+        &registry,
+        "library/hello:latest",
+        Some(PUSHER),
+    )
+    .unwrap();
+    let front = mirrorgate_e2e::RateLimitFront::start(
+        registry.port(),
+        1,
+        std::time::Duration::from_secs(600),
+    )
+    .unwrap();
+    let gw = s.gateway(&format!(
+        "{}[[route.upstream_credentials]]\nname = \"hub-1\"\nusername = \"hub-one\"\npassword = \"pw-one\"\n\n\
+         [cache]\ndir = \"cache\"\nstale_if_error = \"1h\"\n",
+        route("docker.test", &front.url(), "tag_ttl = \"1s\"")
+    ));
+    let pull = || {
+        s.send(
+            &s.get("docker.test", MANIFEST)
+                .with_header("accept", "application/vnd.oci.image.manifest.v1+json"),
+        )
+    };
+    let first = pull();
+    assert_eq!(first.status, 200, "{}", first.text());
+    assert_eq!(mirrorgate_e2e::sha256(&first.body), hello.manifest_digest);
+
+    push(
+        &write("image-2"),
+        &registry,
+        "library/hello:latest",
+        Some(PUSHER),
+    )
+    .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    for i in 0..2 {
+        let resp = pull();
+        assert_eq!(resp.status, 200, "pull {i}: {}\n{}", resp.text(), gw.log());
+        assert_eq!(mirrorgate_e2e::sha256(&resp.body), hello.manifest_digest);
+    }
+    // The first stale answer follows the upstream's 429 (the account is then set aside), the second the
+    // gateway's own exhausted pool: `CredentialsExhausted`, handled like any other upstream failure.
+    assert_eq!(front.refused("hub-one"), 1);
+    let log = gw.log();
+    let stale: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("serving the tag's last manifest"))
+        .collect();
+    assert_eq!(stale.len(), 2, "{log}");
+    assert!(stale[0].contains("429"), "{stale:?}");
+    assert!(stale[1].contains("every upstream credential"), "{stale:?}");
+    let m = s.metrics();
+    let route_label = ["route=\"docker.test\""];
+    assert_eq!(
+        metric(&m, "mirrorgate_cache_stale_serves_total", &route_label),
+        2.0
     );
 }
