@@ -188,6 +188,28 @@ def assert_rules(rendered, case, root):
         c.rule(f"cache {name} keeps its data on a PVC",
                sts["spec"]["volumeClaimTemplates"][0]["metadata"]["name"] == "data", "no data claim")
 
+    toml_all = __import__("tomllib").loads(toml_of(docs, dep))
+    cache_toml = toml_all.get("cache")
+    volumes = {v["name"]: v for v in spec["volumes"]}
+    c.rule("[cache] is on and its dir is the mount of a writable volume of its own",
+           cache_toml is not None and "cache" in mounts and mounts["cache"]["mountPath"] == cache_toml["dir"]
+           and mounts["cache"].get("readOnly") is not True and "cache" in volumes,
+           f"{cache_toml} {mounts.get('cache')}")
+    cache_volume = volumes.get("cache", {})
+    if case == "full":
+        claim = cache_volume.get("ephemeral", {}).get("volumeClaimTemplate", {}).get("spec", {})
+        c.rule("cache.volume.persistentVolumeClaim gives each replica a PVC of its size and class",
+               claim.get("resources", {}).get("requests", {}).get("storage") == "50Gi"
+               and claim.get("storageClassName") == "fast-ssd" and claim.get("accessModes") == ["ReadWriteOnce"],
+               str(cache_volume))
+        c.rule("cache values and the routes' cache/tag_ttl reach the TOML",
+               cache_toml and cache_toml.get("max_size") == "40GiB" and cache_toml.get("tag_ttl") == "5m"
+               and by_host["hub-pool.example"].get("cache") is False and by_host["gcr.example"].get("tag_ttl") == "1m",
+               f"{cache_toml} {by_host.get('hub-pool.example')}")
+    else:
+        c.rule("the cache volume is an emptyDir with a sizeLimit by default",
+               cache_volume.get("emptyDir", {}).get("sizeLimit") == "10Gi", str(cache_volume))
+
     hpa = find(docs, "HorizontalPodAutoscaler")
     if case == "full":
         c.rule("HPA targets the Deployment and replicas are left to it",

@@ -59,13 +59,34 @@ impl Layout {
         self.root.join(kind).join(hex)
     }
 
-    pub(crate) fn reference(&self, scope: &str, digest: &Digest) -> PathBuf {
+    pub(crate) fn refs_dir(&self) -> PathBuf {
+        self.root.join("refs")
+    }
+
+    pub(crate) fn tags_dir(&self) -> PathBuf {
+        self.root.join("tags")
+    }
+
+    pub(crate) fn scope_refs_dir(&self, scope: &str) -> PathBuf {
         self.scope_dir("refs", scope)
-            .join(format!("{}-{}", digest.algorithm(), digest.encoded()))
+    }
+
+    pub(crate) fn scope_tags_dir(&self, scope: &str) -> PathBuf {
+        self.scope_dir("tags", scope)
+    }
+
+    /// The file name of a reference: `<algorithm>-<encoded>` (a `:` is awkward in file names).
+    pub(crate) fn reference_name(digest: &Digest) -> String {
+        format!("{}-{}", digest.algorithm(), digest.encoded())
+    }
+
+    pub(crate) fn reference(&self, scope: &str, digest: &Digest) -> PathBuf {
+        self.scope_refs_dir(scope)
+            .join(Self::reference_name(digest))
     }
 
     pub(crate) fn tag(&self, scope: &str, tag: &Tag) -> PathBuf {
         // Tags never start with `.` and hold only `[A-Za-z0-9_.-]`: safe as a file name.
-        self.scope_dir("tags", scope).join(tag.as_str())
+        self.scope_tags_dir(scope).join(tag.as_str())
     }
 }

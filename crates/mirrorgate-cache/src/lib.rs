@@ -14,8 +14,10 @@
 //! - [`FileBody`] (`read`): a stream of an entry or of a fill in progress, with ranges.
 //! - `layout`: where each fact lives on disk; `index`: the in-memory LRU order rebuilt from it.
 //! - `verify`: sha256 / sha512 digests; `statfs`: free space of the cache's filesystem.
+//! - `admin`: [`stats`] and [`purge`] of a store on disk, safe next to a running gateway.
 //! - [`CacheError`] (`error`).
 
+mod admin;
 mod error;
 mod fill;
 mod index;
@@ -25,10 +27,11 @@ mod statfs;
 mod store;
 mod verify;
 
+pub use admin::{purge, stats, Purged, Selection, Stats};
 pub use error::CacheError;
 pub use fill::{Begin, Filler, Joiner};
 pub use read::FileBody;
-pub use store::{Cache, CacheSettings, Entry, NoObserver, Observer, TagEntry};
+pub use store::{scope, Cache, CacheSettings, Entry, NoObserver, Observer, TagEntry};
 pub use verify::{can_verify, sha256_of};
 
 #[cfg(test)]

@@ -20,7 +20,7 @@ use crate::store::blocking;
 const CHUNK: u64 = 256 * 1024;
 
 /// A stream of bytes from the cache. A reader of a fill ends with an error, never cleanly, unless the fill was
-/// verified and committed.
+/// verified and committed; with an announced length it gets the last byte only then.
 pub struct FileBody {
     // The mutex makes the stream `Sync` (response bodies must be); it is never contended.
     inner: Mutex<BoxStream<'static, Result<Bytes, CacheError>>>,
@@ -106,7 +106,14 @@ async fn next_chunk(st: &mut State) -> Result<Option<Bytes>, CacheError> {
         Some(rx) => loop {
             let phase = rx.borrow_and_update().clone();
             match phase {
-                Phase::Streaming { written, .. } if written > st.pos => break written,
+                // The last byte of an announced length waits for verification: a client holding every byte
+                // of a Content-Length body takes it as complete, so a wrong body must never arrive whole.
+                Phase::Streaming { written, len } => {
+                    let cap = len.map_or(written, |l| written.min(l.saturating_sub(1)));
+                    if cap > st.pos {
+                        break cap;
+                    }
+                }
                 Phase::Done { written } => break written,
                 Phase::Failed(reason) => {
                     return Err(CacheError::FillFailed {
@@ -120,7 +127,7 @@ async fn next_chunk(st: &mut State) -> Result<Option<Bytes>, CacheError> {
                         reason: Arc::from("abandoned"),
                     })
                 }
-                Phase::Waiting | Phase::Streaming { .. } => {}
+                Phase::Waiting => {}
             }
             if rx.changed().await.is_err() {
                 return Err(CacheError::FillFailed {

@@ -21,6 +21,12 @@ use crate::index::Index;
 use crate::layout::{Layout, TYPE_SUFFIX};
 use crate::verify::verify;
 
+/// The scope under which the proxy records what a repository references: the route's label and the
+/// repository as the client names it. One definition, shared by the request path and `mirrorgate cache purge`.
+pub fn scope(route: &str, repository: &str) -> String {
+    format!("{route}|{repository}")
+}
+
 /// How the store is bounded and how long a fill may stall.
 #[derive(Debug, Clone)]
 pub struct CacheSettings {

@@ -347,3 +347,100 @@ async fn manifests_and_tags() {
     assert!(t.fetched.elapsed().unwrap() < Duration::from_secs(60));
     assert!(cache.tag("other", &tag).is_none());
 }
+
+// Pins `mirrorgate cache stats|purge`: figures read from the files; purging a repository drops what only it
+// referenced and keeps what another repository still references; purging a digest removes it everywhere.
+#[tokio::test]
+async fn admin_stats_and_purge() {
+    use crate::{purge, scope, stats, Purged, Selection};
+    let dir = tempfile::tempdir().unwrap();
+    let (cache, _) = open(dir.path(), 1 << 20);
+    let (shared, only_a, only_b) = (
+        Bytes::from_static(b"shared layer"),
+        Bytes::from_static(b"a's own layer"),
+        Bytes::from_static(b"b's manifest"),
+    );
+    let (ds, da, db) = (digest_of(&shared), digest_of(&only_a), digest_of(&only_b));
+    cache.put(&ds, None, shared.clone()).await.unwrap();
+    cache.put(&da, None, only_a.clone()).await.unwrap();
+    cache
+        .put(
+            &db,
+            Some("application/vnd.oci.image.manifest.v1+json"),
+            only_b.clone(),
+        )
+        .await
+        .unwrap();
+    let (a, b) = (
+        scope("docker.test", "team-a/app"),
+        scope("docker.test", "team-b/app"),
+    );
+    cache
+        .add_references(&a, [ds.clone(), da.clone()])
+        .await
+        .unwrap();
+    cache
+        .add_references(&b, [ds.clone(), db.clone()])
+        .await
+        .unwrap();
+    cache
+        .put_tag(&b, &Tag::parse("v1").unwrap(), &db)
+        .await
+        .unwrap();
+
+    let s = stats(dir.path()).unwrap();
+    assert_eq!((s.entries, s.manifests, s.scopes, s.tags), (3, 1, 2, 1));
+    assert_eq!(s.bytes, (shared.len() + only_a.len() + only_b.len()) as u64);
+
+    let p = purge(
+        dir.path(),
+        &Selection::Scopes {
+            scopes: vec![a.clone()],
+            digest: None,
+        },
+    )
+    .unwrap();
+    assert_eq!(
+        p,
+        Purged {
+            entries: 1,
+            bytes: only_a.len() as u64,
+            references: 2,
+            tags: 0
+        }
+    );
+    assert!(!cache.references(&a, &ds) && cache.references(&b, &ds));
+    // The running store forgets the purged entry on its next lookup; the shared one still serves.
+    assert!(cache.open_entry(&da).is_none());
+    assert!(cache.open_entry(&ds).is_some());
+
+    let p = purge(dir.path(), &Selection::Digest(db.clone())).unwrap();
+    assert_eq!((p.entries, p.references, p.tags), (1, 1, 1));
+    assert!(cache.tag(&b, &Tag::parse("v1").unwrap()).is_none());
+
+    let p = purge(dir.path(), &Selection::All).unwrap();
+    assert_eq!((p.entries, p.references), (1, 1));
+    assert_eq!(stats(dir.path()).unwrap().entries, 0);
+}
+
+// Pins that a client following a fill with an announced length never has every byte before the fill is
+// verified: the last byte waits for the digest check, so wrong bytes end in an error, never in a body the
+// client can take for complete (a Content-Length body with all its bytes is complete to any HTTP client).
+#[tokio::test]
+async fn last_byte_waits_for_verification() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cache, _) = open(dir.path(), 1 << 20);
+    let d = digest_of(b"the real bytes");
+    let (tx, body) = channel_body();
+    let mut reader = lead(&cache, &d).start(Some(9), body);
+    tx.send(Ok(Bytes::from_static(b"evil byte"))).await.unwrap();
+    let mut got = 0;
+    while let Ok(Some(chunk)) =
+        tokio::time::timeout(Duration::from_millis(300), reader.next()).await
+    {
+        got += chunk.unwrap().len();
+    }
+    assert_eq!(got, 8, "bytes delivered before verification");
+    drop(tx);
+    assert!(matches!(reader.next().await, Some(Err(_))));
+}

@@ -157,6 +157,21 @@ fn shipped_config_is_valid() {
     );
 }
 
+// Pins the README's first command as a caching mirror: the shipped config turns the cache on, bounded to a
+// few GiB, for every route.
+#[test]
+fn shipped_config_caches_within_a_few_gib() {
+    let (path, text) = shipped();
+    let config = parse(&path, &text).unwrap();
+    let cache = config.cache.expect("the shipped config has a [cache]");
+    assert!(
+        cache.max_size >= 1 << 30 && cache.max_size <= 8 << 30,
+        "{}",
+        cache.max_size
+    );
+    assert!(config.routes.iter().all(|r| r.cache));
+}
+
 proptest! {
     #![proptest_config(config(1000))]
 

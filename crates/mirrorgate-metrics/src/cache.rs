@@ -14,6 +14,8 @@ use crate::metrics::Metrics;
 pub struct CacheMetrics {
     hits: IntCounterVec,
     misses: IntCounterVec,
+    stale_serves: IntCounterVec,
+    hit_bytes: IntCounterVec,
     evictions: IntCounter,
     fill_errors: IntCounter,
     bytes: IntGauge,
@@ -73,6 +75,28 @@ impl CacheMetrics {
                     "Cacheable requests the cache could not answer (fetched upstream)",
                 ),
             )?,
+            stale_serves: register(
+                r,
+                "mirrorgate_cache_stale_serves_total",
+                IntCounterVec::new(
+                    Opts::new(
+                        "mirrorgate_cache_stale_serves_total",
+                        "Tag manifests served past tag_ttl because every endpoint failed (stale_if_error)",
+                    ),
+                    &["route"],
+                ),
+            )?,
+            hit_bytes: register(
+                r,
+                "mirrorgate_cache_hit_bytes_total",
+                IntCounterVec::new(
+                    Opts::new(
+                        "mirrorgate_cache_hit_bytes_total",
+                        "Bytes answered from the cache (upstream bytes saved), as announced in Content-Length",
+                    ),
+                    &["route"],
+                ),
+            )?,
             evictions: register(
                 r,
                 "mirrorgate_cache_evictions_total",
@@ -110,6 +134,16 @@ impl CacheMetrics {
         self.misses.with_label_values(&[route, kind.as_str()]).inc();
     }
 
+    /// A tag's last manifest was served because upstream failed.
+    pub fn stale_served(&self, route: &str) {
+        self.stale_serves.with_label_values(&[route]).inc();
+    }
+
+    /// `bytes` of a body were answered from the cache instead of upstream.
+    pub fn hit_bytes(&self, route: &str, bytes: u64) {
+        self.hit_bytes.with_label_values(&[route]).inc_by(bytes);
+    }
+
     pub fn evicted(&self, n: u64) {
         self.evictions.inc_by(n);
     }
@@ -138,12 +172,16 @@ mod tests {
         c.miss("docker.test", CacheKind::Manifest);
         c.evicted(2);
         c.fill_failed();
+        c.stale_served("docker.test");
+        c.hit_bytes("docker.test", 4096);
         c.set_size(10, 1);
         let text = m.encode_text().unwrap();
         for line in [
             "mirrorgate_cache_hits_total{kind=\"blob\",route=\"docker.test\"} 1",
             "mirrorgate_cache_misses_total{kind=\"manifest\",route=\"docker.test\"} 1",
             "mirrorgate_cache_evictions_total 2",
+            "mirrorgate_cache_stale_serves_total{route=\"docker.test\"} 1",
+            "mirrorgate_cache_hit_bytes_total{route=\"docker.test\"} 4096",
             "mirrorgate_cache_fill_errors_total 1",
             "mirrorgate_cache_bytes 10",
             "mirrorgate_cache_entries 1",

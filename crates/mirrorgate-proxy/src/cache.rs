@@ -123,7 +123,7 @@ pub(crate) async fn serve(
     let Some(repository) = plan.client_repository() else {
         return crate::forward::forward(ctx, plan, req, facts).await;
     };
-    let scope = format!("{}|{repository}", ctx.route.label);
+    let scope = mirrorgate_cache::scope(&ctx.route.label, &repository);
     let ttl = ctx.route.config.tag_ttl.unwrap_or(cfg.tag_ttl);
     let c = Served { ctx, cache, scope };
     match ask {
@@ -143,8 +143,15 @@ struct Served<'a, 'c> {
 }
 
 impl Served<'_, '_> {
-    fn hit(&self, kind: CacheKind, facts: &mut RequestFacts) {
-        self.cache.metrics.hit(&self.ctx.route.label, kind);
+    /// Counts an answer from the cache, and its body's bytes as upstream bytes saved.
+    fn hit(&self, kind: CacheKind, facts: &mut RequestFacts, resp: &Response<GatewayBody>) {
+        let label = &self.ctx.route.label;
+        self.cache.metrics.hit(label, kind);
+        if self.ctx.method != Method::HEAD {
+            if let Some(n) = content_length(resp.headers()) {
+                self.cache.metrics.hit_bytes(label, n);
+            }
+        }
         facts.endpoint = Some(CACHE_ENDPOINT.to_owned());
     }
 
@@ -168,8 +175,9 @@ impl Served<'_, '_> {
         facts: &mut RequestFacts,
     ) -> Result<Response<GatewayBody>, ProxyError> {
         if let Some(entry) = self.entry(digest) {
-            self.hit(CacheKind::Blob, facts);
-            return Ok(blob_answer(&self.ctx.method, req.headers(), digest, &entry));
+            let resp = blob_answer(&self.ctx.method, req.headers(), digest, &entry);
+            self.hit(CacheKind::Blob, facts, &resp);
+            return Ok(resp);
         }
         self.miss(CacheKind::Blob);
         let store = &self.cache.store;
@@ -186,8 +194,9 @@ impl Served<'_, '_> {
             Ok(Some(Begin::Lead(f))) => Some(f),
             Ok(Some(Begin::Join(j))) if j.scope() == Some(self.scope.as_str()) => {
                 if let Some(body) = j.wait().await {
-                    self.hit(CacheKind::Blob, facts);
-                    return Ok(streamed_blob(digest, body));
+                    let resp = streamed_blob(digest, body);
+                    self.hit(CacheKind::Blob, facts, &resp);
+                    return Ok(resp);
                 }
                 None
             }
@@ -228,6 +237,10 @@ impl Served<'_, '_> {
         self.fill_manifest(resp, Some(digest), None).await
     }
 
+    /// A tag: fresh → from the cache. Past `tag_ttl` → one `HEAD` upstream; the same digest refreshes the
+    /// tag's fetch time and is answered from the cache, another digest (or none) leads to the full `GET`. When
+    /// upstream fails (429, 5xx, connect error, token failure, every credential set aside), a known tag is
+    /// answered stale for up to `stale_if_error` past its TTL.
     async fn manifest_by_tag(
         &self,
         tag: &Tag,
@@ -244,44 +257,102 @@ impl Served<'_, '_> {
                 .unwrap_or_default()
         });
         let client_headers = req.headers().clone();
-        if let (Some(t), Some(age)) = (&known, age) {
+        let usable = known.as_ref().and_then(|t| {
+            let entry = self.entry(&t.digest)?;
+            accepts(&client_headers, entry.media_type.as_deref()?)
+                .then_some((t.digest.clone(), entry))
+        });
+        let stale_ok = age.is_some_and(|a| a < ttl + stale_if_error);
+        if let (Some((digest, entry)), Some(age)) = (&usable, age) {
             if age < ttl {
-                if let Some(entry) = self.entry(&t.digest) {
-                    if let Some(resp) = self
-                        .manifest_answer(&t.digest, &entry, &client_headers, facts)
-                        .await
+                if let Some(resp) = self
+                    .manifest_answer(digest, entry, &client_headers, facts)
+                    .await
+                {
+                    return Ok(resp);
+                }
+            } else {
+                let head = self.revalidate(plan, &client_headers, facts).await;
+                match &head {
+                    Ok(r)
+                        if r.status() == StatusCode::OK
+                            && announced_digest(r.headers()).as_ref() == Some(digest) =>
                     {
-                        return Ok(resp);
+                        if let Err(e) = self.cache.store.put_tag(&self.scope, tag, digest).await {
+                            tracing::warn!(error = %crate::error::Report(&e), "tag fetch time not refreshed");
+                        }
+                        if let Some(resp) = self
+                            .manifest_answer(digest, entry, &client_headers, facts)
+                            .await
+                        {
+                            return Ok(resp);
+                        }
+                    }
+                    _ => {
+                        if let Some(reason) = upstream_failure(&head).filter(|_| stale_ok) {
+                            if let Some(resp) = self
+                                .stale_answer(tag, digest, entry, &client_headers, &reason, facts)
+                                .await
+                            {
+                                return Ok(resp);
+                            }
+                        }
                     }
                 }
             }
         }
         self.miss(CacheKind::Manifest);
         let upstream = crate::forward::forward(self.ctx, plan, req, facts).await;
-        let failed = match &upstream {
-            Ok(r) => r.status() == StatusCode::TOO_MANY_REQUESTS || r.status().is_server_error(),
-            Err(_) => true,
-        };
-        if failed {
-            if let (Some(t), Some(age)) = (&known, age) {
-                if age < ttl + stale_if_error {
-                    if let Some(entry) = self.entry(&t.digest) {
-                        if let Some(resp) = self
-                            .manifest_answer(&t.digest, &entry, &client_headers, facts)
-                            .await
-                        {
-                            let reason = match &upstream {
-                                Ok(r) => r.status().to_string(),
-                                Err(e) => crate::error::Report(e).to_string(),
-                            };
-                            tracing::warn!(route = %self.ctx.route.label, tag = %tag, reason, "upstream failed; serving the tag's last manifest from the cache");
-                            return Ok(resp);
-                        }
-                    }
+        if let (Some(reason), Some((digest, entry))) = (upstream_failure(&upstream), &usable) {
+            if stale_ok {
+                if let Some(resp) = self
+                    .stale_answer(tag, digest, entry, &client_headers, &reason, facts)
+                    .await
+                {
+                    return Ok(resp);
                 }
             }
         }
         self.fill_manifest(upstream?, None, Some(tag)).await
+    }
+
+    /// One `HEAD` of the tag upstream, through the same endpoints, credentials and tokens as the client's
+    /// request would go.
+    async fn revalidate(
+        &self,
+        plan: &Plan,
+        client_headers: &HeaderMap,
+        facts: &mut RequestFacts,
+    ) -> Result<Response<GatewayBody>, ProxyError> {
+        let ctx = self.ctx;
+        let head = RequestCtx {
+            gw: ctx.gw,
+            rt: ctx.rt,
+            route: ctx.route,
+            authority: ctx.authority.clone(),
+            client_ip: ctx.client_ip,
+            method: Method::HEAD,
+            action: ctx.action,
+        };
+        crate::forward::forward_bodiless(&head, plan, client_headers, facts).await
+    }
+
+    /// The tag's last manifest, served because upstream failed: counted and logged with the reason.
+    async fn stale_answer(
+        &self,
+        tag: &Tag,
+        digest: &Digest,
+        entry: &Entry,
+        client_headers: &HeaderMap,
+        reason: &str,
+        facts: &mut RequestFacts,
+    ) -> Option<Response<GatewayBody>> {
+        let resp = self
+            .manifest_answer(digest, entry, client_headers, facts)
+            .await?;
+        self.cache.metrics.stale_served(&self.ctx.route.label);
+        tracing::warn!(route = %self.ctx.route.label, tag = %tag, reason, "upstream failed; serving the tag's last manifest from the cache");
+        Some(resp)
     }
 
     /// A cached manifest as the answer, when the client accepts its type.
@@ -303,7 +374,6 @@ impl Served<'_, '_> {
                 return None;
             }
         };
-        self.hit(CacheKind::Manifest, facts);
         let mut resp = Response::new(if self.ctx.method == Method::HEAD {
             empty()
         } else {
@@ -315,6 +385,7 @@ impl Served<'_, '_> {
         }
         h.insert(header::CONTENT_LENGTH, HeaderValue::from(bytes.len()));
         insert_digest(h, digest);
+        self.hit(CacheKind::Manifest, facts, &resp);
         Some(resp)
     }
 
@@ -341,11 +412,7 @@ impl Served<'_, '_> {
             .await
             .map_err(|e| ProxyError::Internal(format!("upstream manifest body: {e}")))?
             .to_bytes();
-        let announced = parts
-            .headers
-            .get("docker-content-digest")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| Digest::parse(v).ok());
+        let announced = announced_digest(&parts.headers);
         let digest = match (asked, announced) {
             (Some(d), _) => Some(d.clone()),
             (None, Some(d)) => Some(d),
@@ -476,6 +543,22 @@ fn insert_digest(h: &mut HeaderMap, digest: &Digest) {
     }
 }
 
+fn announced_digest(h: &HeaderMap) -> Option<Digest> {
+    Digest::parse(h.get("docker-content-digest")?.to_str().ok()?).ok()
+}
+
+/// Why an upstream answer counts as a failure that a known tag may be served stale for: 429, 5xx, or any
+/// error of the endpoint loop (connect error, timeout, token failure, every credential set aside).
+fn upstream_failure(upstream: &Result<Response<GatewayBody>, ProxyError>) -> Option<String> {
+    match upstream {
+        Ok(r) if r.status() == StatusCode::TOO_MANY_REQUESTS || r.status().is_server_error() => {
+            Some(r.status().to_string())
+        }
+        Ok(_) => None,
+        Err(e) => Some(crate::error::Report(e).to_string()),
+    }
+}
+
 fn content_length(h: &HeaderMap) -> Option<u64> {
     h.get(header::CONTENT_LENGTH)?.to_str().ok()?.parse().ok()
 }
@@ -557,6 +640,27 @@ mod tests {
         assert_eq!(byte_range("bytes=0-1,5-6", 100), RangeAsk::Ignore);
         assert_eq!(byte_range("items=0-1", 100), RangeAsk::Ignore);
         assert_eq!(byte_range("bytes=9-1", 100), RangeAsk::Ignore);
+    }
+
+    // Pins what lets a known tag be served stale: 429, 5xx and every endpoint-loop error — an exhausted
+    // credential pool included — but not a 404 or a 200.
+    #[test]
+    fn upstream_failures_that_serve_stale() {
+        let status = |s: StatusCode| {
+            let mut r = Response::new(empty());
+            *r.status_mut() = s;
+            Ok(r)
+        };
+        let exhausted = Err(ProxyError::CredentialsExhausted {
+            route: "docker.test".into(),
+            retry_after: Duration::from_secs(3),
+        });
+        let reason = upstream_failure(&exhausted).unwrap();
+        assert!(reason.contains("credential"), "{reason}");
+        assert!(upstream_failure(&status(StatusCode::TOO_MANY_REQUESTS)).is_some());
+        assert!(upstream_failure(&status(StatusCode::BAD_GATEWAY)).is_some());
+        assert!(upstream_failure(&status(StatusCode::NOT_FOUND)).is_none());
+        assert!(upstream_failure(&status(StatusCode::OK)).is_none());
     }
 
     // Pins content negotiation of cached manifests: a client that does not accept the stored type goes upstream.

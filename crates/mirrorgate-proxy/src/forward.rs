@@ -26,7 +26,7 @@
 //!     [`RequestFacts`] the phases filled in.
 
 use bytes::Bytes;
-use http::header::{self, HeaderValue};
+use http::header::{self, HeaderMap, HeaderValue};
 use http::{Method, Request, Response};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
@@ -143,22 +143,44 @@ pub(crate) async fn forward(
     req: Request<Incoming>,
     facts: &mut RequestFacts,
 ) -> Result<Response<GatewayBody>, ProxyError> {
+    let (parts, body) = req.into_parts();
+    forward_parts(ctx, plan, &parts.headers, Some(body), facts).await
+}
+
+/// The endpoint loop for a request the gateway makes itself on the client's behalf (the cache's `HEAD` that
+/// revalidates a tag): `ctx.method` with the client's headers and no body.
+pub(crate) async fn forward_bodiless(
+    ctx: &RequestCtx<'_>,
+    plan: &Plan,
+    client_headers: &HeaderMap,
+    facts: &mut RequestFacts,
+) -> Result<Response<GatewayBody>, ProxyError> {
+    forward_parts(ctx, plan, client_headers, None, facts).await
+}
+
+async fn forward_parts(
+    ctx: &RequestCtx<'_>,
+    plan: &Plan,
+    client_headers: &HeaderMap,
+    body: Option<Incoming>,
+    facts: &mut RequestFacts,
+) -> Result<Response<GatewayBody>, ProxyError> {
     let server = &ctx.rt.config.server;
     let idempotent = ctx.method == Method::GET || ctx.method == Method::HEAD;
     // Requests without a body (GET, HEAD, the POST that opens an upload) can be sent again after a 401.
-    let replayable = idempotent || http_body::Body::is_end_stream(req.body());
+    let replayable = idempotent || body.as_ref().is_none_or(http_body::Body::is_end_stream);
     let path_and_query = plan.upstream_path_and_query();
     let mut base_headers =
-        headers::upstream_request_headers(req.headers(), ctx.client_ip, &server.trusted_proxies);
+        headers::upstream_request_headers(client_headers, ctx.client_ip, &server.trusted_proxies);
     if matches!(plan.path, RegistryPath::Manifest { .. }) {
         base_headers.insert(
             header::ACCEPT,
-            manifest_accept(req.headers().get_all(header::ACCEPT).iter()),
+            manifest_accept(client_headers.get_all(header::ACCEPT).iter()),
         );
     }
     let scope = Scope::for_path(&plan.path, &ctx.method).map(|s| s.to_string());
 
-    let mut body = Some(req.into_body());
+    let mut body = body;
     let order = attempt_order(&plan.endpoints);
     let mut last_failure = None;
     for (i, endpoint) in order.iter().enumerate() {

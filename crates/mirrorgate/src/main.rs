@@ -1,6 +1,7 @@
 //! The `mirrorgate` binary: reads the command line and hands over to one command module. Start-up, signals
 //! and reload live in `run`; everything that serves requests lives in the library crates.
 
+mod cache_cmd;
 mod check;
 mod client_config;
 mod fds;
@@ -46,6 +47,8 @@ enum Command {
     Usage(usage_cmd::Args),
     /// Create, list or revoke API tokens (robot accounts) in the `[auth] api_tokens` file.
     Token(token_cmd::Args),
+    /// Inspect or purge the built-in cache's store on disk (safe while the gateway runs).
+    Cache(cache_cmd::Args),
 }
 
 fn main() -> ExitCode {
@@ -57,5 +60,6 @@ fn main() -> ExitCode {
         Command::ClientConfig(args) => client_config::main(&args),
         Command::Usage(args) => usage_cmd::main(&args),
         Command::Token(args) => token_cmd::main(&args),
+        Command::Cache(args) => cache_cmd::main(&args),
     }
 }

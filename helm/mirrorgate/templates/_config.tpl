@@ -57,6 +57,12 @@ service = {{ .Values.auth.token.service | toJson }}
 ttl = {{ .Values.auth.token.ttl | toJson }}
 {{- end }}
 {{- end }}
+{{- if .Values.cache.enabled }}
+
+[cache]
+dir = {{ include "mirrorgate.cacheDir" . | toJson }}
+{{- include "mirrorgate.tomlKeys" (dict "v" (omit .Values.cache "enabled" "volume") "at" "cache" "keys" (list "max_size" "min_free" "tag_ttl" "stale_if_error")) }}
+{{- end }}
 {{- range $i, $t := .Values.tenants }}
 
 [[tenant]]
@@ -80,7 +86,7 @@ redis = {{ $redisUrl | toJson }}
 {{- $plain := omit $r "endpoints" "rewrite" "upstreamCredentials" "upstreamCredentialPool" "upstreamCA" "upstream_username_env" "upstream_password_env" }}
 
 [[route]]
-{{- include "mirrorgate.tomlKeys" (dict "v" $plain "at" $at "keys" (list "host" "upstream" "anonymous" "docker_hub_library" "blob_redirects" "danger_allow_private_redirects" "path_prefix" "upstreams" "ns" "deny" "upstream_proxy")) }}
+{{- include "mirrorgate.tomlKeys" (dict "v" $plain "at" $at "keys" (list "host" "upstream" "anonymous" "docker_hub_library" "blob_redirects" "danger_allow_private_redirects" "path_prefix" "upstreams" "ns" "deny" "upstream_proxy" "cache" "tag_ttl")) }}
 {{- if $endpoints }}
 endpoints = {{ include "mirrorgate.tomlValue" $endpoints }}
 {{- end }}

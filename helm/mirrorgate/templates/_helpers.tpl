@@ -50,6 +50,9 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{/* The writable folder (emptyDir or PVC) for self-signed and ACME material and a generated token key. */}}
 {{- define "mirrorgate.stateDir" -}}/var/lib/mirrorgate{{- end -}}
 
+{{/* The built-in cache's store, on a volume of its own (emptyDir with sizeLimit, or a per-pod PVC). */}}
+{{- define "mirrorgate.cacheDir" -}}/var/cache/mirrorgate{{- end -}}
+
 {{/* Replicas that may run at once: several when replicaCount > 1 or when the HPA may scale out. */}}
 {{- define "mirrorgate.multiReplica" -}}
 {{- if or (gt (int .Values.replicaCount) 1) .Values.autoscaling.enabled -}}true{{- end -}}
