@@ -80,6 +80,16 @@ impl Containerd {
     /// `ctr images pull --hosts-dir <hosts_dir> <image>` for linux/amd64, unpacked with the native
     /// snapshotter. `image` is a full reference (`host:port/repo:tag`).
     pub fn pull(&self, hosts_dir: &Path, image: &str) -> anyhow::Result<Outcome> {
+        self.pull_as(hosts_dir, image, None)
+    }
+
+    /// [`Containerd::pull`] sending `user` (`name:password`, ctr's `--user`) to every host that asks.
+    pub fn pull_as(
+        &self,
+        hosts_dir: &Path,
+        image: &str,
+        user: Option<&str>,
+    ) -> anyhow::Result<Outcome> {
         let mut cmd = self.ctr();
         cmd.args([
             "images",
@@ -88,11 +98,39 @@ impl Containerd {
             "linux/amd64",
             "--snapshotter",
             "native",
-            "--hosts-dir",
-        ])
-        .arg(hosts_dir)
-        .arg(image);
+        ]);
+        Self::remote_flags(&mut cmd, hosts_dir, user);
+        cmd.arg(image);
         Outcome::run(cmd)
+    }
+
+    /// `ctr images tag <image> <new>`; fails with ctr's stderr.
+    pub fn tag(&self, image: &str, new: &str) -> anyhow::Result<()> {
+        let mut cmd = self.ctr();
+        cmd.args(["images", "tag", "--force", image, new]);
+        Outcome::run(cmd)?.check("ctr images tag")?;
+        Ok(())
+    }
+
+    /// `ctr images push --hosts-dir <hosts_dir> [--user <user>] <image>` (linux/amd64 content only).
+    pub fn push_as(
+        &self,
+        hosts_dir: &Path,
+        image: &str,
+        user: Option<&str>,
+    ) -> anyhow::Result<Outcome> {
+        let mut cmd = self.ctr();
+        cmd.args(["images", "push", "--platform", "linux/amd64"]);
+        Self::remote_flags(&mut cmd, hosts_dir, user);
+        cmd.arg(image);
+        Outcome::run(cmd)
+    }
+
+    fn remote_flags(cmd: &mut Command, hosts_dir: &Path, user: Option<&str>) {
+        cmd.arg("--hosts-dir").arg(hosts_dir);
+        if let Some(user) = user {
+            cmd.arg("--user").arg(user);
+        }
     }
 
     /// The digest containerd recorded for `image` (`ctr images ls`), i.e. what the pull resolved.

@@ -72,20 +72,46 @@ impl Podman {
 
     /// `podman pull <image>` for linux/amd64 with the private configuration.
     pub fn pull(&self, image: &str) -> anyhow::Result<Outcome> {
+        self.pull_as(image, self.creds.as_deref())
+    }
+
+    /// [`Podman::pull`] sending `creds` (`user:pass`) instead of the template's, or none at all.
+    pub fn pull_as(&self, image: &str, creds: Option<&str>) -> anyhow::Result<Outcome> {
         let mut cmd = self.base();
         cmd.args(["pull", "--platform", "linux/amd64"])
             .arg("--signature-policy")
-            .arg(self.dir.join("policy.json"))
-            .arg("--authfile")
-            .arg(self.dir.join("auth.json"));
+            .arg(self.dir.join("policy.json"));
+        self.remote_flags(&mut cmd, creds);
+        cmd.arg(image);
+        Outcome::run(cmd)
+    }
+
+    /// `podman tag <image> <new>`; fails with podman's stderr.
+    pub fn tag(&self, image: &str, new: &str) -> anyhow::Result<()> {
+        let mut cmd = self.base();
+        cmd.args(["tag", image, new]);
+        Outcome::run(cmd)?.check("podman tag")?;
+        Ok(())
+    }
+
+    /// `podman push <image>` (a local image, to the registry its name says) sending `creds` (`user:pass`).
+    pub fn push_as(&self, image: &str, creds: Option<&str>) -> anyhow::Result<Outcome> {
+        let mut cmd = self.base();
+        cmd.arg("push");
+        self.remote_flags(&mut cmd, creds);
+        cmd.arg(image);
+        Outcome::run(cmd)
+    }
+
+    /// The private auth file, the CA and the credentials, as every command that talks to a registry takes them.
+    fn remote_flags(&self, cmd: &mut Command, creds: Option<&str>) {
+        cmd.arg("--authfile").arg(self.dir.join("auth.json"));
         if let Some(certs) = &self.cert_dir {
             cmd.arg("--cert-dir").arg(certs);
         }
-        if let Some(creds) = &self.creds {
+        if let Some(creds) = creds {
             cmd.arg("--creds").arg(creds);
         }
-        cmd.arg(image);
-        Outcome::run(cmd)
     }
 
     /// `podman image inspect --format {{.Digest}} <image>`: the manifest digest podman pulled.

@@ -228,3 +228,162 @@ fn api_tokens_with_skopeo_and_podman() {
         );
     }
 }
+
+/// A stage whose upstream holds `library/hello:latest`, the token config written for the CLI, and the rest of
+/// the gateway's config (a private docker.test route).
+fn token_stage(name: &str) -> (Stage, Registry, std::path::PathBuf, String) {
+    let s = Stage::new(name);
+    let upstream = Registry::open(s.t.path(), "upstream").unwrap();
+    let hello =
+        OciImage::write_layout(&s.t.sub("hello").unwrap(), "hello", "latest", 32 * 1024).unwrap();
+    push(&hello, &upstream, "library/hello:latest", None).unwrap();
+    let rest = format!(
+        "{AUTH_TOML}\n[[route]]\nhost = \"docker.test\"\nupstream = {:?}\nanonymous = false\n",
+        upstream.url()
+    );
+    let cli_config = s.t.path().join("cli.toml");
+    std::fs::write(&cli_config, s.config(&rest)).unwrap();
+    (s, upstream, cli_config, rest)
+}
+
+/// Waits until the gateway answers `status` to a manifest GET with `token` as the Basic password (the token
+/// file is polled).
+fn wait_for_token_status(s: &Stage, token: &str, status: u16) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let r = s.send(
+            &s.get("docker.test", "/v2/library/hello/manifests/latest")
+                .with_header("authorization", &basic_auth("x", token))
+                .with_header("accept", "application/vnd.oci.image.manifest.v1+json"),
+        );
+        if r.status == status {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the token still answers {} (waiting for {status})",
+            r.status
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// A containerd pulling from the gateway itself (`hosts.toml` for `docker.test:<port>` trusting the test CA),
+/// and a pull of `library/hello` with `ci:<token>` as ctr's `--user`.
+fn containerd_puller(s: &Stage) -> impl Fn(&str) -> Outcome + '_ {
+    let authority = s.authority("docker.test");
+    let hosts = s.t.sub("certs.d").unwrap();
+    let url = format!("https://{authority}");
+    s.ca.containerd_hosts_toml(&hosts, &authority, &url, &[&url])
+        .unwrap();
+    let ctr = mirrorgate_e2e::Containerd::start(s.t.path()).unwrap();
+    let image = format!("{authority}/library/hello:latest");
+    move |token: &str| {
+        ctr.pull_as(&hosts, &image, Some(&format!("ci:{token}")))
+            .unwrap()
+    }
+}
+
+// Pins issue 16 (API tokens with containerd): a token as ctr's `--user` password pulls through the token
+// server, and once `mirrorgate token revoke` reaches the gateway the next pull is refused with 401.
+#[test]
+fn api_token_revoked_with_containerd() {
+    let (s, _upstream, cli_config, rest) = token_stage("api-tokens-ctr-revoke");
+    let ci = create(&cli_config, "acme", "ci", &[]);
+    let gw = s.gateway(&rest);
+    let pull = containerd_puller(&s);
+    let out = pull(&ci);
+    assert!(
+        out.ok(),
+        "ctr pull with a token: {}\n{}",
+        out.stderr,
+        gw.log()
+    );
+
+    token_cmd(gw.config_path(), &["revoke", "ci"]);
+    wait_for_token_status(&s, &ci, 401);
+    let out = pull(&ci);
+    assert!(!out.ok(), "a revoked token pulled");
+    let said = format!("{}{}", out.stdout, out.stderr).to_lowercase();
+    assert!(
+        said.contains("401") || said.contains("unauthorized"),
+        "{said}"
+    );
+    assert!(auth_failures(&s, "revoked_api_token") >= 1.0);
+}
+
+// Pins issue 16 (API tokens with containerd): a token made while the gateway runs with `--expires 8s` pulls,
+// and is refused once those seconds have passed.
+#[test]
+fn api_token_expired_with_containerd() {
+    let (s, _upstream, cli_config, rest) = token_stage("api-tokens-ctr-expiry");
+    let gw = s.gateway(&rest);
+    let pull = containerd_puller(&s);
+    let lifetime = Duration::from_secs(8);
+    let born = Instant::now();
+    let short = create(&cli_config, "acme", "ci-short", &["--expires", "8s"]);
+    wait_for_token_status(&s, &short, 200);
+    let out = pull(&short);
+    assert!(
+        out.ok(),
+        "ctr pull with a fresh token: {}\n{}",
+        out.stderr,
+        gw.log()
+    );
+    std::thread::sleep(
+        (born + lifetime + Duration::from_secs(1)).saturating_duration_since(Instant::now()),
+    );
+    let out = pull(&short);
+    assert!(!out.ok(), "an expired token pulled");
+    assert!(auth_failures(&s, "expired_api_token") >= 1.0);
+}
+
+// Pins issue 16 (API tokens with the Docker engine): `docker login -u ci --password-stdin` with a token logs
+// in and pulls; after `mirrorgate token revoke` the next pull is refused.
+#[test]
+fn api_tokens_with_docker() {
+    let (s, upstream, cli_config, rest) = token_stage("api-tokens-docker");
+    let ci = create(&cli_config, "acme", "ci", &[]);
+    let gw = s.gateway(&rest);
+    let authority = s.authority("docker.test");
+    let docker = mirrorgate_e2e::Docker::start(
+        s.t.path(),
+        &s.certs.join("ca.crt"),
+        &authority,
+        &[&authority],
+    )
+    .unwrap();
+    let login = docker.login(&authority, "ci", &ci).unwrap();
+    assert!(
+        login.ok() && login.stdout.contains("Login Succeeded"),
+        "docker login with a token: {}{}\n{}",
+        login.stdout,
+        login.stderr,
+        gw.log()
+    );
+    let image = format!("{authority}/library/hello:latest");
+    let before = upstream.requests("/v2/library/hello/manifests/");
+    let out = docker.run(&["pull", &image]).unwrap();
+    assert!(
+        out.ok(),
+        "docker pull with a token: {}{}",
+        out.stdout,
+        out.stderr
+    );
+    assert!(upstream.requests("/v2/library/hello/manifests/") > before);
+    assert!(
+        gw.log().contains("token:ci"),
+        "the access log does not name the token"
+    );
+
+    token_cmd(gw.config_path(), &["revoke", "ci"]);
+    wait_for_token_status(&s, &ci, 401);
+    let out = docker.run(&["pull", &image]).unwrap();
+    assert!(!out.ok(), "a revoked token pulled: {}", out.stdout);
+    let said = format!("{}{}", out.stdout, out.stderr).to_lowercase();
+    assert!(
+        said.contains("unauthorized") || said.contains("401"),
+        "{said}"
+    );
+    assert!(auth_failures(&s, "revoked_api_token") >= 1.0);
+}
