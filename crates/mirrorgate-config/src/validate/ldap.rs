@@ -68,10 +68,9 @@ pub(super) fn ldap(v: &mut Validator<'_>, raw: &S<RawLdap>) -> Option<LdapConfig
     let r = raw.get_ref();
     let starttls = r.starttls.as_ref().is_some_and(|b| *b.get_ref());
     let url = v.check(&r.url, "auth.ldap.url", |s| ldap_url(s, starttls));
-    let ca = r
-        .ca
-        .as_ref()
-        .and_then(|p| v.readable_file(p, "auth.ldap.ca"));
+    let ca =
+        r.ca.as_ref()
+            .and_then(|p| v.readable_file(p, "auth.ldap.ca"));
     let bind_dn = v.check(&r.bind_dn, "auth.ldap.bind_dn", |s| {
         non_empty(s, "the service DN")
     });
@@ -139,7 +138,11 @@ pub(super) fn groups(
     for g in raw {
         let dn = g.get_ref();
         if !dn.contains('=') {
-            v.err(g, key, format!("`{dn}` is not a DN (like cn=dev,ou=groups,dc=corp)"));
+            v.err(
+                g,
+                key,
+                format!("`{dn}` is not a DN (like cn=dev,ou=groups,dc=corp)"),
+            );
             continue;
         }
         let norm = normalise_dn(dn);

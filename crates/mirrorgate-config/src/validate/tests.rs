@@ -723,8 +723,16 @@ fn ldap_keys_reach_the_model() {
 fn ldap_errors_name_line_and_key() {
     let dir = tempfile::tempdir().unwrap();
     let cases = [
-        ("url = \"ldap://127.0.0.1:3389\"", "url = \"http://x\"", "auth.ldap.url"),
-        ("starttls = true", "starttls = true\nurl2 = 1", "auth.ldap.url2"),
+        (
+            "url = \"ldap://127.0.0.1:3389\"",
+            "url = \"http://x\"",
+            "auth.ldap.url",
+        ),
+        (
+            "starttls = true",
+            "starttls = true\nurl2 = 1",
+            "auth.ldap.url2",
+        ),
         (
             "bind_password = \"s3cret\"",
             "bind_password = \"s3cret\"\nuser_filter = \"(uid=alice)\"",
@@ -746,7 +754,8 @@ fn ldap_errors_name_line_and_key() {
         let text = format!("{MINIMAL}{}", LDAP.replacen(from, to, 1));
         let e = parse_in(dir.path(), &text).unwrap_err();
         assert!(
-            e.iter().any(|e| e.line > 0 && e.key.ends_with(key) || e.message.contains(key)),
+            e.iter()
+                .any(|e| e.line > 0 && e.key.ends_with(key) || e.message.contains(key)),
             "{key}: {e}"
         );
     }
