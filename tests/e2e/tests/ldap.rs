@@ -67,7 +67,9 @@ fn manifest(s: &Stage, user: &str, password: &str) -> (u16, String) {
 fn binds(slapd: &Slapd, uid: &str) -> usize {
     slapd
         .log()
-        .matches(&format!("BIND dn=\"uid={uid},ou=people,{BASE}\" mech=SIMPLE"))
+        .matches(&format!(
+            "BIND dn=\"uid={uid},ou=people,{BASE}\" mech=SIMPLE"
+        ))
         .count()
 }
 
