@@ -46,6 +46,7 @@ use crate::header::{parse_authorization, Credentials};
 use crate::htpasswd::UserStore;
 use crate::identity::{AuthMethod, Identity};
 use crate::key::TokenKey;
+use crate::ldap::{LdapSpec, LdapUsers};
 use crate::password::{source_key, PasswordChecker, PasswordPolicy, THROTTLE_CAPACITY};
 use crate::tenants::{Action, TenantSpec, Tenants, ANONYMOUS_TENANT};
 use crate::throttle::FailureThrottle;
@@ -68,6 +69,8 @@ pub struct AuthSpec {
     pub tenants: Vec<TenantSpec>,
     /// Password check tuning.
     pub password: PasswordPolicy,
+    /// LDAP directory for users htpasswd does not know; `None`: none.
+    pub ldap: Option<LdapSpec>,
 }
 
 /// What a registry request is about, as authorization tells them apart.
@@ -117,6 +120,8 @@ pub struct Authenticator {
     api_tokens: Option<Arc<ApiTokens>>,
     /// Wrong API tokens, per source (address or IPv6 /64): locked out like wrong passwords.
     token_failures: FailureThrottle<IpAddr>,
+    /// Users htpasswd does not know, checked against LDAP.
+    ldap: Option<LdapUsers>,
 }
 
 impl Authenticator {
@@ -132,7 +137,11 @@ impl Authenticator {
             Some(t) => Some((Arc::new(TokenKey::load_or_generate(&t.key_path)?), t)),
             None => None,
         };
-        let auth = Self::from_parts(users, Tenants::new(spec.tenants)?, token, &spec.password)?;
+        let mut auth = Self::from_parts(users, Tenants::new(spec.tenants)?, token, &spec.password)?;
+        auth.ldap = spec
+            .ldap
+            .map(|l| LdapUsers::new(l, &spec.password))
+            .transpose()?;
         Ok(match spec.api_tokens {
             Some(path) => auth.with_api_tokens(Arc::new(ApiTokens::load(path)?)),
             None => auth,
@@ -177,6 +186,7 @@ impl Authenticator {
                 policy.lockout,
                 THROTTLE_CAPACITY,
             ),
+            ldap: None,
         })
     }
 
@@ -245,12 +255,21 @@ impl Authenticator {
                         scope: Some(t.scope),
                     });
                 }
-                if !self.users().is_some_and(|u| u.contains(&claims.sub)) {
+                let tenant = if self.users().is_some_and(|u| u.contains(&claims.sub)) {
+                    tenants.tenant_of_user(&claims.sub).cloned()
+                } else if let Some(groups) =
+                    self.ldap.as_ref().and_then(|l| l.known_groups(&claims.sub))
+                {
+                    // Issued to an LDAP user verified within the hour: the tenant of its groups then.
+                    tenants
+                        .tenant_of_user(&claims.sub)
+                        .or_else(|| tenants.tenant_of_groups(&groups))
+                        .cloned()
+                } else {
                     return Err(AuthError::TokenRejected(
                         "the token's user no longer exists",
                     ));
-                }
-                let tenant = tenants.tenant_of_user(&claims.sub).cloned();
+                };
                 Ok(Identity {
                     tenant,
                     user: Some(Arc::from(claims.sub.as_str())),
@@ -312,6 +331,22 @@ impl Authenticator {
         password: &str,
         peer_ip: IpAddr,
     ) -> Result<Identity, AuthError> {
+        // Names htpasswd does not hold go to the directory, when there is one (see `crate::ldap`).
+        if let Some(ldap) = &self.ldap {
+            if !self.users().is_some_and(|u| u.contains(user)) {
+                let groups = ldap.check(user, password, peer_ip).await?;
+                let tenant = tenants
+                    .tenant_of_user(user)
+                    .or_else(|| tenants.tenant_of_groups(&groups))
+                    .cloned();
+                return Ok(Identity {
+                    tenant,
+                    user: Some(Arc::from(user)),
+                    method: AuthMethod::Basic,
+                    scope: None,
+                });
+            }
+        }
         let checker = self.passwords.as_ref().ok_or(AuthError::UnknownUser)?;
         checker.check(user, password, peer_ip).await?;
         let tenant = tenants.tenant_of_user(user).cloned();
@@ -616,6 +651,7 @@ mod tests {
             }),
             tenants,
             password: PasswordPolicy::default(),
+            ldap: None,
         };
         Fixture {
             auth: Authenticator::new(spec).unwrap(),
@@ -635,6 +671,7 @@ mod tests {
                     "push:docker.example/acme/*".into(),
                 ],
                 deny: vec![],
+                ldap_groups: vec![],
             },
             TenantSpec {
                 name: "office".into(),
@@ -642,6 +679,7 @@ mod tests {
                 cidrs: vec!["127.10.0.0/16".parse().unwrap()],
                 allow: vec!["docker.example/*".into()],
                 deny: vec![],
+                ldap_groups: vec![],
             },
         ]
     }

@@ -153,6 +153,10 @@ pub enum AuthError {
     /// A bcrypt worker task died.
     #[error("password check task failed")]
     Blocking(#[source] tokio::task::JoinError),
+    /// The LDAP directory could not be asked (down, slow, TLS or service bind failure): the user may be
+    /// right, so this is neither 401 nor a lockout failure. The reason names no password.
+    #[error("the LDAP directory is unavailable: {0}")]
+    DirectoryUnavailable(String),
 }
 
 /// How the proxy should answer an [`AuthError`]; the mapping to status codes lives in one place there.
@@ -168,6 +172,8 @@ pub enum ErrorKind {
     BadRequest,
     /// 500: configuration or internal failure; log it.
     Internal,
+    /// 503 UNAVAILABLE: a dependency (the LDAP directory) is down; try again later.
+    Unavailable,
 }
 
 impl AuthError {
@@ -199,6 +205,7 @@ impl AuthError {
             | AuthError::Hash(_)
             | AuthError::Config(_)
             | AuthError::Blocking(_) => ErrorKind::Internal,
+            AuthError::DirectoryUnavailable(_) => ErrorKind::Unavailable,
         }
     }
 

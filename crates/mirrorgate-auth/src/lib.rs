@@ -14,6 +14,8 @@
 //! - `deny`: patterns over repositories, tags and digests that win over `allow`;
 //! - `key`, `token`, `verify`: the ES256 token server that distribution 2.8 (`docker-registry`) accepts,
 //!   and the verifier for our own tokens;
+//! - `ldap`: users htpasswd does not know, checked against an LDAP directory (search, then bind as the
+//!   user), their groups mapped to tenants;
 //! - `api_tokens`: robot accounts — scoped, expiring, revocable tokens used as Basic passwords, stored
 //!   as SHA-256 hashes in a file polled like htpasswd (`file_watch`);
 //! - `authenticator`: the facade tying these together.
@@ -30,6 +32,7 @@ mod header;
 mod htpasswd;
 mod identity;
 mod key;
+mod ldap;
 mod password;
 mod tenants;
 mod throttle;
@@ -49,6 +52,7 @@ pub use header::{parse_authorization, parse_basic, Credentials};
 pub use htpasswd::{hash_line, Htpasswd, UserStore};
 pub use identity::{AuthMethod, Identity};
 pub use key::{certificate_path_for, libtrust_key_id, TokenKey};
+pub use ldap::{LdapSpec, LDAP_CONNECTIONS, LDAP_TIMEOUT};
 pub use password::{PasswordChecker, PasswordPolicy};
 pub use tenants::{Action, TenantSpec, Tenants, ANONYMOUS_TENANT};
 pub use token::{

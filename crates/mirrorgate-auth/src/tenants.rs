@@ -49,6 +49,8 @@ pub struct TenantSpec {
     pub allow: Vec<String>,
     /// Deny patterns (see [`crate::deny`]): refused even where `allow` matches.
     pub deny: Vec<String>,
+    /// LDAP group DNs whose members belong to this tenant (each group in at most one tenant).
+    pub ldap_groups: Vec<String>,
 }
 
 /// What a request wants to do with a repository.
@@ -155,6 +157,8 @@ struct Tenant {
 pub struct Tenants {
     tenants: HashMap<Arc<str>, Tenant>,
     by_user: HashMap<String, Arc<str>>,
+    /// LDAP group DNs, normalised (see [`crate::ldap::normalise_dn`]).
+    by_group: HashMap<String, Arc<str>>,
     /// Sorted by prefix length, longest first, so the first hit is the most specific.
     cidrs: Vec<(IpNet, Arc<str>)>,
 }
@@ -197,6 +201,14 @@ impl Tenants {
                 }
                 out.by_user.insert(user, name.clone());
             }
+            for group in &spec.ldap_groups {
+                let key = crate::ldap::normalise_dn(group);
+                if let Some(other) = out.by_group.insert(key, name.clone()) {
+                    return Err(AuthError::Config(format!(
+                        "LDAP group '{group}' is in tenants '{other}' and '{name}'"
+                    )));
+                }
+            }
             for net in spec.cidrs {
                 let net = net.trunc();
                 if let Some(other) = seen_nets.get(&net) {
@@ -217,6 +229,14 @@ impl Tenants {
     /// The tenant `user` belongs to.
     pub fn tenant_of_user(&self, user: &str) -> Option<&Arc<str>> {
         self.by_user.get(user)
+    }
+
+    /// The tenant of an LDAP user in `groups` (DNs as the directory gives them): the first group that names
+    /// one, in the directory's order.
+    pub fn tenant_of_groups(&self, groups: &[String]) -> Option<&Arc<str>> {
+        groups
+            .iter()
+            .find_map(|g| self.by_group.get(&crate::ldap::normalise_dn(g)))
     }
 
     /// The tenant whose network holds `ip` (longest prefix wins). IPv4-mapped IPv6 addresses match
@@ -317,7 +337,33 @@ mod tests {
             cidrs: cidrs.iter().map(|s| s.parse().unwrap()).collect(),
             allow: allow.iter().map(|s| s.to_string()).collect(),
             deny: Vec::new(),
+            ldap_groups: Vec::new(),
         }
+    }
+
+    // Pins the LDAP group mapping: DNs compare normalised, the first mapped group wins, and a group may name
+    // only one tenant.
+    #[test]
+    fn ldap_groups_map_to_tenants() {
+        let mut dev = spec("dev", &[], &[], &["docker.example/*"]);
+        dev.ldap_groups = vec!["cn=dev,ou=groups,dc=corp".into()];
+        let mut ops = spec("ops", &[], &[], &[]);
+        ops.ldap_groups = vec!["cn=ops,ou=groups,dc=corp".into()];
+        let t = Tenants::new(vec![dev.clone(), ops]).unwrap();
+        let of = |g: &[&str]| {
+            let g: Vec<String> = g.iter().map(|s| s.to_string()).collect();
+            t.tenant_of_groups(&g).map(|t| t.to_string())
+        };
+        assert_eq!(of(&["CN=Dev, ou=Groups,dc=corp"]).as_deref(), Some("dev"));
+        assert_eq!(
+            of(&["cn=other,dc=corp", "cn=ops,ou=groups,dc=corp"]).as_deref(),
+            Some("ops")
+        );
+        assert_eq!(of(&["cn=other,dc=corp"]), None);
+        assert_eq!(of(&[]), None);
+        let mut again = spec("again", &[], &[], &[]);
+        again.ldap_groups = vec!["cn=DEV,ou=groups,dc=corp".into()];
+        assert!(Tenants::new(vec![dev, again]).is_err());
     }
 
     // Rule: `*` matches within and across `/`; `team/*` covers nested names but not `team` itself.

@@ -181,6 +181,26 @@ pub struct AuthConfig {
     /// exist yet: the first `mirrorgate token create` makes it, and the gateway picks it up on its next poll.
     pub api_tokens: Option<PathBuf>,
     pub token: Option<TokenConfig>,
+    /// `[auth.ldap]`: a directory checked for users htpasswd does not know.
+    pub ldap: Option<LdapConfig>,
+}
+
+/// `[auth.ldap]`: search the user with the service bind, then bind as the user's DN with the password.
+#[derive(Debug, Clone)]
+pub struct LdapConfig {
+    /// `ldap://` or `ldaps://`.
+    pub url: Url,
+    /// Upgrade an `ldap://` connection with StartTLS before any bind.
+    pub starttls: bool,
+    /// Extra CA certificates (PEM) trusted for the directory, besides the system's.
+    pub ca: Option<PathBuf>,
+    pub bind_dn: String,
+    pub bind_password: Secret,
+    pub user_base: String,
+    /// Contains `{user}`, replaced by the RFC 4515-escaped user name.
+    pub user_filter: String,
+    /// The user entry's attribute listing the DNs of its groups (`memberOf`).
+    pub group_attribute: String,
 }
 
 /// `[auth.token]`: the built-in token server.
@@ -212,6 +232,8 @@ pub struct TenantConfig {
     pub allow: Vec<String>,
     /// `route-host/repository-glob[:tag-glob|@digest-glob]` patterns refused even where `allow` matches.
     pub deny: Vec<String>,
+    /// Group DNs: an LDAP user in one of them belongs to this tenant.
+    pub ldap_groups: Vec<String>,
 }
 
 /// `[limits]`: defaults for anonymous clients, per source IP, and the shared-state switch.

@@ -107,6 +107,23 @@ pub(crate) struct RawAuth {
     pub htpasswd: Option<S<String>>,
     pub api_tokens: Option<S<String>>,
     pub token: Option<S<RawToken>>,
+    pub ldap: Option<S<RawLdap>>,
+}
+
+/// `[auth.ldap]`: users checked against an LDAP directory after htpasswd.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawLdap {
+    pub url: S<String>,
+    pub starttls: Option<S<bool>>,
+    pub ca: Option<S<String>>,
+    pub bind_dn: S<String>,
+    pub bind_password: Option<S<String>>,
+    pub bind_password_env: Option<S<String>>,
+    pub bind_password_file: Option<S<String>>,
+    pub user_base: S<String>,
+    pub user_filter: Option<S<String>>,
+    pub group_attribute: Option<S<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -138,6 +155,8 @@ pub(crate) struct RawTenant {
     pub allow: Vec<S<String>>,
     #[serde(default)]
     pub deny: Vec<S<String>>,
+    #[serde(default)]
+    pub ldap_groups: Vec<S<String>>,
 }
 
 #[derive(Debug, Deserialize)]

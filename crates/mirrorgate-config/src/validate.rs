@@ -862,10 +862,12 @@ fn auth(v: &mut Validator<'_>, raw: Option<&S<RawAuth>>) -> AuthConfig {
             ttl: v.duration(&t.ttl, "auth.token.ttl", defaults::TOKEN_TTL),
         }
     });
+    let ldap = r.ldap.as_ref().and_then(|l| ldap::ldap(v, l));
     AuthConfig {
         htpasswd,
         api_tokens,
         token,
+        ldap,
     }
 }
 
@@ -932,6 +934,7 @@ fn deny_list(v: &mut Validator<'_>, raw: &[S<String>], key: &str) -> Vec<String>
 fn tenants(v: &mut Validator<'_>, raw: &[S<RawTenant>]) -> Vec<TenantConfig> {
     let mut names: HashMap<String, usize> = HashMap::new();
     let mut users: HashMap<String, String> = HashMap::new();
+    let mut groups: HashMap<String, String> = HashMap::new();
     let mut out = Vec::new();
     for (i, t) in raw.iter().enumerate() {
         let r = t.get_ref();
@@ -975,6 +978,7 @@ fn tenants(v: &mut Validator<'_>, raw: &[S<RawTenant>]) -> Vec<TenantConfig> {
         for a in &r.allow {
             v.check(a, k("allow"), |s| allow_pattern(s));
         }
+        let ldap_groups = ldap::groups(v, &r.ldap_groups, &k("ldap_groups"), &mut groups, &name);
         out.push(TenantConfig {
             name,
             users: r.users.iter().map(|u| u.get_ref().clone()).collect(),
@@ -996,6 +1000,7 @@ fn tenants(v: &mut Validator<'_>, raw: &[S<RawTenant>]) -> Vec<TenantConfig> {
             bytes_per_day: v.size(&r.bytes_per_day, &k("bytes_per_day")),
             allow: r.allow.iter().map(|a| a.get_ref().clone()).collect(),
             deny: deny_list(v, &r.deny, &k("deny")),
+            ldap_groups,
         });
     }
     out
@@ -1085,5 +1090,6 @@ fn usage(v: &mut Validator<'_>, raw: Option<&S<RawUsage>>, storage: &Path) -> Us
 
 mod audit;
 mod egress;
+mod ldap;
 #[cfg(test)]
 mod tests;

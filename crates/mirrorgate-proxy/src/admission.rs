@@ -194,6 +194,10 @@ pub fn auth_refusal(gw: &Gateway, ask: &Ask<'_>, e: &AuthError) -> ProxyError {
             RegistryError::new(ErrorCode::TooManyRequests, e.to_string()).with_retry_after(secs)
         }
         ErrorKind::BadRequest => RegistryError::new(ErrorCode::InvalidRequest, e.to_string()),
+        ErrorKind::Unavailable => {
+            tracing::warn!(error = %e, "authentication backend unavailable");
+            RegistryError::new(ErrorCode::Unavailable, e.to_string())
+        }
         _ => {
             tracing::warn!(error = %e, "authentication failed internally");
             RegistryError::new(ErrorCode::Internal, ErrorCode::Internal.default_message())

@@ -3,7 +3,10 @@
 
 use std::sync::Arc;
 
-use mirrorgate_auth::{AuthSpec, PasswordPolicy, TenantSpec, TokenSpec, DEFAULT_REFRESH_TTL};
+use mirrorgate_auth::{
+    AuthSpec, LdapSpec, PasswordPolicy, TenantSpec, TokenSpec, DEFAULT_REFRESH_TTL,
+    LDAP_CONNECTIONS, LDAP_TIMEOUT,
+};
 use mirrorgate_config::Config;
 use mirrorgate_limits::{AnonymousLimits, LimitsSpec, SharedSpec, TenantLimits};
 
@@ -12,6 +15,7 @@ pub fn auth_enabled(config: &Config) -> bool {
     config.auth.htpasswd.is_some()
         || config.auth.api_tokens.is_some()
         || config.auth.token.is_some()
+        || config.auth.ldap.is_some()
         || !config.tenants.is_empty()
 }
 
@@ -25,6 +29,7 @@ pub fn tenant_specs(config: &Config) -> Vec<TenantSpec> {
             cidrs: t.cidrs.clone(),
             allow: t.allow.clone(),
             deny: t.deny.clone(),
+            ldap_groups: t.ldap_groups.clone(),
         })
         .collect()
 }
@@ -42,6 +47,18 @@ pub fn auth_spec(config: &Config) -> AuthSpec {
         }),
         tenants: tenant_specs(config),
         password: PasswordPolicy::default(),
+        ldap: config.auth.ldap.as_ref().map(|l| LdapSpec {
+            url: l.url.to_string(),
+            starttls: l.starttls,
+            ca: l.ca.clone(),
+            bind_dn: l.bind_dn.clone(),
+            bind_password: l.bind_password.expose().to_owned(),
+            user_base: l.user_base.clone(),
+            user_filter: l.user_filter.clone(),
+            group_attribute: l.group_attribute.clone(),
+            timeout: LDAP_TIMEOUT,
+            max_connections: LDAP_CONNECTIONS,
+        }),
     }
 }
 

@@ -26,6 +26,7 @@ mod proc;
 mod ratelimit;
 mod registry;
 mod skopeo;
+pub mod slapd;
 mod squid;
 mod stage;
 mod token;
@@ -42,6 +43,7 @@ pub use proc::{free_port, wait_for_http, wait_for_port, Proc};
 pub use ratelimit::RateLimitFront;
 pub use registry::{push, Pushed, Registry, RegistryMode};
 pub use skopeo::{layer_digests_in_layout, Outcome, Skopeo};
+pub use slapd::Slapd;
 pub use squid::Squid;
 pub use stage::{
     endpoints, kv, metric, rewrite, route, route_lines, sha256, Stage, GENEROUS_LIMITS, TEST_HOSTS,

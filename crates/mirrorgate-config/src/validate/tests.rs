@@ -685,3 +685,84 @@ fn api_tokens_path_resolves_relative_and_may_be_missing() {
     .unwrap_err();
     assert_eq!(e.0[0].key, "auth.api_token", "{e}");
 }
+
+const LDAP: &str = r#"
+[auth.ldap]
+url = "ldap://127.0.0.1:3389"
+starttls = true
+bind_dn = "cn=svc,dc=corp,dc=test"
+bind_password = "s3cret"
+user_base = "ou=people,dc=corp,dc=test"
+
+[[tenant]]
+name = "dev"
+ldap_groups = ["cn=dev,ou=groups,dc=corp,dc=test"]
+allow = ["docker.test/*"]
+"#;
+
+// Pins `[auth.ldap]` and `ldap_groups` reaching the validated types, with the documented defaults.
+#[test]
+fn ldap_keys_reach_the_model() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = parse_in(dir.path(), &format!("{MINIMAL}{LDAP}")).unwrap();
+    let l = c.auth.ldap.expect("ldap");
+    assert_eq!(l.url.as_str(), "ldap://127.0.0.1:3389");
+    assert!(l.starttls);
+    assert_eq!(l.bind_password.expose(), "s3cret");
+    assert_eq!(l.user_filter, "(uid={user})");
+    assert_eq!(l.group_attribute, "memberOf");
+    assert!(!format!("{:?}", l.bind_password).contains("s3cret"));
+    assert_eq!(
+        c.tenants[0].ldap_groups,
+        vec!["cn=dev,ou=groups,dc=corp,dc=test".to_string()]
+    );
+}
+
+// Pins the LDAP validation errors: each names its line and key.
+#[test]
+fn ldap_errors_name_line_and_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let cases = [
+        (
+            "url = \"ldap://127.0.0.1:3389\"",
+            "url = \"http://x\"",
+            "auth.ldap.url",
+        ),
+        (
+            "starttls = true",
+            "starttls = true\nurl2 = 1",
+            "auth.ldap.url2",
+        ),
+        (
+            "bind_password = \"s3cret\"",
+            "bind_password = \"s3cret\"\nuser_filter = \"(uid=alice)\"",
+            "auth.ldap.user_filter",
+        ),
+        ("bind_password = \"s3cret\"", "", "auth.ldap.bind_password"),
+        (
+            "name = \"dev\"",
+            "name = \"dev\"\nldap_groups = [\"developers\"]",
+            "tenant[1].ldap_groups",
+        ),
+        (
+            "url = \"ldap://127.0.0.1:3389\"",
+            "url = \"ldaps://127.0.0.1:3389\"",
+            "auth.ldap.url",
+        ),
+    ];
+    for (from, to, key) in cases {
+        let text = format!("{MINIMAL}{}", LDAP.replacen(from, to, 1));
+        let e = parse_in(dir.path(), &text).unwrap_err();
+        assert!(
+            e.iter()
+                .any(|e| e.line > 0 && e.key.ends_with(key) || e.message.contains(key)),
+            "{key}: {e}"
+        );
+    }
+    // One group, one tenant.
+    let text = format!(
+        "{MINIMAL}{LDAP}\n[[tenant]]\nname = \"ops\"\nldap_groups = [\"CN=dev, ou=groups,dc=corp,dc=test\"]\n"
+    );
+    let e = parse_in(dir.path(), &text).unwrap_err();
+    assert!(e.iter().any(|e| e.key == "tenant[2].ldap_groups"), "{e}");
+}
