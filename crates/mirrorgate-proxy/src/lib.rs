@@ -6,14 +6,14 @@
 //! crate decides *where* and *when* and moves bytes. Read `forward` first: it lists the request phases.
 //!
 //! Modules, in the order a request meets them:
-//! - `listener`, `server`: the accept loop, connection caps and idle closing; TLS and HTTP serving, the access
-//!   log when a response body ends; `framing`: HTTP/1.1 message boundaries as sent (ambiguous framing is
+//! - `listener`, `server`, `plain`: the accept loop, connection caps and idle closing; the TLS listener; the
+//!   `:80` redirector and the admin listener; `handle`: one request start to end, logged when its body ends; `framing`: HTTP/1.1 message boundaries as sent (ambiguous framing is
 //!   refused); `connect`: the guarded connector for untrusted upstream targets.
 //! - `context`: what phases carry (connection facts, request facts, the routed request, the plan).
 //! - `router`, `plan`: host → route; path, `?ns=` and path prefix → plan; name rewrites.
 //! - `token_endpoint`: the local `/token` answer.
 //! - `admission`: identify, authorize, limit.
-//! - `cache`: answers from and fills of the built-in cache, around the endpoint loop.
+//! - `cache`, `cache_answer`: answers from and fills of the built-in cache, around the endpoint loop.
 //! - `forward`: the phase list and the endpoint loop; `upstream`: clients and endpoint health; `egress`: the
 //!   outbound HTTP proxy those clients dial through.
 //! - `upstream_auth`: the upstream token dance; `attempt`: one try at one endpoint.
@@ -29,6 +29,7 @@ mod attempt;
 mod audit;
 mod body;
 mod cache;
+mod cache_answer;
 mod connect;
 mod context;
 mod credentials;
@@ -36,8 +37,10 @@ mod egress;
 mod error;
 mod forward;
 mod framing;
+mod handle;
 mod headers;
 mod listener;
+mod plain;
 mod plan;
 mod pool_attempt;
 mod redirect;
@@ -58,7 +61,8 @@ pub use connect::{is_private, refused_by_guard, PrivateAddress};
 pub use egress::{refused_by_proxy, ProxyRefused};
 pub use error::{EndpointError, ProxyError, RedirectRefusal, Report};
 pub use listener::{ConnectionCaps, Refusal};
+pub use plain::{serve_admin, serve_http, Http01Responder};
 pub use runtime::{Gateway, Runtime};
-pub use server::{serve_admin, serve_http, serve_https, Http01Responder};
+pub use server::serve_https;
 pub use specs::{auth_enabled, auth_spec, limits_spec, tenant_specs};
 pub use upstream_auth::TokenFetchError;
