@@ -84,7 +84,7 @@ file = {{ printf "%s/%s" (include "mirrorgate.auditDir" $) .file | toJson }}
 {{- if or .Values.usage.store .Values.usage.retention }}
 
 [usage]
-# {{ include "mirrorgate.usageStore" . }}
+# the ledger: {{ include "mirrorgate.usageStore" . }}
 {{- include "mirrorgate.tomlKeys" (dict "v" .Values.usage "at" "usage" "keys" (list "store" "retention")) }}
 {{- end }}
 {{- if .Values.cache.enabled }}

@@ -64,10 +64,10 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{/* Where the usage ledger lives, for the rendered config's comment and NOTES. */}}
 {{- define "mirrorgate.usageStore" -}}
 {{- if include "mirrorgate.redisUrl" . -}}
-the ledger is shared through redis; no file is written
+shared through redis; no file is written
 {{- else -}}
 {{- $store := .Values.usage.store | default "usage.db" -}}
-the ledger is {{ ternary $store (printf "%s/certs/%s" (include "mirrorgate.stateDir" .) $store) (hasPrefix "/" $store) }}
+{{ ternary $store (printf "%s/certs/%s" (include "mirrorgate.stateDir" .) $store) (hasPrefix "/" $store) }}
 {{- end -}}
 {{- end -}}
 
