@@ -82,7 +82,13 @@ def tree(rendered, root, cert, key):
     }
     for src in volume["projected"]["sources"]:
         if "configMap" in src:
-            cm = one(docs, "ConfigMap", src["configMap"]["name"])
+            rendered_cm = find(docs, "ConfigMap", src["configMap"]["name"])
+            if not rendered_cm:
+                # a ConfigMap the chart only references (e.g. auth.ldap.caConfigMap): a CA stand-in
+                for it in src["configMap"]["items"]:
+                    write(os.path.join(root, it["path"]), stand_ins["tls.crt"])
+                continue
+            cm = rendered_cm[0]
             items = src["configMap"].get("items") or [{"key": k, "path": k} for k in cm["data"]]
             for it in items:
                 write(os.path.join(root, it["path"]), cm["data"][it["key"]])
@@ -209,6 +215,68 @@ def assert_rules(rendered, case, root):
     else:
         c.rule("the cache volume is an emptyDir with a sizeLimit by default",
                cache_volume.get("emptyDir", {}).get("sizeLimit") == "10Gi", str(cache_volume))
+
+    ldap_toml = toml_all.get("auth", {}).get("ldap")
+    audit_toml = toml_all.get("audit")
+    read_at_start = "checksum/read-at-start" in annotations
+    if case == "full":
+        ldap_secret = find(docs, "Secret", dep["metadata"]["name"] + "-ldap")
+        ldap_src = [s["secret"] for s in cfg_volume["projected"]["sources"]
+                    if "secret" in s and any(i["path"] == "ldap/bind-password" for i in s["secret"]["items"])]
+        cm = one(docs, "ConfigMap", dep["metadata"]["name"])
+        c.rule("[auth.ldap] reaches the TOML, its bind password read from the chart Secret mounted at "
+               "ldap/bind-password, its inline CA from the ConfigMap",
+               ldap_toml is not None and ldap_toml.get("url") == "ldap://ldap.corp.example"
+               and ldap_toml.get("starttls") is True
+               and ldap_toml.get("user_filter") == "(&(objectClass=person)(uid={user}))"
+               and ldap_toml.get("bind_password_file") == "ldap/bind-password"
+               and "bind_password" not in ldap_toml and "bind_password_env" not in ldap_toml
+               and ldap_toml.get("ca") == "ldap-ca.pem" and "BEGIN CERTIFICATE" in cm["data"].get("ldap-ca.pem", "")
+               and len(ldap_secret) == 1 and len(ldap_src) == 1 and ldap_src[0]["name"] == ldap_secret[0]["metadata"]["name"]
+               and base64.b64decode(ldap_secret[0]["data"]["bind-password"]).decode() == 'bind secret with "quotes"',
+               f"{ldap_toml} {ldap_src}")
+        c.rule("no LDAP secret in the ConfigMap", "bind secret" not in toml_of(docs, dep), "bind password in the TOML")
+        c.rule("tenant ldap_groups reach the TOML",
+               toml_all["tenant"][0].get("ldap_groups") == ["cn=dev,ou=groups,dc=corp,dc=example"],
+               str(toml_all["tenant"][0]))
+        audit_mount = mounts.get("audit", {})
+        c.rule("[audit] file mode writes on the audit claim, one folder per pod, with rotation keys",
+               audit_toml == {"file": "/var/log/mirrorgate/audit.jsonl", "max_size": "50MiB", "keep": 5}
+               and audit_mount.get("mountPath") == "/var/log/mirrorgate" and audit_mount.get("readOnly") is not True
+               and audit_mount.get("subPathExpr") == "$(POD_NAME)"
+               and {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}} in ctr.get("env", [])
+               and volumes.get("audit", {}).get("persistentVolumeClaim", {}).get("claimName") == "mirrorgate-audit",
+               f"{audit_toml} {audit_mount} {volumes.get('audit')}")
+        c.rule("[usage] retention reaches the TOML; with redis the ledger is shared (no file)",
+               toml_all.get("usage") == {"retention": "90d"} and "redis" in toml_all["limits"]
+               and "shared through redis" in toml_of(docs, dep), str(toml_all.get("usage")))
+        c.rule("pods roll when read-at-start settings ([auth.ldap], [usage]) change", read_at_start, str(annotations))
+    elif case == "acme":
+        c.rule("[auth.ldap] from existing Secrets: bind password key and CA Secret mounted under ldap/",
+               ldap_toml is not None and ldap_toml.get("ca") == "ldap/ca.pem"
+               and ldap_toml.get("bind_password_file") == "ldap/bind-password"
+               and any(s.get("secret", {}).get("name") == "corp-ldap"
+                       and s["secret"]["items"] == [{"key": "password", "path": "ldap/bind-password"}]
+                       for s in cfg_volume["projected"]["sources"])
+               and any(s.get("secret", {}).get("name") == "corp-ca"
+                       and s["secret"]["items"] == [{"key": "ca.crt", "path": "ldap/ca.pem"}]
+                       for s in cfg_volume["projected"]["sources"])
+               and not find(docs, "Secret", dep["metadata"]["name"] + "-ldap"),
+               f"{ldap_toml} {cfg_volume['projected']['sources']}")
+        c.rule("[audit] on by default goes to standard output, with no audit volume",
+               audit_toml == {"file": "-"} and "audit" not in mounts and "audit" not in volumes, str(audit_toml))
+        state_claim = volumes["state"].get("persistentVolumeClaim")
+        c.rule("[usage] store without redis is on the persistent state volume",
+               toml_all.get("usage", {}).get("store") == "ledger.db" and "redis" not in toml_all["limits"]
+               and state_claim is not None and mounts["state"]["mountPath"] + "/certs" == toml_all["tls"]["storage"]
+               and "/var/lib/mirrorgate/certs/ledger.db" in toml_of(docs, dep),
+               f"{toml_all.get('usage')} {volumes['state']}")
+    else:
+        c.rule("no [auth.ldap], [audit] or [usage] by default, and no read-at-start checksum",
+               ldap_toml is None and audit_toml is None and "usage" not in toml_all and not read_at_start
+               and "audit" not in volumes, str(toml_all.keys()))
+        c.rule("the state emptyDir holds a usage ledger (sizeLimit 256Mi)",
+               volumes["state"].get("emptyDir", {}).get("sizeLimit") == "256Mi", str(volumes["state"]))
 
     hpa = find(docs, "HorizontalPodAutoscaler")
     if case == "full":

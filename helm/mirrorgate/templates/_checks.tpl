@@ -35,6 +35,46 @@ Combinations the chart refuses, each with the reason and the way out. Included o
 {{- fail "auth: give htpasswd or existingSecret, not both" -}}
 {{- end -}}
 
+{{- with .Values.auth.ldap -}}
+{{- if .enabled -}}
+{{- if not (and .url .bind_dn .user_base) -}}
+{{- fail "auth.ldap.enabled needs url, bind_dn and user_base" -}}
+{{- end -}}
+{{- if not (or .bindPassword .existingSecret) -}}
+{{- fail "auth.ldap needs bindPassword or existingSecret: the service bind needs a password (an empty simple bind is anonymous)" -}}
+{{- end -}}
+{{- if and .bindPassword .existingSecret -}}
+{{- fail "auth.ldap: give bindPassword or existingSecret, not both" -}}
+{{- end -}}
+{{- $cas := list -}}
+{{- if .caCert }}{{ $cas = append $cas "caCert" }}{{ end -}}
+{{- if .caConfigMap }}{{ $cas = append $cas "caConfigMap" }}{{ end -}}
+{{- if .caSecret }}{{ $cas = append $cas "caSecret" }}{{ end -}}
+{{- if gt (len $cas) 1 -}}
+{{- fail (printf "auth.ldap: give one of caCert, caConfigMap and caSecret (got %s)" (join ", " $cas)) -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+{{- range $i, $t := .Values.tenants -}}
+{{- if and $t.ldap_groups (not $.Values.auth.ldap.enabled) -}}
+{{- fail (printf "tenants[%d].ldap_groups needs auth.ldap.enabled: without a directory no user has groups" $i) -}}
+{{- end -}}
+{{- end -}}
+
+{{- with .Values.audit -}}
+{{- if .enabled -}}
+{{- if not .file -}}
+{{- fail "audit.file: \"-\" for standard output, or a file name on the audit volume" -}}
+{{- end -}}
+{{- if and (ne .file "-") (contains "/" .file) -}}
+{{- fail (printf "audit.file %q: a file name, not a path (it is written on the audit volume at /var/log/mirrorgate)" .file) -}}
+{{- end -}}
+{{- if and (eq .file "-") (or (not (empty .max_size)) (not (empty .keep))) -}}
+{{- fail "audit.max_size and audit.keep rotate a file: standard output (audit.file \"-\") is not rotated; leave them empty or name a file" -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
 {{- if and .Values.redis.enabled .Values.limits.redis -}}
 {{- fail "limits.redis names an external redis while redis.enabled bundles one: choose one" -}}
 {{- end -}}

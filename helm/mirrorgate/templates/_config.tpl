@@ -1,7 +1,7 @@
 {{/*
 The gateway's TOML config. Relative paths are relative to this file's folder (/etc/mirrorgate), where the
 projected volume in the Deployment puts the Secrets: htpasswd, tls/tls.crt + tls/tls.key, token/token-key.pem
-(+ .crt), and the upstream CA files of the ConfigMap.
+(+ .crt), ldap/bind-password (+ ldap/ca.pem), and the upstream and LDAP CA files of the ConfigMap.
 */}}
 {{- define "mirrorgate.configToml" -}}
 {{- $fullname := include "mirrorgate.fullname" . -}}
@@ -34,7 +34,7 @@ challenge = {{ .Values.tls.acme.challenge | toJson }}
 # no cert/key and no ACME: a self-signed certificate for every route host, made at start
 {{- end }}
 {{- $htpasswd := include "mirrorgate.htpasswdSecretName" . }}
-{{- if or $htpasswd .Values.auth.token.enabled .Values.auth.apiTokensSecret }}
+{{- if or $htpasswd .Values.auth.token.enabled .Values.auth.apiTokensSecret .Values.auth.ldap.enabled }}
 
 [auth]
 {{- if $htpasswd }}
@@ -56,6 +56,36 @@ issuer = {{ .Values.auth.token.issuer | toJson }}
 service = {{ .Values.auth.token.service | toJson }}
 ttl = {{ .Values.auth.token.ttl | toJson }}
 {{- end }}
+{{- with .Values.auth.ldap }}
+{{- if .enabled }}
+
+[auth.ldap]
+{{- include "mirrorgate.tomlKeys" (dict "v" . "at" "auth.ldap" "keys" (list "url" "starttls" "bind_dn" "user_base" "user_filter" "group_attribute") "chartKeys" (list "enabled" "bindPassword" "existingSecret" "existingSecretKey" "caCert" "caConfigMap" "caSecret" "caKey")) }}
+{{- with include "mirrorgate.ldapCaSource" $ }}
+ca = {{ ternary "ldap-ca.pem" "ldap/ca.pem" (eq . "inline") | toJson }}
+{{- end }}
+bind_password_file = "ldap/bind-password"
+{{- end }}
+{{- end }}
+{{- end }}
+{{- with .Values.audit }}
+{{- if .enabled }}
+
+[audit]
+{{- if eq .file "-" }}
+# standard output: the container log, collected with the others
+file = "-"
+{{- else }}
+file = {{ printf "%s/%s" (include "mirrorgate.auditDir" $) .file | toJson }}
+{{- end }}
+{{- include "mirrorgate.tomlKeys" (dict "v" . "at" "audit" "keys" (list "max_size" "keep") "chartKeys" (list "enabled" "file" "volume")) }}
+{{- end }}
+{{- end }}
+{{- if or .Values.usage.store .Values.usage.retention }}
+
+[usage]
+# the ledger: {{ include "mirrorgate.usageStore" . }}
+{{- include "mirrorgate.tomlKeys" (dict "v" .Values.usage "at" "usage" "keys" (list "store" "retention")) }}
 {{- end }}
 {{- if .Values.cache.enabled }}
 
@@ -66,7 +96,7 @@ dir = {{ include "mirrorgate.cacheDir" . | toJson }}
 {{- range $i, $t := .Values.tenants }}
 
 [[tenant]]
-{{- include "mirrorgate.tomlKeys" (dict "v" $t "at" (printf "tenants[%d]" $i) "keys" (list "name" "users" "cidrs" "requests_per_second" "burst" "bytes_per_second" "concurrent_requests" "tenant_requests_per_second" "tenant_bytes_per_second" "tenant_concurrent_requests" "bytes_per_day" "allow" "deny")) }}
+{{- include "mirrorgate.tomlKeys" (dict "v" $t "at" (printf "tenants[%d]" $i) "keys" (list "name" "users" "cidrs" "requests_per_second" "burst" "bytes_per_second" "concurrent_requests" "tenant_requests_per_second" "tenant_bytes_per_second" "tenant_concurrent_requests" "bytes_per_day" "allow" "deny" "ldap_groups")) }}
 {{- end }}
 
 [limits]

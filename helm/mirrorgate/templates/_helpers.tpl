@@ -53,6 +53,40 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{/* The built-in cache's store, on a volume of its own (emptyDir with sizeLimit, or a per-pod PVC). */}}
 {{- define "mirrorgate.cacheDir" -}}/var/cache/mirrorgate{{- end -}}
 
+{{/* Where a file-mode audit trail is written: the audit volume (emptyDir or an existing claim). */}}
+{{- define "mirrorgate.auditDir" -}}/var/log/mirrorgate{{- end -}}
+
+{{/* The audit trail goes to a file (and so needs the audit volume) rather than standard output. */}}
+{{- define "mirrorgate.auditToFile" -}}
+{{- if and .Values.audit.enabled (ne .Values.audit.file "-") -}}true{{- end -}}
+{{- end -}}
+
+{{/* Where the usage ledger lives, for the rendered config's comment and NOTES. */}}
+{{- define "mirrorgate.usageStore" -}}
+{{- if include "mirrorgate.redisUrl" . -}}
+shared through redis; no file is written
+{{- else -}}
+{{- $store := .Values.usage.store | default "usage.db" -}}
+{{ ternary $store (printf "%s/certs/%s" (include "mirrorgate.stateDir" .) $store) (hasPrefix "/" $store) }}
+{{- end -}}
+{{- end -}}
+
+{{/* The source of the LDAP CA: "inline", "configMap", "secret", or empty. */}}
+{{- define "mirrorgate.ldapCaSource" -}}
+{{- with .Values.auth.ldap -}}
+{{- if .enabled -}}
+{{- if .caCert }}inline{{ else if .caConfigMap }}configMap{{ else if .caSecret }}secret{{ end -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{/* The Secret holding the LDAP bind password: the chart's or an existing one. */}}
+{{- define "mirrorgate.ldapSecretName" -}}
+{{- if .Values.auth.ldap.enabled -}}
+{{- .Values.auth.ldap.existingSecret | default (printf "%s-ldap" (include "mirrorgate.fullname" .)) -}}
+{{- end -}}
+{{- end -}}
+
 {{/* Replicas that may run at once: several when replicaCount > 1 or when the HPA may scale out. */}}
 {{- define "mirrorgate.multiReplica" -}}
 {{- if or (gt (int .Values.replicaCount) 1) .Values.autoscaling.enabled -}}true{{- end -}}
