@@ -31,8 +31,7 @@ use tokio::sync::{Mutex, Semaphore};
 
 use crate::cache::CredentialCache;
 use crate::error::AuthError;
-use crate::password::{source_key, PasswordPolicy, THROTTLE_CAPACITY};
-use crate::throttle::FailureThrottle;
+use crate::password::{PasswordPolicy, SourceLockout};
 
 /// The directory settings; the integrator maps `[auth.ldap]` onto it.
 #[derive(Clone)]
@@ -99,8 +98,8 @@ pub(crate) struct LdapUsers {
     cache: CredentialCache,
     /// Users verified recently, with their groups: cache hits and bearer tokens read them.
     known: DashMap<String, (Arc<[String]>, Instant)>,
-    by_source: FailureThrottle<IpAddr>,
-    by_user_source: FailureThrottle<(String, IpAddr)>,
+    /// The same lockout settings as htpasswd, per source and per (user, source).
+    lockout: SourceLockout,
     binds: std::sync::atomic::AtomicU64,
 }
 
@@ -176,16 +175,6 @@ impl LdapUsers {
             CredentialCache::new(policy.cache_capacity, policy.cache_ttl).map_err(|_| {
                 AuthError::Config("no system randomness for the credential cache key".into())
             })?;
-        fn throttle<K: std::hash::Hash + Eq + Clone>(
-            policy: &PasswordPolicy,
-        ) -> FailureThrottle<K> {
-            FailureThrottle::new(
-                policy.max_failures,
-                policy.failure_window,
-                policy.lockout,
-                THROTTLE_CAPACITY,
-            )
-        }
         Ok(LdapUsers {
             permits: Semaphore::new(spec.max_connections.max(1)),
             idle: Mutex::new(Vec::new()),
@@ -193,8 +182,7 @@ impl LdapUsers {
             spec,
             cache,
             known: DashMap::new(),
-            by_source: throttle(policy),
-            by_user_source: throttle(policy),
+            lockout: SourceLockout::new(policy),
             binds: std::sync::atomic::AtomicU64::new(0),
         })
     }
@@ -225,15 +213,7 @@ impl LdapUsers {
                 return Ok(groups);
             }
         }
-        let source = source_key(peer_ip);
-        let user_source = (user.to_owned(), source);
-        let locked = [
-            self.by_source.check(&source, now).err(),
-            self.by_user_source.check(&user_source, now).err(),
-        ];
-        if let Some(retry_after) = locked.into_iter().flatten().max() {
-            return Err(AuthError::Throttled { retry_after });
-        }
+        let attempt = self.lockout.admit(user, peer_ip, now)?;
         let verdict = if password.is_empty() {
             Verdict::Invalid
         } else {
@@ -255,12 +235,11 @@ impl LdapUsers {
                     }
                 }
                 self.known.insert(user.to_owned(), (groups.clone(), now));
-                self.by_user_source.record_success(&user_source);
+                self.lockout.succeeded(&attempt);
                 Ok(groups)
             }
             Verdict::Invalid => {
-                self.by_source.record_failure(&source, now);
-                self.by_user_source.record_failure(&user_source, now);
+                self.lockout.failed(&attempt, now);
                 Err(AuthError::BadCredentials)
             }
         }

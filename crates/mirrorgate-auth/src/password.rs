@@ -84,6 +84,74 @@ pub(crate) fn source_key(ip: IpAddr) -> IpAddr {
     }
 }
 
+/// The lockout every credential check goes through (htpasswd and LDAP): failures count per source (an address,
+/// or an IPv6 /64) and per (user, source), so a run of wrong passwords locks that source out, and that user out
+/// from that source only — nobody can lock a named user out from everywhere.
+#[derive(Debug)]
+pub(crate) struct SourceLockout {
+    by_source: FailureThrottle<IpAddr>,
+    by_user_source: FailureThrottle<(String, IpAddr)>,
+}
+
+/// The keys one attempt counts under.
+pub(crate) struct Attempt {
+    source: IpAddr,
+    user_source: (String, IpAddr),
+}
+
+impl SourceLockout {
+    pub(crate) fn new(policy: &PasswordPolicy) -> Self {
+        SourceLockout {
+            by_source: failure_throttle(policy),
+            by_user_source: failure_throttle(policy),
+        }
+    }
+
+    /// The attempt's keys, or `Throttled` (with the longest wait) when either key is locked out: refused
+    /// without running bcrypt or asking the directory.
+    pub(crate) fn admit(
+        &self,
+        user: &str,
+        peer_ip: IpAddr,
+        now: Instant,
+    ) -> Result<Attempt, AuthError> {
+        let source = source_key(peer_ip);
+        let user_source = (user.to_owned(), source);
+        let locked = [
+            self.by_source.check(&source, now).err(),
+            self.by_user_source.check(&user_source, now).err(),
+        ];
+        match locked.into_iter().flatten().max() {
+            Some(retry_after) => Err(AuthError::Throttled { retry_after }),
+            None => Ok(Attempt {
+                source,
+                user_source,
+            }),
+        }
+    }
+
+    pub(crate) fn succeeded(&self, attempt: &Attempt) {
+        self.by_user_source.record_success(&attempt.user_source);
+    }
+
+    pub(crate) fn failed(&self, attempt: &Attempt, now: Instant) {
+        self.by_source.record_failure(&attempt.source, now);
+        self.by_user_source
+            .record_failure(&attempt.user_source, now);
+    }
+}
+
+fn failure_throttle<K: std::hash::Hash + Eq + Clone>(
+    policy: &PasswordPolicy,
+) -> FailureThrottle<K> {
+    FailureThrottle::new(
+        policy.max_failures,
+        policy.failure_window,
+        policy.lockout,
+        THROTTLE_CAPACITY,
+    )
+}
+
 /// Checks user/password pairs against a [`UserStore`].
 #[derive(Debug)]
 pub struct PasswordChecker {
@@ -92,10 +160,8 @@ pub struct PasswordChecker {
     permits: Arc<Semaphore>,
     waiting: AtomicUsize,
     max_waiting: usize,
-    /// Locks a source out (whatever user it names).
-    by_source: FailureThrottle<IpAddr>,
-    /// Locks one user out from one source only.
-    by_user_source: FailureThrottle<(String, IpAddr)>,
+    /// Locks a source out, and a user out from one source only.
+    lockout: SourceLockout,
     /// A user's failures from every source: past the limit, checks are slowed, not refused.
     by_user: FailureThrottle<String>,
     /// Checks in progress, by pair: later arrivals wait for the first one's answer.
@@ -131,24 +197,8 @@ impl PasswordChecker {
             permits: Arc::new(Semaphore::new(policy.bcrypt_permits.max(1))),
             waiting: AtomicUsize::new(0),
             max_waiting: policy.max_waiting,
-            by_source: FailureThrottle::new(
-                policy.max_failures,
-                policy.failure_window,
-                policy.lockout,
-                THROTTLE_CAPACITY,
-            ),
-            by_user_source: FailureThrottle::new(
-                policy.max_failures,
-                policy.failure_window,
-                policy.lockout,
-                THROTTLE_CAPACITY,
-            ),
-            by_user: FailureThrottle::new(
-                policy.max_failures,
-                policy.failure_window,
-                policy.lockout,
-                THROTTLE_CAPACITY,
-            ),
+            lockout: SourceLockout::new(policy),
+            by_user: failure_throttle(policy),
             in_flight: DashMap::new(),
             bcrypt_runs: AtomicU64::new(0),
         })
@@ -178,16 +228,8 @@ impl PasswordChecker {
         if self.cache.contains(&fp, snapshot.generation, now) {
             return Ok(());
         }
-        let source = source_key(peer_ip);
-        let user_source = (user.to_owned(), source);
-        let locked = [
-            self.by_source.check(&source, now).err(),
-            self.by_user_source.check(&user_source, now).err(),
-        ];
-        if let Some(retry_after) = locked.into_iter().flatten().max() {
-            return Err(AuthError::Throttled { retry_after });
-        }
-        if self.by_user.check(&user_source.0, now).is_err() {
+        let attempt = self.lockout.admit(user, peer_ip, now)?;
+        if self.by_user.check(&user.to_owned(), now).is_err() {
             tokio::time::sleep(USER_SLOWDOWN).await;
         }
 
@@ -217,12 +259,11 @@ impl PasswordChecker {
 
         let now = Instant::now();
         if verified {
-            self.by_user_source.record_success(&user_source);
+            self.lockout.succeeded(&attempt);
             Ok(())
         } else {
-            self.by_source.record_failure(&source, now);
-            self.by_user_source.record_failure(&user_source, now);
-            self.by_user.record_failure(&user_source.0, now);
+            self.lockout.failed(&attempt, now);
+            self.by_user.record_failure(&user.to_owned(), now);
             if snapshot.users.get(user).is_some() {
                 Err(AuthError::BadCredentials)
             } else {
