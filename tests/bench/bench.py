@@ -9,6 +9,13 @@ Two references sit beside the peers: the registry over plain HTTP ("direct") and
 the same storage serving TLS with the same certificate ("direct TLS"). Besides rates and latencies the server's
 CPU time is read from /proc per answered request and per GiB streamed.
 
+Section 6 measures the built-in cache (issue 17): a second mirrorgate with `[cache]` ("mirrorgate cache") and
+Debian's docker-registry in proxy mode ("registry:2 proxy", pull-through with its own TLS, no Basic auth) pull from
+a third registry process on the same storage whose access log counts the upstream GETs they let through. Per
+round and caching peer: first and second pull of a fresh image, 1 and 8 parallel pulls of the warmed big blob and
+manifest-by-digest GETs served from the cache, then 50 clients at once on one uncached blob; the store's disk use
+is read once every round is done.
+
 Started by `tests/bench/run`, which installs the tools, builds mirrorgate and enters a mount namespace where
 docker.test resolves to 127.0.0.1. Subcommands `hold` and `handshakes` are the two small TLS clients the
 standard load generators cannot replace (thousands of idle connections; full handshakes without resumption).
@@ -54,6 +61,14 @@ REGISTRY_PORT = 18400
 REGISTRY_TLS_PORT = 18401
 PEER_PORTS = {"mirrorgate": 18443, "nginx": 18444, "caddy": 18445, "haproxy": 18446}
 PEERS = list(PEER_PORTS)
+# The caching column (section 6): a second mirrorgate with `[cache]` and Debian's docker-registry in proxy mode
+# (registry:2 pull-through), both in front of a third docker-registry process on the same storage whose access log
+# is on, so the upstream GETs a cache lets through can be counted; the other peers' upstream keeps its log off.
+MG_CACHE = "mirrorgate cache"
+R2_PROXY = "registry:2 proxy"
+CACHE_PORTS = {MG_CACHE: 18447, R2_PROXY: 18448}
+REGISTRY_LOGGED_PORT = 18402
+COLD_CLIENTS = 50
 
 MiB = 1024 * 1024
 GiB = 1024 * MiB
@@ -158,8 +173,8 @@ def make_layer(path, size):
     return "sha256:" + outer.sha.hexdigest(), os.path.getsize(path), "sha256:" + inner.sha.hexdigest()
 
 
-def registry_request(method, path, body=None, headers=None):
-    conn = http.client.HTTPConnection("127.0.0.1", REGISTRY_PORT, timeout=600)
+def registry_request(method, path, body=None, headers=None, port=REGISTRY_PORT):
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=600)
     conn.request(method, path, body=body, headers=headers or {})
     resp = conn.getresponse()
     data = resp.read()
@@ -167,8 +182,8 @@ def registry_request(method, path, body=None, headers=None):
     return resp, data
 
 
-def push_blob(digest, body, size):
-    resp, _ = registry_request("POST", f"/v2/{REPO}/blobs/uploads/")
+def push_blob(digest, body, size, repo=REPO):
+    resp, _ = registry_request("POST", f"/v2/{repo}/blobs/uploads/")
     if resp.status != 202:
         raise RuntimeError(f"upload start: {resp.status}")
     loc = resp.getheader("Location")
@@ -180,29 +195,48 @@ def push_blob(digest, body, size):
         raise RuntimeError(f"blob PUT {digest}: {resp.status} {data[:200]!r}")
 
 
-def make_image(work, blob_bytes):
-    """Pushes library/big:latest (one layer of about `blob_bytes`) to the upstream; returns its facts."""
+def make_image(work, blob_bytes, repo=REPO):
+    """Pushes `repo`:latest (one layer of about `blob_bytes`) to the upstream; returns its facts."""
     layer = os.path.join(work, "layer.tar.gz")
     log(f"making a {blob_bytes / MiB:.0f} MiB layer")
     digest, size, diff_id = make_layer(layer, blob_bytes - 2048)
     with open(layer, "rb") as f:
-        push_blob(digest, f, size)
+        push_blob(digest, f, size, repo)
     os.remove(layer)
     config = json.dumps({"architecture": "amd64", "os": "linux", "config": {},
                          "rootfs": {"type": "layers", "diff_ids": [diff_id]}}).encode()
     cdigest = "sha256:" + hashlib.sha256(config).hexdigest()
-    push_blob(cdigest, config, len(config))
+    push_blob(cdigest, config, len(config), repo)
     manifest = json.dumps({
         "schemaVersion": 2, "mediaType": MANIFEST_TYPE,
         "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": cdigest, "size": len(config)},
         "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", "digest": digest, "size": size}],
     }).encode()
-    resp, data = registry_request("PUT", f"/v2/{REPO}/manifests/{TAG}", body=manifest,
+    resp, data = registry_request("PUT", f"/v2/{repo}/manifests/{TAG}", body=manifest,
                                   headers={"Content-Type": MANIFEST_TYPE})
     if resp.status != 201:
         raise RuntimeError(f"manifest PUT: {resp.status} {data[:200]!r}")
-    log(f"pushed {REPO}:{TAG}, layer {digest} ({size} bytes)")
-    return {"blob": digest, "blob_size": size, "manifest_size": len(manifest)}
+    log(f"pushed {repo}:{TAG}, layer {digest} ({size} bytes)")
+    return {"blob": digest, "blob_size": size, "manifest_size": len(manifest),
+            "manifest_digest": "sha256:" + hashlib.sha256(manifest).hexdigest()}
+
+
+def push_random_blob(work, size, repo):
+    """One blob of `size` random bytes in `repo` (no manifest): the uncached blob of the cold many-client pull."""
+    path = os.path.join(work, "cold.bin")
+    sha = hashlib.sha256()
+    with open(path, "wb") as f:
+        left = size
+        while left:
+            chunk = os.urandom(min(left, 4 * MiB))
+            sha.update(chunk)
+            f.write(chunk)
+            left -= len(chunk)
+    digest = "sha256:" + sha.hexdigest()
+    with open(path, "rb") as f:
+        push_blob(digest, f, size, repo)
+    os.remove(path)
+    return digest
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -362,26 +396,29 @@ def settle(pid, max_seconds=5.0):
         last = now
 
 
-def start_registry(work, tls=None):
+def start_registry(work, tls=None, logged=False):
     """The upstream registry, plain HTTP on REGISTRY_PORT. With `tls`: the "direct TLS" reference, a second
     process on REGISTRY_TLS_PORT serving the same storage (read-only mode, only pulls go to it) over TLS with the
-    peers' certificate; Go's net/http offers h2 and http/1.1 by ALPN."""
+    peers' certificate; Go's net/http offers h2 and http/1.1 by ALPN. With `logged`: a third read-only process on
+    REGISTRY_LOGGED_PORT, plain HTTP with its access log on (one line per request in its log file), the upstream
+    of the two caches."""
     storage = os.path.join(work, "registry", "storage")
     os.makedirs(storage, exist_ok=True)
-    name = "registry-tls" if tls else "registry"
+    name = "registry-tls" if tls else "registry-logged" if logged else "registry"
     d = os.path.join(work, name)
     os.makedirs(d, exist_ok=True)
-    port = REGISTRY_TLS_PORT if tls else REGISTRY_PORT
+    port = REGISTRY_TLS_PORT if tls else REGISTRY_LOGGED_PORT if logged else REGISTRY_PORT
     cfg = os.path.join(d, "config.yml")
     maintenance = ""
     tls_block = ""
-    if tls:
+    if tls or logged:
         maintenance = """  maintenance:
     uploadpurging:
       enabled: false
     readonly:
       enabled: true
 """
+    if tls:
         tls_block = f"""  tls:
     certificate: {json.dumps(tls["cert"])}
     key: {json.dumps(tls["key"])}
@@ -391,7 +428,7 @@ def start_registry(work, tls=None):
 log:
   level: warn
   accesslog:
-    disabled: true
+    disabled: {"false" if logged else "true"}
 storage:
   filesystem:
     rootdirectory: {json.dumps(storage)}
@@ -408,7 +445,7 @@ storage:
             if tls:
                 status, _ = https_get(port, "/v2/", auth=False, ca=tls["ca"])
             else:
-                status = registry_request("GET", "/v2/")[0].status
+                status = registry_request("GET", "/v2/", port=port)[0].status
             if status == 200:
                 return proc
         except (OSError, http.client.HTTPException):
@@ -421,17 +458,14 @@ storage:
     raise RuntimeError(f"docker-registry ({name}) did not start:\n" + tail)
 
 
-def write_peer_configs(work, tls, htpasswd, bcrypt_hash, conns):
-    """One config per peer doing the same job; returns {name: argv}."""
-    up = f"127.0.0.1:{REGISTRY_PORT}"
-    cmds = {}
-
-    d = os.path.join(work, "mirrorgate")
+def write_mirrorgate_config(d, port, up, tls, htpasswd, extra=""):
+    """mirrorgate's benchmark config in folder `d` (listening on `port`, proxying to `up`), with `extra` TOML
+    tables (the `[cache]` of section 6) before its route; returns the file's path."""
     os.makedirs(d, exist_ok=True)
     cfg = os.path.join(d, "mirrorgate.toml")
     with open(cfg, "w") as f:
         f.write(f"""[server]
-https = "127.0.0.1:{PEER_PORTS['mirrorgate']}"
+https = "127.0.0.1:{port}"
 client_header_timeout = "300s"
 upstream_timeout = "600s"
 
@@ -454,7 +488,7 @@ tenant_requests_per_second = 1000000
 tenant_bytes_per_second = "1000GiB"
 tenant_concurrent_requests = 100000
 allow = ["*/*"]
-
+{extra}
 [limits]
 requests_per_second = 1000000
 burst = 1000000
@@ -465,6 +499,15 @@ concurrent_requests = 100000
 host = "{HOST}"
 upstream = "http://{up}"
 """)
+    return cfg
+
+
+def write_peer_configs(work, tls, htpasswd, bcrypt_hash, conns):
+    """One config per peer doing the same job; returns {name: argv}."""
+    up = f"127.0.0.1:{REGISTRY_PORT}"
+    cmds = {}
+
+    cfg = write_mirrorgate_config(os.path.join(work, "mirrorgate"), PEER_PORTS["mirrorgate"], up, tls, htpasswd)
     cmds["mirrorgate"] = [os.environ.get("MIRRORGATE_BIN", "target/release/mirrorgate"), "run", "-c", cfg]
 
     d = os.path.join(work, "nginx")
@@ -601,6 +644,175 @@ backend registry
     return cmds
 
 
+def write_cache_configs(work, tls, htpasswd, max_size):
+    """The two caching peers of section 6, both in front of the logged upstream; returns {name: argv}.
+
+    "mirrorgate cache": the benchmark's mirrorgate config plus `[cache]` bounded by `max_size` bytes (smaller
+    than what a run pulls through it, so eviction takes part). "registry:2 proxy": docker-registry in proxy mode
+    (`proxy.remoteurl`) with TLS by its own `http.tls` and the peers' certificate; it has no Basic auth here (a
+    pull-through registry:2 only passes credentials upstream) and no size bound."""
+    up = f"127.0.0.1:{REGISTRY_LOGGED_PORT}"
+    cmds = {}
+    cache = f"""
+[cache]
+dir = "cache"
+max_size = {max_size}
+tag_ttl = "10m"
+"""
+    cfg = write_mirrorgate_config(os.path.join(work, "mirrorgate-cache"), CACHE_PORTS[MG_CACHE], up, tls, htpasswd,
+                                  extra=cache)
+    cmds[MG_CACHE] = [os.environ.get("MIRRORGATE_BIN", "target/release/mirrorgate"), "run", "-c", cfg]
+
+    d = os.path.join(work, "registry-proxy")
+    os.makedirs(os.path.join(d, "storage"), exist_ok=True)
+    cfg = os.path.join(d, "config.yml")
+    with open(cfg, "w") as f:
+        f.write(f"""version: 0.1
+log:
+  level: warn
+  accesslog:
+    disabled: true
+storage:
+  filesystem:
+    rootdirectory: {json.dumps(os.path.join(d, "storage"))}
+  cache:
+    blobdescriptor: inmemory
+http:
+  addr: 127.0.0.1:{CACHE_PORTS[R2_PROXY]}
+  secret: bench-secret
+  tls:
+    certificate: {json.dumps(tls["cert"])}
+    key: {json.dumps(tls["key"])}
+proxy:
+  remoteurl: http://{up}
+""")
+    cmds[R2_PROXY] = ["docker-registry", "serve", cfg]
+    return cmds
+
+
+def cache_store(work, name):
+    """The folder a caching peer keeps its copies in (what `du` measures)."""
+    if name == MG_CACHE:
+        return os.path.join(work, "mirrorgate-cache", "cache")
+    return os.path.join(work, "registry-proxy", "storage")
+
+
+def disk_mib(path):
+    """Bytes allocated under `path` (`du -s`: what the copies cost the filesystem), in MiB."""
+    out = run(["du", "-s", "--block-size=1", path]).stdout.split()[0]
+    return int(out) / MiB
+
+
+def upstream_gets(logpath, path):
+    """GETs of exactly `path` in the logged registry's access log (combined log format, `"GET <path> HTTP/…"`)."""
+    needle = f'"GET {path} '
+    try:
+        with open(logpath, errors="replace") as f:
+            return sum(1 for line in f if needle in line)
+    except OSError:
+        return 0
+
+
+def upstream_gets_prefix(logpath, prefix):
+    needle = f'"GET {prefix}'
+    try:
+        with open(logpath, errors="replace") as f:
+            return sum(1 for line in f if needle in line)
+    except OSError:
+        return 0
+
+
+def skopeo_pull(port, repo, work, tls, auth):
+    """One `skopeo copy` of `repo`:latest through the peer on `port` into a fresh dir: folder; seconds."""
+    dest = os.path.join(work, "skopeo-cache-dest")
+    shutil.rmtree(dest, ignore_errors=True)
+    authfile = os.path.join(work, "auth.json")
+    with open(authfile, "w") as f:
+        f.write("{}")
+    cmd = ["skopeo", "--override-os", "linux", "--override-arch", "amd64", "copy", "-q", "--src-cert-dir",
+           tls["certdir"]]
+    if auth:
+        cmd += ["--src-creds", f"{USER}:{PASSWORD}"]
+    cmd += [f"docker://{HOST}:{port}/{repo}:{TAG}", f"dir:{dest}"]
+    t0 = time.monotonic()
+    subprocess.run(cmd, check=True, text=True, capture_output=True, timeout=1800,
+                   env=dict(os.environ, REGISTRY_AUTH_FILE=authfile))
+    elapsed = time.monotonic() - t0
+    shutil.rmtree(dest, ignore_errors=True)
+    return elapsed
+
+
+def cache_round(p, r, work, tls, image, cold_bytes, uplog, duration, warmup, put):
+    """One round of section 6 for a caching peer (its store kept from earlier rounds):
+
+    1. first and second `skopeo copy` of a fresh image (never pulled before by anyone), with the upstream GETs of
+       its layer during the second copy;
+    2. one `skopeo copy` of library/big warms the cache, then 1 and 8 parallel curl pulls of its blob and h2load
+       manifest-by-digest GETs (h1, 16 connections), counting upstream GETs under /v2/library/big/ meanwhile;
+    3. the cold pull: COLD_CLIENTS curl clients at once on one fresh blob, the upstream GETs of that blob, the
+       wall time and the peer's peak RSS."""
+    slug = "mg" if p.name == MG_CACHE else "r2"
+    auth = p.name == MG_CACHE
+    first_repo = f"library/first-{slug}-{r}"
+    cold_repo = f"library/cold-{slug}-{r}"
+    first = make_image(work, cold_bytes, first_repo)
+    cold_blob = push_random_blob(work, cold_bytes, cold_repo)
+    p.start(tls["ca"])
+    try:
+        t1 = skopeo_pull(p.port, first_repo, work, tls, auth)
+        layer_path = f"/v2/{first_repo}/blobs/{first['blob']}"
+        before = upstream_gets(uplog, layer_path)
+        t2 = skopeo_pull(p.port, first_repo, work, tls, auth)
+        time.sleep(0.5)
+        second_gets = upstream_gets(uplog, layer_path) - before
+        put("cache:first", p.name, t1)
+        put("cache:second", p.name, t2)
+        put("cache:second:upstream_gets", p.name, second_gets)
+        log(f"  first pull {t1:.2f} s, second pull {t2:.2f} s ({second_gets} upstream GETs of its layer)")
+
+        skopeo_pull(p.port, REPO, work, tls, auth)  # the warming pull
+        digest_path = f"/v2/{REPO}/manifests/{image['manifest_digest']}"
+        status, _ = https_get(p.port, digest_path, auth=auth, ca=tls["ca"])
+        if status != 200:
+            raise RuntimeError(f"{p.name}: manifest by digest answered {status}")
+        time.sleep(0.5)
+        before = upstream_gets_prefix(uplog, f"/v2/{REPO}/")
+        blob_url = f"https://{HOST}:{p.port}/v2/{REPO}/blobs/{image['blob']}"
+        for n in (1, 8):
+            mibs, _, (cpu,) = curl_pulls(blob_url, n, tls["ca"], auth, cpu_pids=(p.proc.pid,))
+            put(f"cache:stream:{n}", p.name, mibs)
+            put(f"cache:stream:{n}:cpu", p.name, cpu)
+            log(f"  hit, {n} pull(s): {mibs:,.0f} MiB/s, server CPU {cpu:.2f} s/GiB")
+        m = h2load(p.port, digest_path, "h1", 16, duration, warmup, work, 1, auth=auth, cpu_pid=p.proc.pid)
+        for f in ("rps", "p50", "p99", "cpu_us"):
+            put(f"cache:manifest:{f}", p.name, m[f])
+        time.sleep(0.5)
+        hit_gets = upstream_gets_prefix(uplog, f"/v2/{REPO}/") - before
+        put("cache:hit:upstream_gets", p.name, hit_gets)
+        log(f"  manifest by digest h1 c=16: {m['rps']:,.0f} req/s, p99 {m['p99']:.2f} ms; "
+            f"{hit_gets} upstream GETs under /v2/{REPO}/ during the hit runs")
+
+        cold_path = f"/v2/{cold_repo}/blobs/{cold_blob}"
+        try:
+            mibs, peak, _ = curl_pulls(f"https://{HOST}:{p.port}{cold_path}", COLD_CLIENTS, tls["ca"], auth,
+                                       sampler_pid=p.proc.pid)
+        except (RuntimeError, ValueError) as e:
+            # Recorded, not fatal: a peer that cannot serve the job is a result too.
+            put("cache:cold:failed", p.name, 1)
+            log(f"  cold {COLD_CLIENTS}-client pull failed: {e}")
+            mibs = None
+        time.sleep(0.5)
+        gets = upstream_gets(uplog, cold_path)
+        put("cache:cold:upstream_gets", p.name, gets)
+        if mibs:
+            wall = COLD_CLIENTS * cold_bytes / MiB / mibs
+            put("cache:cold:wall", p.name, wall)
+            put("cache:cold:rss", p.name, peak)
+            log(f"  cold {COLD_CLIENTS}-client pull: {wall:.2f} s, {gets} upstream GETs, peak RSS {peak:.1f} MiB")
+    finally:
+        p.stop()
+
+
 def https_get(port, path, auth=True, timeout=5, ca=None):
     ctx = ssl.create_default_context(cafile=ca) if ca else ssl._create_unverified_context()
     conn = http.client.HTTPSConnection(HOST, port, context=ctx, timeout=timeout)
@@ -619,9 +831,9 @@ def basic_header():
 
 
 class Peer:
-    def __init__(self, name, cmd, work, env):
+    def __init__(self, name, cmd, work, env, port=None):
         self.name, self.cmd, self.work, self.env = name, cmd, work, env
-        self.port = PEER_PORTS[name]
+        self.port = port or PEER_PORTS[name]
         self.proc = None
 
     def start(self, ca):
@@ -1100,6 +1312,8 @@ def write_report(path, res, meta, columns_extra=(DIRECT, DIRECT_TLS)):
     add(sep)
     row("skopeo copy: s", "skopeo", direct=(DIRECT, DIRECT_TLS))
     add("")
+    if any(k.startswith("cache:") for k in res):
+        write_cache_section(add, res, meta)
     add("## Targets")
     add("")
     for t in meta["targets"]:
@@ -1112,6 +1326,123 @@ def write_report(path, res, meta, columns_extra=(DIRECT, DIRECT_TLS)):
     add("")
     with open(path, "w") as f:
         f.write("\n".join(lines))
+
+
+def write_cache_section(add, res, meta):
+    """Section 6: the caching peers beside mirrorgate without a cache (section 1/2 figures, registry-bound) and
+    direct TLS. Here (×r) is **mirrorgate cache ÷ that column**."""
+    cols = [MG_CACHE, "mirrorgate", R2_PROXY, DIRECT_TLS]
+    cold_mib = meta.get("cold_size", 0) / MiB
+    add("## 6. Built-in cache: hits, the cold many-client pull, registry:2 pull-through")
+    add("")
+    if meta["quick"]:
+        add(f"> Figures from a `tests/bench/run --quick` run ({meta['rounds']} rounds, {meta['duration']} s per "
+            f"h2load point, a {meta['blob_mib']:.0f} MiB blob, {cold_mib:.0f} MiB fresh blobs) on a machine shared "
+            "with other work.")
+        add("")
+    add(f"In this table **(×r)** is **mirrorgate cache ÷ that column**. \"mirrorgate\" is the gateway without a "
+        "cache from sections 1 and 2 (every answer fetched from the registry): the manifest row there is its manifest "
+        f"GET by tag, h1, 16 connections — today's registry-bound rate. The `[cache]` store is bounded to "
+        f"{meta.get('cache_max_size', 0) / MiB:,.0f} MiB, less than what a run pulls through it. registry:2 proxy "
+        "runs **without Basic auth** (a pull-through registry:2 has none of its own); mirrorgate cache checks the "
+        "same bcrypt htpasswd as in the other sections.")
+    add("")
+    add("| measurement | " + " | ".join(cols) + " |")
+    add("|---|" + "---|" * len(cols))
+    # (label, {column: key}) — a column without a key stays blank.
+    rows = [
+        ("cache hit, 1 pull: MiB/s",
+         {MG_CACHE: "cache:stream:1", "mirrorgate": "stream:1", R2_PROXY: "cache:stream:1", DIRECT_TLS: "stream:1"}),
+        ("cache hit, 8 parallel pulls: MiB/s",
+         {MG_CACHE: "cache:stream:8", "mirrorgate": "stream:8", R2_PROXY: "cache:stream:8", DIRECT_TLS: "stream:8"}),
+        ("cache hit, 8 parallel pulls: server CPU seconds per GiB",
+         {MG_CACHE: "cache:stream:8:cpu", "mirrorgate": "stream:8:cpu", R2_PROXY: "cache:stream:8:cpu",
+          DIRECT_TLS: "stream:8:cpu"}),
+        ("manifest by digest from the cache, h1 c=16: req/s",
+         {MG_CACHE: "cache:manifest:rps", "mirrorgate": "small:manifest:h1:16:rps", R2_PROXY: "cache:manifest:rps",
+          DIRECT_TLS: "small:manifest:h1:16:rps"}),
+        ("manifest by digest from the cache, h1 c=16: p99 ms",
+         {MG_CACHE: "cache:manifest:p99", "mirrorgate": "small:manifest:h1:16:p99", R2_PROXY: "cache:manifest:p99",
+          DIRECT_TLS: "small:manifest:h1:16:p99"}),
+        ("manifest by digest from the cache, h1 c=16: CPU µs per answer",
+         {MG_CACHE: "cache:manifest:cpu_us", "mirrorgate": "small:manifest:h1:16:cpu_us",
+          R2_PROXY: "cache:manifest:cpu_us", DIRECT_TLS: "small:manifest:h1:16:cpu_us"}),
+        ("upstream GETs under /v2/library/big/ during the hit runs (per round)",
+         {MG_CACHE: "cache:hit:upstream_gets", R2_PROXY: "cache:hit:upstream_gets"}),
+        (f"cold pull, {COLD_CLIENTS} clients on one uncached {cold_mib:.0f} MiB blob: wall s",
+         {MG_CACHE: "cache:cold:wall", R2_PROXY: "cache:cold:wall"}),
+        (f"cold pull, {COLD_CLIENTS} clients: upstream GETs of that blob (per round)",
+         {MG_CACHE: "cache:cold:upstream_gets", R2_PROXY: "cache:cold:upstream_gets"}),
+        (f"cold pull, {COLD_CLIENTS} clients: peak RSS MiB",
+         {MG_CACHE: "cache:cold:rss", R2_PROXY: "cache:cold:rss"}),
+        (f"first pull of a fresh {cold_mib:.0f} MiB image (`skopeo copy`): s",
+         {MG_CACHE: "cache:first", R2_PROXY: "cache:first"}),
+        ("second pull of it: s", {MG_CACHE: "cache:second", R2_PROXY: "cache:second"}),
+        ("second pull: upstream GETs of its layer (per round)",
+         {MG_CACHE: "cache:second:upstream_gets", R2_PROXY: "cache:second:upstream_gets"}),
+        ("disk used by the store after the run: MiB", {MG_CACHE: "cache:disk", R2_PROXY: "cache:disk"}),
+    ]
+    for label, keys in rows:
+        base = summarize(res.get(keys[MG_CACHE], {}).get(MG_CACHE, []))
+        base_med = base[0] if base else None
+        cells = []
+        for c in cols:
+            if c not in keys:
+                cells.append("")
+            elif "upstream_gets" in keys[c]:
+                # Counts are shown round by round: "1 / 1" says more than a median with a spread.
+                vals = res.get(keys[c], {}).get(c, [])
+                cells.append(" / ".join(str(v) for v in vals) if vals else "—")
+            else:
+                cells.append(cell(res.get(keys[c], {}).get(c, []), c == MG_CACHE, base_med))
+        add(f"| {label} | " + " | ".join(cells) + " |")
+    failed = {p: len(v) for p, v in res.get("cache:cold:failed", {}).items()}
+    if failed:
+        add("")
+        add("Cold pulls that failed (a client got no complete 200): " +
+            ", ".join(f"{p} in {n} round(s)" for p, n in failed.items()) + ".")
+    add("")
+
+
+def judge_cache_targets(res, meta):
+    """Issue 17's benchmark targets for the built-in cache, and the registry:2 facts beside them."""
+    out = []
+    if not any(k.startswith("cache:") for k in res):
+        return out
+
+    def verdict(ok):
+        return "**met**" if ok else "**missed**"
+
+    for n in (1, 8):
+        mg, dt = med(res, f"cache:stream:{n}", MG_CACHE), med(res, f"stream:{n}", DIRECT_TLS)
+        if mg is None or not dt:
+            continue
+        nc = med(res, f"stream:{n}", "mirrorgate")
+        extra = f"; {mg / nc:.2f}× mirrorgate without a cache" if nc else ""
+        out.append(f"cache hit, {n} pull(s) against direct TLS ≥ 1.0×: {verdict(mg >= dt)} — {mg:,.0f} MiB/s vs "
+                   f"{dt:,.0f} MiB/s ({mg / dt:.2f}×){extra}")
+    mg, today = med(res, "cache:manifest:rps", MG_CACHE), med(res, "small:manifest:h1:16:rps", "mirrorgate")
+    if mg is not None and today:
+        out.append(f"manifest by digest from the cache ≥ 5× the registry-bound manifest rate (h1 c=16): "
+                   f"{verdict(mg >= 5 * today)} — {mg:,.0f} req/s vs {today:,.0f} req/s ({mg / today:.1f}×)")
+    gets = res.get("cache:cold:upstream_gets", {}).get(MG_CACHE, [])
+    if gets:
+        wall = med(res, "cache:cold:wall", MG_CACHE)
+        r2 = res.get("cache:cold:upstream_gets", {}).get(R2_PROXY, [])
+        text = (f"cold {COLD_CLIENTS}-client pull, one upstream GET: "
+                f"{verdict(all(g == 1 for g in gets) and MG_CACHE not in res.get('cache:cold:failed', {}))}"
+                f" — upstream GETs per round {gets}")
+        if wall is not None:
+            text += f", {wall:.2f} s wall"
+        if r2:
+            text += f"; registry:2 proxy: {r2}"
+        out.append(text)
+    disk, bound = med(res, "cache:disk", MG_CACHE), meta.get("cache_max_size")
+    if disk is not None and bound:
+        r2 = med(res, "cache:disk", R2_PROXY)
+        out.append(f"cache store under max_size after the run: {verdict(disk * MiB <= bound)} — {disk:,.0f} MiB of "
+                   f"{bound / MiB:,.0f} MiB" + (f"; registry:2 proxy keeps {r2:,.0f} MiB (no bound)" if r2 else ""))
+    return out
 
 
 def med(res, key, peer):
@@ -1188,6 +1519,7 @@ def judge_targets(res, meta):
     ic = med(res, "mem:idle_conns", "mirrorgate")
     if ic is not None:
         out.append(f"{meta['idle']:,} idle TLS connections < 150 MiB: {verdict(ic < 150)} — {ic:.1f} MiB")
+    out += judge_cache_targets(res, meta)
     sk, skd = med(res, "skopeo", "mirrorgate"), med(res, "skopeo", "direct")
     if sk is not None and skd:
         skt = med(res, "skopeo", DIRECT_TLS)
@@ -1212,6 +1544,9 @@ def cmd_main(args):
     duration = 2 if quick else 8
     warmup = 1
     blob_bytes = (64 if quick else 1024) * MiB
+    # Section 6: the fresh images and cold blobs, and a cache bound that a run's pulls exceed.
+    cold_bytes = (32 if quick else 256) * MiB
+    cache_max_size = blob_bytes + cold_bytes * 3 // 2
     conns = [16, 256]
     idle = args.idle or 10000
     hs_seconds = 2 if quick else 5
@@ -1235,6 +1570,8 @@ def cmd_main(args):
     try:
         registry_tls = start_registry(work, tls)
         procs_to_stop.append(registry_tls)
+        registry_logged = start_registry(work, logged=True)
+        procs_to_stop.append(registry_logged)
         image = make_image(work, blob_bytes)
         os.environ["MIRRORGATE_BIN"] = mg_bin
         cmds = write_peer_configs(work, tls, htpasswd, bcrypt_hash, conns=idle + 2000)
@@ -1243,6 +1580,11 @@ def cmd_main(args):
             if chk.returncode != 0:
                 raise RuntimeError("mirrorgate check rejected the benchmark config:\n" + chk.stdout + chk.stderr)
         peers = [Peer(n, cmds[n], work, env) for n in peers_wanted]
+        cache_cmds = write_cache_configs(work, tls, htpasswd, cache_max_size)
+        chk = subprocess.run([mg_bin, "check", "-c", cache_cmds[MG_CACHE][-1]], text=True, capture_output=True)
+        if chk.returncode != 0:
+            raise RuntimeError("mirrorgate check rejected the cache config:\n" + chk.stdout + chk.stderr)
+        cache_peers = [Peer(n, cache_cmds[n], work, env, CACHE_PORTS[n]) for n in (MG_CACHE, R2_PROXY)]
         blob_path = f"/v2/{REPO}/blobs/{image['blob']}"
         small_paths = (("v2", "/v2/"), ("manifest", f"/v2/{REPO}/manifests/{TAG}"))
 
@@ -1311,6 +1653,12 @@ def cmd_main(args):
                     log(f"  {opened:,} idle conns ({alive:,} alive when sampled): RSS {rss:.1f} MiB")
                 finally:
                     p.stop()
+            for p in (cache_peers if r % 2 == 0 else list(reversed(cache_peers))):
+                log(f"round {r + 1}/{rounds}: {p.name}")
+                cache_round(p, r + 1, work, tls, image, cold_bytes, registry_logged.logpath, duration, warmup, put)
+        for p in cache_peers:
+            # After the run, every peer stopped: mirrorgate's store at rest, registry:2's with everything it kept.
+            put("cache:disk", p.name, disk_mib(cache_store(work, p.name)))
         log("skopeo copy through every peer (hyperfine)")
         for p in peers:
             p.start(tls["ca"])
@@ -1326,11 +1674,12 @@ def cmd_main(args):
     meta = {
         "quick": quick, "rounds": rounds, "duration": duration, "warmup": warmup, "blob_mib": blob_bytes / MiB,
         "blob_size": image["blob_size"], "idle": idle, "conns": conns, "peers": peers_wanted,
+        "cold_size": cold_bytes, "cache_max_size": cache_max_size,
         "date": datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z"),
         "machine": machine_description(), "versions": versions(mg_bin),
     }
     meta["targets"] = judge_targets(res, meta)
-    meta["notes"] = list(PEER_NOTES) + list(REFERENCE_NOTES)
+    meta["notes"] = list(PEER_NOTES) + list(REFERENCE_NOTES) + list(CACHE_NOTES)
     if count_mode:
         meta["notes"].append(
             "Small requests, " + ", ".join(sorted(count_mode)) + ": at some load points fewer than 4 answers per "
@@ -1404,6 +1753,23 @@ REFERENCE_NOTES = [
     "\"registry CPU … behind it\" rows: the plain registry's CPU over the same window, ÷ the same answers or "
     "GiB, while a peer runs; peer + registry is the whole server-side cost of a request through that peer, to "
     "set against the direct TLS column (the registry doing the whole job alone).",
+]
+
+
+CACHE_NOTES = [
+    "Section 6, both caching peers: upstream `docker-registry` on 127.0.0.1:18402, a third process on the same "
+    "storage (read-only) with its access log on; \"upstream GETs\" are the `GET <path>` lines of that log. Each "
+    "keeps its store across rounds. Per round, in alternating order: a fresh image (one layer of the cold size, "
+    "pushed before the peer starts) is copied twice with `skopeo copy` (first pull: every byte fetched; second: "
+    "from the store); one `skopeo copy` of library/big warms the store; then 1 and 8 parallel curl pulls of the "
+    "big blob and h2load manifest GETs by digest (h1, 16 connections, 1 s warm-up) are answered from it; then "
+    f"{COLD_CLIENTS} curl clients start at once on a fresh blob pushed to its own repository (never pulled before), "
+    "wall time from the first start to the last complete body, each body's length and status checked.",
+    "mirrorgate cache: the mirrorgate config of the other sections (same TLS, htpasswd, tenant) plus `[cache]` with "
+    "`max_size` set below what a run pulls through it (the big blob plus 1.5 fresh blobs), so least-recently-used "
+    "eviction runs during the run; the disk row is `du` of its store folder after the last round. registry:2 "
+    "proxy: Debian's `docker-registry` 2.8 with `proxy.remoteurl`, TLS by its own `http.tls` with the peers' "
+    "certificate, no Basic auth, no size bound (its scheduler only expires entries after 7 days).",
 ]
 
 
