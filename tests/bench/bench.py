@@ -1764,7 +1764,8 @@ CACHE_NOTES = [
     "from the store); one `skopeo copy` of library/big warms the store; then 1 and 8 parallel curl pulls of the "
     "big blob and h2load manifest GETs by digest (h1, 16 connections, 1 s warm-up) are answered from it; then "
     f"{COLD_CLIENTS} curl clients start at once on a fresh blob pushed to its own repository (never pulled before), "
-    "wall time from the first start to the last complete body, each body's length and status checked.",
+    "wall time from the first start to the last complete body, every client's status and curl exit checked (a "
+    "body shorter than its Content-Length fails).",
     "mirrorgate cache: the mirrorgate config of the other sections (same TLS, htpasswd, tenant) plus `[cache]` with "
     "`max_size` set below what a run pulls through it (the big blob plus 1.5 fresh blobs), so least-recently-used "
     "eviction runs during the run; the disk row is `du` of its store folder after the last round. registry:2 "
