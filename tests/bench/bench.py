@@ -1341,8 +1341,9 @@ def write_cache_section(add, res, meta):
             "with other work.")
         add("")
     add(f"In this table **(×r)** is **mirrorgate cache ÷ that column**. \"mirrorgate\" is the gateway without a "
-        "cache from sections 1 and 2 (every answer fetched from the registry): the manifest row there is its manifest "
-        f"GET by tag, h1, 16 connections — today's registry-bound rate. The `[cache]` store is bounded to "
+        "cache from sections 1 and 2 (every answer fetched from the registry); in its manifest rows, and in direct "
+        "TLS's, stand the manifest GETs by tag of section 1 (h1, 16 connections): today's registry-bound rate and the "
+        f"registry's own. The `[cache]` store is bounded to "
         f"{meta.get('cache_max_size', 0) / MiB:,.0f} MiB, less than what a run pulls through it. registry:2 proxy "
         "runs **without Basic auth** (a pull-through registry:2 has none of its own); mirrorgate cache checks the "
         "same bcrypt htpasswd as in the other sections.")
