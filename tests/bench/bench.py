@@ -1348,7 +1348,8 @@ def write_cache_section(add, res, meta):
         "runs **without Basic auth** (a pull-through registry:2 has none of its own); mirrorgate cache checks the "
         "same bcrypt htpasswd as in the other sections.")
     add("")
-    add("| measurement | " + " | ".join(cols) + " |")
+    shown = {R2_PROXY: "registry:2 proxy (no Basic auth)"}
+    add("| measurement | " + " | ".join(shown.get(c, c) for c in cols) + " |")
     add("|---|" + "---|" * len(cols))
     # (label, {column: key}) — a column without a key stays blank.
     rows = [
