@@ -47,15 +47,3 @@ impl CacheError {
         move |source| CacheError::Io { path, source }
     }
 }
-
-/// An error and its sources on one line, for logs.
-pub(crate) fn chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        source = s.source();
-    }
-    out
-}

@@ -165,7 +165,7 @@ impl Filler {
                     cache.evict();
                 }
                 Err(e) => {
-                    tracing::warn!(digest = %digest, error = %crate::error::chain(&e), "cache fill failed");
+                    tracing::warn!(digest = %digest, error = %mirrorgate_report::Report(&e), "cache fill failed");
                     let _ = std::fs::remove_file(&shared.tmp);
                     cache.inner.observer.fill_failed();
                     shared

@@ -61,14 +61,7 @@ pub fn is_private(ip: IpAddr) -> bool {
 pub fn refused_by_guard<'a>(
     error: &'a (dyn std::error::Error + 'static),
 ) -> Option<&'a PrivateAddress> {
-    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(error);
-    while let Some(e) = cur {
-        if let Some(p) = e.downcast_ref::<PrivateAddress>() {
-            return Some(p);
-        }
-        cur = e.source();
-    }
-    None
+    mirrorgate_report::find_source::<PrivateAddress>(error)
 }
 
 /// Name → addresses. The system resolver in production; a test double in tests.

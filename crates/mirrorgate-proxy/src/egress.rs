@@ -43,14 +43,7 @@ pub struct ProxyRefused {
 pub fn refused_by_proxy<'a>(
     error: &'a (dyn std::error::Error + 'static),
 ) -> Option<&'a ProxyRefused> {
-    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(error);
-    while let Some(e) = cur {
-        if let Some(p) = e.downcast_ref::<ProxyRefused>() {
-            return Some(p);
-        }
-        cur = e.source();
-    }
-    None
+    mirrorgate_report::find_source::<ProxyRefused>(error)
 }
 
 /// Which targets go through which proxy, and with what credentials.

@@ -4,7 +4,6 @@
 //! maps each to an OCI error (status, JSON body, `WWW-Authenticate`, `Retry-After`). Unknown failures become a
 //! 500 and are logged at warn by the caller.
 
-use std::fmt;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -110,21 +109,7 @@ pub enum RedirectRefusal {
     TooManyHops,
 }
 
-/// Displays an error with its whole source chain, `error: cause: cause`, for log lines (hyper's top-level
-/// errors alone say little: "client error (Connect)").
-pub struct Report<'a>(pub &'a (dyn std::error::Error + 'static));
-
-impl fmt::Display for Report<'_> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", self.0)?;
-        let mut cur = self.0.source();
-        while let Some(c) = cur {
-            write!(f, ": {c}")?;
-            cur = c.source();
-        }
-        Ok(())
-    }
-}
+pub use mirrorgate_report::Report;
 
 impl ProxyError {
     /// The OCI answer for this failure. The only place that decides statuses and codes of gateway failures.

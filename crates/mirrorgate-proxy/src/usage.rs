@@ -100,7 +100,7 @@ pub(crate) async fn admin_usage<B>(
             serde_json::to_string(&rows).unwrap_or_else(|_| "[]".into()),
         ),
         Ok(Err(e)) => {
-            tracing::error!(error = %mirrorgate_usage::Report(&e), "cannot answer /usage");
+            tracing::error!(error = %crate::error::Report(&e), "cannot answer /usage");
             json(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 error_body("cannot read the usage store"),

@@ -55,18 +55,3 @@ pub enum UsageError {
     #[error("the range is empty: from {from} is after to {to}")]
     EmptyRange { from: String, to: String },
 }
-
-/// Displays an error with its whole cause chain (`a: b: c`), for log lines and command-line messages.
-pub struct Report<'a>(pub &'a (dyn std::error::Error + 'static));
-
-impl std::fmt::Display for Report<'_> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}", self.0)?;
-        let mut source = self.0.source();
-        while let Some(s) = source {
-            write!(f, ": {s}")?;
-            source = s.source();
-        }
-        Ok(())
-    }
-}

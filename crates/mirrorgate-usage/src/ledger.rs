@@ -302,13 +302,13 @@ impl Writer {
                         self.count(&event);
                     }
                     if let Err(error) = self.flush() {
-                        tracing::error!(error = %crate::Report(&error), "last usage flush failed; its counts are lost");
+                        tracing::error!(error = %mirrorgate_report::Report(&error), "last usage flush failed; its counts are lost");
                     }
                     return;
                 }
                 Err(RecvTimeoutError::Timeout) => {
                     if let Err(error) = self.flush() {
-                        tracing::warn!(error = %crate::Report(&error), "usage flush failed; counts kept in memory and retried");
+                        tracing::warn!(error = %mirrorgate_report::Report(&error), "usage flush failed; counts kept in memory and retried");
                     }
                     self.daily();
                     next = Instant::now() + flush_every;
@@ -376,7 +376,7 @@ impl Writer {
                             "shared usage ledger in redis reachable again; held counts written"
                         ),
                         Err(error) => tracing::warn!(
-                            error = %crate::Report(error),
+                            error = %mirrorgate_report::Report(error),
                             max_rows = self.max_held_rows,
                             "shared usage ledger in redis unreachable; counts kept in memory and retried"
                         ),
@@ -408,7 +408,7 @@ impl Writer {
             Ok(0) => {}
             Ok(rows) => tracing::info!(rows, "usage rows past retention deleted"),
             Err(error) => {
-                tracing::warn!(error = %crate::Report(&error), "cannot delete expired usage rows")
+                tracing::warn!(error = %mirrorgate_report::Report(&error), "cannot delete expired usage rows")
             }
         }
     }

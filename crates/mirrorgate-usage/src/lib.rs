@@ -27,7 +27,7 @@ mod query;
 mod shared;
 mod store;
 
-pub use error::{Report, UsageError};
+pub use error::UsageError;
 pub use event::{Activity, Counts, Event, NONE, OTHER_REPOSITORY};
 pub use format::{render, Format};
 pub use ledger::{today, Ledger, LedgerOptions, MAX_HELD_ROWS};

@@ -8,6 +8,7 @@ use std::process::ExitCode;
 use mirrorgate_cache::{Purged, Selection, Stats};
 use mirrorgate_config::{CacheConfig, Config};
 use mirrorgate_registry::{Digest, RepositoryName};
+use mirrorgate_report::Report;
 
 /// Exit status for bad input (no `[cache]`, a bad digest or repository): clap's usage-error status.
 const BAD_INPUT: u8 = 2;
@@ -87,7 +88,7 @@ fn cache_config(path: &std::path::Path) -> Result<(Config, CacheConfig), String>
 
 fn stats(path: &std::path::Path) -> Result<String, String> {
     let (_, c) = cache_config(path)?;
-    let s = mirrorgate_cache::stats(&c.dir).map_err(|e| report(&e))?;
+    let s = mirrorgate_cache::stats(&c.dir).map_err(|e| Report(&e).to_string())?;
     Ok(render_stats(&c.dir, c.max_size, &s))
 }
 
@@ -149,7 +150,7 @@ fn purge(
             return Err("purge needs --repository, --digest or --all".to_owned());
         }
     };
-    let p = mirrorgate_cache::purge(&c.dir, &selection).map_err(|e| report(&e))?;
+    let p = mirrorgate_cache::purge(&c.dir, &selection).map_err(|e| Report(&e).to_string())?;
     Ok(render_purged(&p))
 }
 
@@ -158,15 +159,4 @@ fn render_purged(p: &Purged) -> String {
         "removed {} entries ({} bytes), {} references, {} tags\n",
         p.entries, p.bytes, p.references, p.tags
     )
-}
-
-fn report(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        source = s.source();
-    }
-    out
 }

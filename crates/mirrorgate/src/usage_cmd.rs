@@ -9,7 +9,8 @@ use std::time::Duration;
 use anyhow::Context as _;
 use mirrorgate_config::Config;
 use mirrorgate_metrics::Metrics;
-use mirrorgate_usage::{Format, Ledger, LedgerOptions, Query, Report, SharedStore, Store};
+use mirrorgate_report::Report;
+use mirrorgate_usage::{Format, Ledger, LedgerOptions, Query, SharedStore, Store};
 
 /// How long counts stay in memory only: a `kill -9` loses at most this much.
 const FLUSH_EVERY: Duration = Duration::from_secs(2);
