@@ -68,10 +68,13 @@ pub async fn serve(
     facts.client = Some(client_ip);
     let mut plan = plan(route, &req)?;
     facts.kind = Some(plan.path.kind());
-    facts.repository = plan.client_repository();
-    if let RegistryPath::Manifest { reference, .. } = &plan.path {
-        facts.reference = Some(reference.to_string());
-    }
+    let repository = plan.client_repository();
+    facts.repository.clone_from(&repository);
+    let reference = match &plan.path {
+        RegistryPath::Manifest { reference, .. } => Some(reference),
+        _ => None,
+    };
+    facts.reference = reference.map(ToString::to_string);
     let ctx = RequestCtx {
         gw,
         rt,
@@ -83,8 +86,6 @@ pub async fn serve(
     };
 
     // Phases 3–5: identify, authorize, limit.
-    let repository = plan.client_repository();
-    facts.repository.clone_from(&repository);
     let ask = Ask {
         route_host: &route.label,
         route_anonymous: route.config.anonymous,
@@ -92,10 +93,7 @@ pub async fn serve(
         repository: repository.as_deref(),
         action: ctx.action,
         mount_from: plan.mount.as_ref().map(|m| m.from_client.as_str()),
-        reference: match &plan.path {
-            RegistryPath::Manifest { reference, .. } => Some(reference),
-            _ => None,
-        },
+        reference,
     };
     let admitted = admit(gw, &ask, req.headers(), client_ip, facts).await?;
     let mount_not_denied = check_route_deny(gw, &route.deny, &ask, facts)?;

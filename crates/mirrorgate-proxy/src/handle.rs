@@ -85,12 +85,15 @@ pub(crate) async fn handle(
         mirrorgate_registry::api_version(),
     );
     let status = parts.status;
-    let served_digest = parts
-        .headers
-        .get("docker-content-digest")
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned);
     let audit = gateway.audit();
+    // Only the audit trail reads the digest served; without one, no copy per request.
+    let served_digest = audit.as_ref().and_then(|_| {
+        parts
+            .headers
+            .get("docker-content-digest")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    });
     let gw = gateway.clone();
     let peer = conn.peer;
     let idle = Some(runtime.config.server.upstream_timeout);
