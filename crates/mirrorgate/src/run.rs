@@ -159,7 +159,8 @@ async fn serve(path: PathBuf, checked: check::Checked, nofile: Option<u64>) -> a
         usage: usage.clone(),
     };
     let mut listeners = Listeners::new(shutdown.clone());
-    listeners.apply(&config.server, &spawner).await?;
+    let bound = listeners.bind_moved(&config.server).await?;
+    listeners.commit(bound, &config.server, &spawner);
     health.set_listeners_bound(true);
     tracing::info!(https = %config.server.https, routes = config.routes.len(), "mirrorgate serving");
 
@@ -233,9 +234,11 @@ struct Server {
 }
 
 impl Server {
-    /// Validates the file and applies it: listeners first (new addresses are bound before old ones close),
-    /// then certificates, then limits and routes. A failure at any step refuses the reload; steps already
-    /// applied stay, and the old routing keeps serving.
+    /// Validates the file and applies it: new listener addresses are bound first (so a taken port refuses
+    /// the reload before anything changed), then certificates, limits and routes are swapped, and only then
+    /// do the new listeners start accepting and the old ones stop — a request on a new address never meets
+    /// the old limits. A failure at any step refuses the reload; a certificate change already applied
+    /// stays, and the old routing keeps serving.
     async fn reload(&mut self) {
         let refused = |metrics: &Metrics, path: &Path, reason: String| {
             metrics.config_reload(Outcome::Failure);
@@ -271,9 +274,10 @@ impl Server {
                 }
             }
         };
-        if let Err(e) = self.listeners.apply(&config.server, &self.spawner).await {
-            return refused(&self.metrics, &self.path, format!("{e:#}"));
-        }
+        let bound = match self.listeners.bind_moved(&config.server).await {
+            Ok(bound) => bound,
+            Err(e) => return refused(&self.metrics, &self.path, format!("{e:#}")),
+        };
         match self.tls.apply(config) {
             Ok(true) => tracing::info!("certificate source changed"),
             Ok(false) => {}
@@ -299,6 +303,8 @@ impl Server {
         }
         self.config = checked.runtime.config.clone();
         self.gateway.replace(checked.runtime);
+        self.listeners
+            .commit(bound, &self.config.server, &self.spawner);
         self.metrics.config_reload(Outcome::Success);
         tracing::info!(config = %self.path.display(), "config reloaded");
     }
@@ -337,6 +343,20 @@ struct Listeners {
     admin_shutdown: CancellationToken,
 }
 
+/// Sockets bound for a reload but not yet served on.
+struct Bound(Vec<(Kind, SocketAddr, TcpListener)>);
+
+/// The listeners `server` asks for, with the key each address comes from.
+fn wanted(
+    server: &mirrorgate_config::ServerConfig,
+) -> [(Kind, Option<SocketAddr>, &'static str); 3] {
+    [
+        (Kind::Https, Some(server.https), "server.https"),
+        (Kind::Http, server.http, "server.http"),
+        (Kind::Admin, server.admin, "server.admin"),
+    ]
+}
+
 #[derive(Clone, Copy)]
 enum Kind {
     Https,
@@ -357,24 +377,31 @@ impl Listeners {
         }
     }
 
-    async fn apply(
+    /// Binds every listener whose address changed, without serving on it yet: one failure leaves every
+    /// listener as it was. [`Listeners::commit`] then starts them.
+    async fn bind_moved(
         &mut self,
         server: &mirrorgate_config::ServerConfig,
-        spawner: &Spawner,
-    ) -> anyhow::Result<()> {
-        let wanted = [
-            (Kind::Https, Some(server.https), "server.https"),
-            (Kind::Http, server.http, "server.http"),
-            (Kind::Admin, server.admin, "server.admin"),
-        ];
-        // Bind everything that moves first: one failure leaves every listener as it was.
+    ) -> anyhow::Result<Bound> {
         let mut bound = Vec::new();
-        for (kind, addr, key) in wanted {
+        for (kind, addr, key) in wanted(server) {
             let current = self.slot(kind).as_ref().map(|r| r.addr);
             if let Some(addr) = addr.filter(|a| Some(*a) != current) {
                 bound.push((kind, addr, bind(addr, key).await?));
             }
         }
+        Ok(Bound(bound))
+    }
+
+    /// Serves on the sockets `bound` holds and stops the listeners they replace (or that the config no
+    /// longer names). Called after the config they serve is in place, so the first request on a new
+    /// address already meets the new routes and limits.
+    fn commit(
+        &mut self,
+        Bound(bound): Bound,
+        server: &mirrorgate_config::ServerConfig,
+        spawner: &Spawner,
+    ) {
         for (kind, addr, listener) in bound {
             let stop = match kind {
                 Kind::Admin => self.admin_shutdown.child_token(),
@@ -386,7 +413,7 @@ impl Listeners {
                 old.stop.cancel();
             }
         }
-        for (kind, addr, _) in wanted {
+        for (kind, addr, _) in wanted(server) {
             if addr.is_none() {
                 if let Some(old) = self.slot(kind).take() {
                     tracing::info!(addr = %old.addr, "listener closed");
@@ -394,7 +421,6 @@ impl Listeners {
                 }
             }
         }
-        Ok(())
     }
 
     fn slot(&mut self, kind: Kind) -> &mut Option<Running> {
