@@ -78,11 +78,51 @@ pub(crate) fn streamed_blob(digest: &Digest, body: FileBody) -> Response<Gateway
 }
 
 pub(crate) fn file_body(body: FileBody) -> GatewayBody {
-    let frames = body.map(|r| {
-        r.map(http_body::Frame::data)
-            .map_err(|e| -> BoxError { Box::new(e) })
-    });
-    BodyExt::boxed(http_body_util::StreamBody::new(frames))
+    let left = body.len();
+    BodyExt::boxed(FileFrames { body, left })
+}
+
+/// A [`FileBody`] as an HTTP body that knows its length. hyper stops polling a body once it has written the
+/// `Content-Length` it announced and drops it; `is_end_stream` turning true with the last byte is what lets
+/// the access log, the metrics and the ledger count that delivery as complete rather than abandoned.
+struct FileFrames {
+    body: FileBody,
+    /// Bytes still to come, when the length is known.
+    left: Option<u64>,
+}
+
+impl http_body::Body for FileFrames {
+    type Data = bytes::Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<bytes::Bytes>, BoxError>>> {
+        let polled = self.body.poll_next_unpin(cx);
+        polled.map(|item| {
+            item.map(|r| match r {
+                Ok(chunk) => {
+                    if let Some(left) = self.left.as_mut() {
+                        *left = left.saturating_sub(chunk.len() as u64);
+                    }
+                    Ok(http_body::Frame::data(chunk))
+                }
+                Err(e) => Err(Box::new(e) as BoxError),
+            })
+        })
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.left == Some(0)
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.left.map_or_else(
+            http_body::SizeHint::default,
+            http_body::SizeHint::with_exact,
+        )
+    }
 }
 
 pub(crate) fn insert_digest(h: &mut HeaderMap, digest: &Digest) {

@@ -105,6 +105,19 @@ fn repeated_pulls_stay_local_and_survive_upstream_loss_and_restart() {
     let m = s.metrics();
     assert!(metric(&m, "mirrorgate_cache_hits_total", &["kind=\"blob\""]) >= 2.0);
     assert!(metric(&m, "mirrorgate_cache_bytes", &[]) >= 256.0 * 1024.0);
+    // A blob answered from the store is logged as delivered whole: hyper drops a body once its
+    // Content-Length went out, which must not read as a client that went away.
+    let log = gw.log();
+    let hits: Vec<&str> = log
+        .lines()
+        .filter(|l| {
+            l.contains("endpoint=\"cache\"") && l.contains("method=GET path=/v2/team-a/app/blobs/")
+        })
+        .collect();
+    assert!(hits.len() >= 2, "no cache hits logged:\n{log}");
+    for line in hits {
+        assert!(line.contains("completion=Complete"), "{line}");
+    }
 
     upstream.stop();
     let layers = s
