@@ -26,6 +26,10 @@ const BACKOFF_BASE: Duration = Duration::from_secs(5);
 /// The longest backoff: a member refused again and again is still retried now and then, so a fixed password
 /// brings it back without a restart.
 const BACKOFF_MAX: Duration = Duration::from_secs(15 * 60);
+/// The longest an upstream's word (`Retry-After`, a rate-limit window) sets a member aside: a day, four of
+/// Docker Hub's six-hour windows. A hostile or broken header (`Retry-After: 99999999999`) costs a member a
+/// day, never the pool for good — and never an overflowing deadline.
+const SET_ASIDE_MAX: Duration = Duration::from_secs(24 * 3600);
 
 /// Which pool: one upstream endpoint of one route.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -195,7 +199,9 @@ impl Pool<'_> {
     ) -> Duration {
         self.with_member(index, |st, name| {
             st.failures = st.failures.saturating_add(1);
-            let wait = wait.unwrap_or_else(|| backoff(st.failures));
+            let wait = wait
+                .unwrap_or_else(|| backoff(st.failures))
+                .min(SET_ASIDE_MAX);
             st.aside_until = Some(now + wait);
             st.remaining = Some(0);
             self.metrics.set_available(self.route, name, false);
@@ -300,6 +306,24 @@ mod tests {
         assert_eq!(p.pick(now), Choice::Use(1));
         p.observe_remaining(1, 5);
         assert_eq!(p.pick(now), Choice::Use(2));
+    }
+
+    // Pins the bound on the upstream's word: an absurd Retry-After sets a member aside for a day, and the
+    // deadline arithmetic does not overflow (Instant + Duration::MAX panics).
+    #[test]
+    fn an_absurd_wait_is_capped_at_a_day() {
+        let (state, m, ms) = (CredentialPools::default(), metrics(), members(&["a"]));
+        let p = pool(&state, &m, &ms);
+        let t0 = Instant::now();
+        let wait = p.set_aside(0, SetAsideCause::RateLimited, Some(Duration::MAX), t0);
+        assert_eq!(wait, SET_ASIDE_MAX);
+        assert_eq!(
+            p.pick(t0),
+            Choice::Exhausted {
+                retry_after: SET_ASIDE_MAX
+            }
+        );
+        assert_eq!(p.pick(t0 + SET_ASIDE_MAX), Choice::Use(0));
     }
 
     // Pins set-aside: a throttled member is skipped until its window passes, then returns with full headroom;

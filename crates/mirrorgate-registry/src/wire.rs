@@ -2,7 +2,7 @@
 //! `/v2/` ping body, Docker Hub's names, the headers a CDN adds, and Docker Hub's rate-limit headers. One
 //! definition each, so the proxy, the binary's client-config output and the error renderer cannot drift apart.
 
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use http::header::{HeaderName, HeaderValue};
 use http::HeaderMap;
@@ -73,17 +73,25 @@ pub fn ratelimit_window(headers: &HeaderMap) -> Option<Duration> {
         .map(Duration::from_secs)
 }
 
-/// `Retry-After` in its delay-seconds form (the form registries and Docker Hub send). The HTTP-date form is not
-/// read: it depends on clocks agreeing, and callers fall back to the rate-limit window or a backoff.
+/// `Retry-After` as a delay from now: its delay-seconds form (what registries and Docker Hub send), or its
+/// HTTP-date form (RFC 9110 §10.2.3; some CDNs and proxies send it) measured against this machine's clock —
+/// a date already past reads as no wait. Anything else reads as absent, and callers fall back to the
+/// rate-limit window or a backoff.
 pub fn retry_after(headers: &HeaderMap) -> Option<Duration> {
-    headers
+    retry_after_at(headers, SystemTime::now())
+}
+
+fn retry_after_at(headers: &HeaderMap, now: SystemTime) -> Option<Duration> {
+    let value = headers
         .get(http::header::RETRY_AFTER)?
         .to_str()
         .ok()?
-        .trim()
-        .parse::<u64>()
-        .ok()
-        .map(Duration::from_secs)
+        .trim();
+    if let Ok(secs) = value.parse::<u64>() {
+        return Some(Duration::from_secs(secs));
+    }
+    let at = httpdate::parse_http_date(value).ok()?;
+    Some(at.duration_since(now).unwrap_or(Duration::ZERO))
 }
 
 #[cfg(test)]
@@ -120,18 +128,40 @@ mod tests {
         assert_eq!(ratelimit_window(&bare), None);
     }
 
-    // Pins Retry-After: delay-seconds only; a date or garbage reads as absent.
+    // Pins Retry-After: delay-seconds, or an HTTP-date counted from now (a past date is no wait); garbage
+    // reads as absent.
     #[test]
-    fn retry_after_reads_seconds() {
+    fn retry_after_reads_seconds_and_dates() {
         let mut h = HeaderMap::new();
         assert_eq!(retry_after(&h), None);
         h.insert("retry-after", HeaderValue::from_static("7"));
         assert_eq!(retry_after(&h), Some(Duration::from_secs(7)));
+        let now = httpdate::parse_http_date("Wed, 21 Oct 2015 07:28:00 GMT").unwrap();
         h.insert(
             "retry-after",
-            HeaderValue::from_static("Wed, 21 Oct 2015 07:28:00 GMT"),
+            HeaderValue::from_static("Wed, 21 Oct 2015 07:30:30 GMT"),
         );
-        assert_eq!(retry_after(&h), None);
+        assert_eq!(retry_after_at(&h, now), Some(Duration::from_secs(150)));
+        // The obsolete RFC 850 and asctime forms HTTP/1.1 recipients must also accept.
+        h.insert(
+            "retry-after",
+            HeaderValue::from_static("Wednesday, 21-Oct-15 07:29:00 GMT"),
+        );
+        assert_eq!(retry_after_at(&h, now), Some(Duration::from_secs(60)));
+        h.insert(
+            "retry-after",
+            HeaderValue::from_static("Wed Oct 21 07:28:10 2015"),
+        );
+        assert_eq!(retry_after_at(&h, now), Some(Duration::from_secs(10)));
+        h.insert(
+            "retry-after",
+            HeaderValue::from_static("Wed, 21 Oct 2015 07:00:00 GMT"),
+        );
+        assert_eq!(retry_after_at(&h, now), Some(Duration::ZERO));
+        for junk in ["soon", "-5", "7.5", ""] {
+            h.insert("retry-after", HeaderValue::from_static(junk));
+            assert_eq!(retry_after(&h), None, "{junk:?}");
+        }
     }
 
     // Pins that Docker Hub's three names are recognised in any case, and nothing else is.
