@@ -248,8 +248,14 @@ def assert_rules(rendered, case, root):
                and volumes.get("audit", {}).get("persistentVolumeClaim", {}).get("claimName") == "mirrorgate-audit",
                f"{audit_toml} {audit_mount} {volumes.get('audit')}")
         c.rule("[usage] retention reaches the TOML; with redis the ledger is shared (no file)",
-               toml_all.get("usage") == {"retention": "90d"} and "redis" in toml_all["limits"]
+               {k: v for k, v in toml_all.get("usage", {}).items() if k != "export_token_env"} == {"retention": "90d"}
+               and "redis" in toml_all["limits"]
                and "shared through redis" in toml_of(docs, dep), str(toml_all.get("usage")))
+        c.rule("/usage's export token comes from the existing Secret through an env var, never from values",
+               toml_all.get("usage", {}).get("export_token_env") == "MIRRORGATE_USAGE_EXPORT_TOKEN"
+               and {"name": "MIRRORGATE_USAGE_EXPORT_TOKEN", "valueFrom": {"secretKeyRef": {
+                   "name": "mirrorgate-usage-export", "key": "token"}}} in ctr.get("env", []),
+               f"{toml_all.get('usage')} {ctr.get('env')}")
         c.rule("pods roll when read-at-start settings ([auth.ldap], [usage]) change", read_at_start, str(annotations))
     elif case == "acme":
         c.rule("[auth.ldap] from existing Secrets: bind password key and CA Secret mounted under ldap/",

@@ -36,6 +36,8 @@ pub struct UsageConfig {
     pub store: PathBuf,
     /// Days older than this are deleted (default 400 days: a year of bills plus a month of disputes).
     pub retention: Duration,
+    /// The Bearer token the admin listener's `/usage` asks for; without one it answers loopback clients only.
+    pub export_token: Option<Secret>,
 }
 
 /// `[audit]`: one JSON line per manifest pull, push or delete and per refused request.

@@ -35,6 +35,9 @@ pub(crate) struct RawConfig {
 pub(crate) struct RawUsage {
     pub store: Option<S<String>>,
     pub retention: Option<S<String>>,
+    pub export_token: Option<S<String>>,
+    pub export_token_env: Option<S<String>>,
+    pub export_token_file: Option<S<String>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -1085,8 +1085,36 @@ fn usage(v: &mut Validator<'_>, raw: Option<&S<RawUsage>>, storage: &Path) -> Us
         },
         None => defaults::USAGE_RETENTION,
     };
-    UsageConfig { store, retention }
+    let export_token = r.and_then(|r| {
+        let token = v.secret(
+            "usage.export_token",
+            &r.export_token,
+            &r.export_token_env,
+            &r.export_token_file,
+        )?;
+        if token.trim().len() < MIN_EXPORT_TOKEN {
+            let at = [&r.export_token, &r.export_token_env, &r.export_token_file]
+                .into_iter()
+                .flatten()
+                .next()?;
+            v.err(
+                at,
+                "usage.export_token",
+                format!("must be at least {MIN_EXPORT_TOKEN} characters: it guards every tenant's bill (`openssl rand -hex 32` makes one)"),
+            );
+            return None;
+        }
+        Some(Secret::new(token.trim()))
+    });
+    UsageConfig {
+        store,
+        retention,
+        export_token,
+    }
 }
+
+/// The shortest `usage.export_token` accepted: guessing it must be out of reach.
+const MIN_EXPORT_TOKEN: usize = 20;
 
 mod audit;
 mod egress;

@@ -79,7 +79,7 @@ pub async fn serve_http(
 }
 
 /// Serves the admin pages (`/metrics`, `/healthz`, `/readyz`, see `mirrorgate_metrics::admin_response`, and
-/// the usage export `/usage`, see `usage::admin_usage`) until
+/// the usage export `/usage`, see `usage::admin_usage`, guarded by `usage::export_refusal`) until
 /// `stop`. Not counted against the connection caps, so probes are answered while the public listeners are
 /// full; the binary stops it only after the public listeners have drained, so `/readyz` says 503 during the
 /// drain instead of refusing connections.
@@ -87,7 +87,7 @@ pub async fn serve_admin(
     listener: TcpListener,
     metrics: Arc<Metrics>,
     health: Arc<Health>,
-    usage: Option<Arc<mirrorgate_usage::Ledger>>,
+    gateway: Arc<Gateway>,
     stop: CancellationToken,
 ) {
     let tracker = TaskTracker::new();
@@ -106,16 +106,21 @@ pub async fn serve_admin(
             let metrics = Arc::clone(&metrics);
             let health = Arc::clone(&health);
             let activity = activity.clone();
-            let usage = usage.clone();
+            let gateway = Arc::clone(&gateway);
             service_fn(move |req: Request<Incoming>| {
                 let busy = activity.busy();
                 let metrics = Arc::clone(&metrics);
                 let health = Arc::clone(&health);
-                let usage = usage.clone();
+                let gateway = Arc::clone(&gateway);
                 async move {
                     let _busy = busy;
                     let response = if req.uri().path() == "/usage" {
-                        crate::usage::admin_usage(&req, usage).await
+                        let token = gateway.runtime().config.usage.export_token.clone();
+                        match crate::usage::export_refusal(peer.ip(), token.as_ref(), req.headers())
+                        {
+                            Some(refusal) => refusal,
+                            None => crate::usage::admin_usage(&req, gateway.usage().cloned()).await,
+                        }
                     } else {
                         mirrorgate_metrics::admin_response(&req, &metrics, &health)
                     };

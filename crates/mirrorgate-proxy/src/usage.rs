@@ -1,13 +1,17 @@
 //! The usage phase: when a response body ends (the access-log point in `server`), the finished request is
 //! handed to the usage ledger; and the admin listener's `GET /usage` export.
 
+use std::net::IpAddr;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use http::{header, Method, Request, Response, StatusCode};
+use http::{header, HeaderMap, Method, Request, Response, StatusCode};
 use http_body_util::Full;
+use mirrorgate_config::Secret;
 use mirrorgate_registry::RequestKind;
 use mirrorgate_usage::{Activity, Event, Ledger, Query};
+use sha2::Digest as _;
+use subtle::ConstantTimeEq;
 
 use crate::context::RequestFacts;
 use crate::runtime::Gateway;
@@ -55,6 +59,50 @@ pub(crate) fn record(
         bytes_sent,
         bytes_received,
     });
+}
+
+/// Who may read `/usage`; `None` lets the request through, else the refusal to send. The rows name every
+/// tenant, user and repository, and the admin port is not private enough for that on its own — in Kubernetes
+/// every pod reaches the metrics Service that Prometheus scrapes. With `[usage] export_token` a request must
+/// carry it as `Authorization: Bearer` (401 with a challenge otherwise, whoever asks); without one, only
+/// loopback clients — the host itself, `kubectl port-forward` — are answered (403 for the rest).
+pub(crate) fn export_refusal(
+    peer: IpAddr,
+    token: Option<&Secret>,
+    headers: &HeaderMap,
+) -> Option<Response<Full<Bytes>>> {
+    let Some(token) = token else {
+        if peer.to_canonical().is_loopback() {
+            return None;
+        }
+        return Some(json(
+            StatusCode::FORBIDDEN,
+            error_body("/usage answers loopback clients only; set [usage] export_token to read it from elsewhere"),
+        ));
+    };
+    let presented = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        })
+        .map(str::trim);
+    // Digests of equal length, compared in constant time: neither the token's length nor its prefix leaks.
+    let digest = |s: &str| sha2::Sha256::digest(s.as_bytes());
+    let matches = presented.is_some_and(|p| bool::from(digest(p).ct_eq(&digest(token.expose()))));
+    if matches {
+        return None;
+    }
+    let mut refusal = json(
+        StatusCode::UNAUTHORIZED,
+        error_body("/usage needs the export token as `Authorization: Bearer`"),
+    );
+    refusal.headers_mut().insert(
+        header::WWW_AUTHENTICATE,
+        header::HeaderValue::from_static("Bearer realm=\"mirrorgate usage\""),
+    );
+    Some(refusal)
 }
 
 /// `GET /usage?from=&to=&tenant=&by=` on the admin listener: the export as JSON (the same rows as
@@ -156,6 +204,46 @@ mod tests {
             Activity::Upload
         );
         assert_eq!(activity(None, &Method::GET), Activity::Other);
+    }
+
+    // Pins who reads the export: without a token, loopback peers only (v4, v6, v4-mapped); with one, the
+    // right Bearer token from anywhere and nothing else — not a wrong, empty or Basic one, not loopback
+    // without it.
+    #[test]
+    fn export_access() {
+        let token = Secret::new("0123456789abcdef0123456789abcdef");
+        let none = HeaderMap::new();
+        let with = |v: &str| {
+            let mut h = HeaderMap::new();
+            h.insert(header::AUTHORIZATION, v.parse().unwrap());
+            h
+        };
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        for local in ["127.0.0.1", "127.8.9.1", "::1", "::ffff:127.0.0.1"] {
+            assert!(export_refusal(ip(local), None, &none).is_none(), "{local}");
+        }
+        for remote in ["10.1.2.3", "192.168.0.7", "::ffff:10.0.0.1", "fd00::1"] {
+            let r = export_refusal(ip(remote), None, &none).expect(remote);
+            assert_eq!(r.status(), StatusCode::FORBIDDEN, "{remote}");
+        }
+        let good = with("Bearer 0123456789abcdef0123456789abcdef");
+        assert!(export_refusal(ip("10.1.2.3"), Some(&token), &good).is_none());
+        assert!(export_refusal(ip("127.0.0.1"), Some(&token), &good).is_none());
+        for (peer, headers) in [
+            ("127.0.0.1", none.clone()),
+            ("10.1.2.3", none.clone()),
+            ("10.1.2.3", with("Bearer 0123456789abcdef0123456789abcdeX")),
+            ("10.1.2.3", with("Bearer 0123456789abcdef")),
+            ("10.1.2.3", with("Bearer ")),
+            (
+                "10.1.2.3",
+                with("Basic MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY="),
+            ),
+        ] {
+            let r = export_refusal(ip(peer), Some(&token), &headers).expect(peer);
+            assert_eq!(r.status(), StatusCode::UNAUTHORIZED, "{peer} {headers:?}");
+            assert!(r.headers().contains_key(header::WWW_AUTHENTICATE));
+        }
     }
 
     // Pins the admin export's refusals: unknown parameters, a bad grouping and from after to are 400s with a

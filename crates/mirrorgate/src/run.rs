@@ -459,7 +459,7 @@ impl Listeners {
                 listener,
                 s.metrics.clone(),
                 s.health.clone(),
-                Some(s.usage.clone()),
+                s.gateway.clone(),
                 stop,
             )),
         };

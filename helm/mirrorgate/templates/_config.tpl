@@ -81,11 +81,14 @@ file = {{ printf "%s/%s" (include "mirrorgate.auditDir" $) .file | toJson }}
 {{- include "mirrorgate.tomlKeys" (dict "v" . "at" "audit" "keys" (list "max_size" "keep") "chartKeys" (list "enabled" "file" "volume")) }}
 {{- end }}
 {{- end }}
-{{- if or .Values.usage.store .Values.usage.retention }}
+{{- if or .Values.usage.store .Values.usage.retention .Values.usage.exportTokenSecret }}
 
 [usage]
 # the ledger: {{ include "mirrorgate.usageStore" . }}
-{{- include "mirrorgate.tomlKeys" (dict "v" .Values.usage "at" "usage" "keys" (list "store" "retention")) }}
+{{- include "mirrorgate.tomlKeys" (dict "v" .Values.usage "at" "usage" "keys" (list "store" "retention") "chartKeys" (list "exportTokenSecret" "exportTokenSecretKey")) }}
+{{- if .Values.usage.exportTokenSecret }}
+export_token_env = "MIRRORGATE_USAGE_EXPORT_TOKEN"
+{{- end }}
 {{- end }}
 {{- if .Values.cache.enabled }}
 

@@ -213,6 +213,22 @@ impl Gateway {
             .context("no VmRSS line")
     }
 
+    /// Writes `text` as the config, sends SIGHUP and waits (up to 10 s) for the next "config reloaded" line.
+    pub fn reload_with(&self, text: &str) -> anyhow::Result<()> {
+        let needle = "config reloaded";
+        let before = self.log().matches(needle).count();
+        crate::stage::rewrite(&self.config, text);
+        self.proc.signal("HUP")?;
+        let start = Instant::now();
+        while self.log().matches(needle).count() <= before {
+            if start.elapsed() > Duration::from_secs(10) {
+                bail!("no reload within 10 s; log tail:\n{}", self.proc.tail(40));
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
+        Ok(())
+    }
+
     /// Sends SIGTERM without waiting (to test what happens to requests in flight).
     pub fn terminate(&self) -> anyhow::Result<()> {
         self.proc.signal("TERM")

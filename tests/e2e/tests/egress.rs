@@ -5,13 +5,10 @@
 // The whole file is test code: a failed unwrap is a failed scenario (clippy only exempts `#[test]` fns).
 #![allow(clippy::unwrap_used)]
 
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use mirrorgate_e2e::htpasswd::{basic_auth, Htpasswd};
-use mirrorgate_e2e::{
-    push, rewrite, route, sha256, Gateway, OciImage, Pushed, Registry, RegistryMode, Squid, Stage,
-};
+use mirrorgate_e2e::{push, route, sha256, OciImage, Pushed, Registry, RegistryMode, Squid, Stage};
 
 const MT_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
 
@@ -34,28 +31,6 @@ fn get(s: &Stage, path: &str, auth: &str) -> (u16, String) {
             .with_header("authorization", auth),
     );
     (resp.status, resp.text())
-}
-
-/// Sends SIGHUP and waits for the next "config reloaded" line.
-fn reload(gw: &Gateway, text: &str) {
-    let needle = "config reloaded";
-    let before = gw.log().matches(needle).count();
-    rewrite(gw.config_path(), text);
-    let pid = gw.pid().to_string();
-    assert!(Command::new("kill")
-        .args(["-HUP", &pid])
-        .status()
-        .unwrap()
-        .success());
-    let start = Instant::now();
-    while gw.log().matches(needle).count() <= before {
-        assert!(
-            start.elapsed() < Duration::from_secs(10),
-            "no reload within 10 s:\n{}",
-            gw.log()
-        );
-        std::thread::sleep(Duration::from_millis(25));
-    }
 }
 
 /// `[auth]`, one tenant allowed everything on docker.test but `tenant_deny`, and the route with `route_deny`.
@@ -146,10 +121,8 @@ fn deny_rules_refuse_tags_digests_and_repositories() {
     }
 
     // rules reload live: without the tenant's tag rule `latest` is served, with a new one `v1` is refused
-    reload(
-        &gw,
-        &s.config(&deny_rest(&upstream, "\"docker.test/library/app:v*\"", "")),
-    );
+    gw.reload_with(&s.config(&deny_rest(&upstream, "\"docker.test/library/app:v*\"", "")))
+        .unwrap();
     let (status, text) = get(&s, "/v2/library/app/manifests/latest", &alice);
     assert_eq!(status, 200, "{text}");
     let (status, text) = get(&s, "/v2/library/app/manifests/v1", &alice);
@@ -378,10 +351,8 @@ fn upstream_traffic_goes_through_the_outbound_proxy() {
 
     // wrong proxy credentials: squid answers CONNECT with 407, the pull fails as an upstream error
     std::fs::write(s.t.path().join("wrong-password"), "nope\n").unwrap();
-    reload(
-        &gw,
-        &s.config_with(&server("wrong-password"), &routes("wrong-password")),
-    );
+    gw.reload_with(&s.config_with(&server("wrong-password"), &routes("wrong-password")))
+        .unwrap();
     let resp = pull("docker.test");
     assert!(resp.status >= 500, "{}: {}", resp.status, resp.text());
     assert!(

@@ -274,3 +274,67 @@ fn usage_ledger_counts_exact_bytes_and_survives_restarts() {
     let out = usage_cli(&junk_dir.join("missing.db"), &[]);
     assert_eq!(out.status.code(), Some(2));
 }
+
+// Pins the export's authorization decision: with `[usage] export_token` set, `/usage` answers only the
+// right Bearer token — not a loopback client without one, not a wrong one, not the old token after a reload
+// changed it — and the token never reaches the log. (Without a token only loopback clients are answered;
+// every address here is loopback, so that half is the unit test `usage::tests::export_access`.)
+#[test]
+fn usage_export_needs_its_token() {
+    let s = Stage::new("usage-token");
+    let upstream = Registry::open(s.t.path(), "upstream").unwrap();
+    let alpha = upstream_image(&s, &upstream, "alpha", 3000);
+    let lines: Vec<(&str, &str, u32)> = USERS.iter().map(|(u, _)| (*u, PASSWORD, 5)).collect();
+    Htpasswd::create(&s.t.path().join("htpasswd"), &lines).unwrap();
+    let old_token = "first-export-token-7f3a9c1e5b";
+    let new_token = "second-export-token-2d8e4f6a0c";
+    std::fs::write(s.t.path().join("usage-token"), format!("{old_token}\n")).unwrap();
+    let toml = config(&s, &upstream).replace(
+        "retention = \"30d\"\n",
+        "retention = \"30d\"\nexport_token_file = \"usage-token\"\n",
+    );
+    assert!(toml.contains("export_token_file"), "{toml}");
+    let gw = Gateway::start(s.t.path(), &toml).unwrap();
+    pull(&s, "alice", &alpha, 1);
+
+    let port = s.ports.admin;
+    let export = |auth: Option<&str>| {
+        let mut req = RawRequest::plain(port, &format!("127.0.0.1:{port}"), "/usage?by=tenant");
+        if let Some(a) = auth {
+            req = req.with_header("authorization", a);
+        }
+        s.send(&req)
+    };
+    let bearer = |t: &str| format!("Bearer {t}");
+    for refused in [
+        None,
+        Some("Bearer wrong-token-0000000000000"),
+        Some("Basic YWxpY2U6cHc="),
+    ] {
+        let resp = export(refused);
+        assert_eq!(resp.status, 401, "{refused:?}: {}", resp.text());
+        assert!(resp.header("www-authenticate").is_some(), "{refused:?}");
+    }
+    let resp = export(Some(&bearer(old_token)));
+    assert_eq!(resp.status, 200, "{}", resp.text());
+    let acme = resp
+        .json()
+        .unwrap()
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["tenant"] == "acme")
+        .map(|r| r["blob_bytes_sent"].as_u64().unwrap());
+    assert_eq!(acme, Some(alpha.blob_bytes));
+
+    // A new token by reload: the old one stops working at once.
+    std::fs::write(s.t.path().join("usage-token"), format!("{new_token}\n")).unwrap();
+    gw.reload_with(&toml).unwrap();
+    assert_eq!(export(Some(&bearer(old_token))).status, 401);
+    assert_eq!(export(Some(&bearer(new_token))).status, 200);
+    let log = gw.log();
+    assert!(
+        !log.contains(old_token) && !log.contains(new_token),
+        "a token reached the log"
+    );
+}

@@ -667,6 +667,36 @@ fn usage_section() {
     );
 }
 
+// Pins `usage.export_token`: absent by default; inline or from a file (trimmed); one source only; a short
+// token is refused with its key and never echoed.
+#[test]
+fn usage_export_token() {
+    let dir = tempfile::tempdir().unwrap();
+    assert!(parse_in(dir.path(), MINIMAL)
+        .unwrap()
+        .usage
+        .export_token
+        .is_none());
+    let token = "0123456789abcdef0123456789abcdef";
+    let text = format!("{MINIMAL}\n[usage]\nexport_token = \"{token}\"\n");
+    let c = parse_in(dir.path(), &text).unwrap();
+    assert_eq!(c.usage.export_token.unwrap().expose(), token);
+    std::fs::write(dir.path().join("usage-token"), format!("{token}\n")).unwrap();
+    let text = format!("{MINIMAL}\n[usage]\nexport_token_file = \"usage-token\"\n");
+    let c = parse_in(dir.path(), &text).unwrap();
+    assert_eq!(c.usage.export_token.unwrap().expose(), token);
+    let text = format!(
+        "{MINIMAL}\n[usage]\nexport_token = \"{token}\"\nexport_token_file = \"usage-token\"\n"
+    );
+    let e = parse_in(dir.path(), &text).unwrap_err();
+    assert!(e.0[0].message.contains("only one of"), "{e}");
+    let text = format!("{MINIMAL}\n[usage]\nexport_token = \"short-secret\"\n");
+    let e = parse_in(dir.path(), &text).unwrap_err();
+    assert_eq!(e.0[0].key, "usage.export_token", "{e}");
+    assert!(e.0[0].message.contains("at least 20"), "{e}");
+    assert!(!e.to_string().contains("short-secret"), "{e}");
+}
+
 // Pins issue 16: `[auth] api_tokens` is a path relative to the config file that need not exist yet (the first
 // `mirrorgate token create` makes it); a typo next to it is still refused with its key.
 #[test]
