@@ -82,6 +82,16 @@ impl CredentialMetrics {
         self.requests.with_label_values(&[route, credential]).inc();
     }
 
+    /// Drops every series of `credential` on `route`: a member removed from the config must not stay on the
+    /// dashboards (an `available 0` left behind would keep an alert firing for an account that is gone).
+    pub fn forget(&self, route: &str, credential: &str) {
+        let labels = [route, credential];
+        let _ = self.remaining.remove_label_values(&labels);
+        let _ = self.available.remove_label_values(&labels);
+        let _ = self.requests.remove_label_values(&labels);
+        let _ = self.throttled.remove_label_values(&labels);
+    }
+
     /// Counts one upstream 429 to `credential`.
     pub fn throttled(&self, route: &str, credential: &str) {
         self.throttled.with_label_values(&[route, credential]).inc();

@@ -13,6 +13,7 @@
 //! account straight back to Docker Hub).
 
 use std::collections::hash_map::RandomState;
+use std::collections::HashSet;
 use std::hash::BuildHasher;
 use std::time::{Duration, Instant};
 
@@ -88,6 +89,36 @@ pub struct CredentialPools {
     members: DashMap<MemberId, MemberState>,
     /// Where the next round-robin scan starts, per pool.
     cursors: DashMap<PoolId, usize>,
+}
+
+impl CredentialPools {
+    /// Keeps the state of the members `present` (route label, endpoint origin, member name) lists and drops
+    /// the rest, with their metric series once no endpoint of the route has a member of that name: a reload
+    /// that removes or renames a member must not leave its state and series behind for good.
+    pub fn retain(&self, present: &HashSet<(String, String, String)>, metrics: &CredentialMetrics) {
+        let mut gone = HashSet::new();
+        self.members.retain(|id, _| {
+            let keep = present.contains(&(
+                id.pool.route.clone(),
+                id.pool.origin.clone(),
+                id.name.clone(),
+            ));
+            if !keep {
+                gone.insert((id.pool.route.clone(), id.name.clone()));
+            }
+            keep
+        });
+        self.cursors.retain(|pool, _| {
+            present
+                .iter()
+                .any(|(route, origin, _)| *route == pool.route && *origin == pool.origin)
+        });
+        for (route, name) in gone {
+            if !present.iter().any(|(r, _, n)| *r == route && *n == name) {
+                metrics.forget(&route, &name);
+            }
+        }
+    }
 }
 
 /// One pool as a request sees it: the shared state, the configured members, and where to report.
@@ -306,6 +337,49 @@ mod tests {
         assert_eq!(p.pick(now), Choice::Use(1));
         p.observe_remaining(1, 5);
         assert_eq!(p.pick(now), Choice::Use(2));
+    }
+
+    // Pins pruning on reload: a member the new config lacks loses its state and its metric series; a kept
+    // member keeps being set aside (what a reload must not reset).
+    #[test]
+    fn retain_drops_removed_members_and_their_series() {
+        let (state, m, ms) = (CredentialPools::default(), metrics(), members(&["a", "b"]));
+        let p = pool(&state, &m, &ms);
+        let t0 = Instant::now();
+        p.set_aside(
+            0,
+            SetAsideCause::RateLimited,
+            Some(Duration::from_secs(60)),
+            t0,
+        );
+        p.set_aside(
+            1,
+            SetAsideCause::RateLimited,
+            Some(Duration::from_secs(60)),
+            t0,
+        );
+        p.observe_remaining(0, 3);
+        let series = |name: &str| {
+            m.encode_text()
+                .unwrap()
+                .contains(&format!(r#"credential="{name}",route="docker.test""#))
+        };
+        assert!(series("a") && series("b"));
+        let present = HashSet::from([(
+            "docker.test".to_string(),
+            "https://hub.test".to_string(),
+            "b".to_string(),
+        )]);
+        state.retain(&present, &m.credentials);
+        assert!(!series("a"), "a's series outlived it");
+        assert!(series("b"));
+        assert_eq!(state.members.len(), 1);
+        // b is still set aside; a brand-new a would start full.
+        let kept = members(&["b"]);
+        assert!(matches!(
+            pool(&state, &m, &kept).pick(t0),
+            Choice::Exhausted { .. }
+        ));
     }
 
     // Pins the bound on the upstream's word: an absurd Retry-After sets a member aside for a day, and the
