@@ -468,6 +468,8 @@ def write_mirrorgate_config(d, port, up, tls, htpasswd, extra=""):
 https = "127.0.0.1:{port}"
 client_header_timeout = "300s"
 upstream_timeout = "600s"
+# Every load generator connects from 127.0.0.1: the per-address cap (default 256) would stop the idle run.
+max_connections_per_ip = 100000
 
 [tls]
 storage = "state"
