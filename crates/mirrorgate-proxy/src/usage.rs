@@ -80,17 +80,16 @@ pub(crate) fn export_refusal(
             error_body("/usage answers loopback clients only; set [usage] export_token to read it from elsewhere"),
         ));
     };
-    let presented = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| {
-            v.strip_prefix("Bearer ")
-                .or_else(|| v.strip_prefix("bearer "))
-        })
-        .map(str::trim);
+    let presented =
+        headers.get(header::AUTHORIZATION).and_then(
+            |v| match mirrorgate_auth::parse_authorization(v) {
+                Ok(mirrorgate_auth::Credentials::Bearer(t)) => Some(t),
+                _ => None,
+            },
+        );
     // Digests of equal length, compared in constant time: neither the token's length nor its prefix leaks.
     let digest = |s: &str| sha2::Sha256::digest(s.as_bytes());
-    let matches = presented.is_some_and(|p| bool::from(digest(p).ct_eq(&digest(token.expose()))));
+    let matches = presented.is_some_and(|p| bool::from(digest(&p).ct_eq(&digest(token.expose()))));
     if matches {
         return None;
     }
