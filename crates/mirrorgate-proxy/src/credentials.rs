@@ -92,30 +92,44 @@ pub struct CredentialPools {
 }
 
 impl CredentialPools {
-    /// Keeps the state of the members `present` (route label, endpoint origin, member name) lists and drops
-    /// the rest, with their metric series once no endpoint of the route has a member of that name: a reload
-    /// that removes or renames a member must not leave its state and series behind for good.
-    pub fn retain(&self, present: &HashSet<(String, String, String)>, metrics: &CredentialMetrics) {
-        let mut gone = HashSet::new();
+    /// Keeps the state of the members the endpoints of `router` still have and drops the rest, with their
+    /// metric series once no endpoint of the route has a member of that name: a reload that removes or
+    /// renames a member must not leave its state and series behind for good.
+    pub fn retain(&self, router: &crate::router::Router, metrics: &CredentialMetrics) {
+        let mut present = HashSet::new();
+        for route in router.routes() {
+            for endpoint in route.endpoints.iter().chain(route.named_upstreams.values()) {
+                for member in &endpoint.credentials {
+                    present.insert(MemberId {
+                        pool: PoolId {
+                            route: route.label.clone(),
+                            origin: endpoint.origin.clone(),
+                        },
+                        name: member.name.clone(),
+                    });
+                }
+            }
+        }
+        self.retain_members(&present, metrics);
+    }
+
+    fn retain_members(&self, present: &HashSet<MemberId>, metrics: &CredentialMetrics) {
+        let mut gone = Vec::new();
         self.members.retain(|id, _| {
-            let keep = present.contains(&(
-                id.pool.route.clone(),
-                id.pool.origin.clone(),
-                id.name.clone(),
-            ));
+            let keep = present.contains(id);
             if !keep {
-                gone.insert((id.pool.route.clone(), id.name.clone()));
+                gone.push(id.clone());
             }
             keep
         });
-        self.cursors.retain(|pool, _| {
-            present
+        self.cursors
+            .retain(|pool, _| present.iter().any(|m| m.pool == *pool));
+        for id in gone {
+            if !present
                 .iter()
-                .any(|(route, origin, _)| *route == pool.route && *origin == pool.origin)
-        });
-        for (route, name) in gone {
-            if !present.iter().any(|(r, _, n)| *r == route && *n == name) {
-                metrics.forget(&route, &name);
+                .any(|m| m.pool.route == id.pool.route && m.name == id.name)
+            {
+                metrics.forget(&id.pool.route, &id.name);
             }
         }
     }
@@ -365,12 +379,14 @@ mod tests {
                 .contains(&format!(r#"credential="{name}",route="docker.test""#))
         };
         assert!(series("a") && series("b"));
-        let present = HashSet::from([(
-            "docker.test".to_string(),
-            "https://hub.test".to_string(),
-            "b".to_string(),
-        )]);
-        state.retain(&present, &m.credentials);
+        let present = HashSet::from([MemberId {
+            pool: PoolId {
+                route: "docker.test".into(),
+                origin: "https://hub.test".into(),
+            },
+            name: "b".into(),
+        }]);
+        state.retain_members(&present, &m.credentials);
         assert!(!series("a"), "a's series outlived it");
         assert!(series("b"));
         assert_eq!(state.members.len(), 1);

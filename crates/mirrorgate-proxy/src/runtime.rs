@@ -26,23 +26,6 @@ pub struct Runtime {
 }
 
 impl Runtime {
-    /// Every credential pool member of every endpoint: (route label, endpoint origin, member name).
-    fn pool_members(&self) -> std::collections::HashSet<(String, String, String)> {
-        let mut out = std::collections::HashSet::new();
-        for route in self.router.routes() {
-            for endpoint in route.endpoints.iter().chain(route.named_upstreams.values()) {
-                for member in &endpoint.credentials {
-                    out.insert((
-                        route.label.clone(),
-                        endpoint.origin.clone(),
-                        member.name.clone(),
-                    ));
-                }
-            }
-        }
-        out
-    }
-
     /// Compiles `config`: one upstream client per distinct `upstream_ca` (clients pool connections, so routes
     /// with the same trust share one pool).
     pub fn build(config: Arc<Config>) -> Result<Runtime, ProxyError> {
@@ -171,8 +154,8 @@ impl Gateway {
     /// Swaps in a new runtime; requests already running keep theirs. Pool state of members the new config no
     /// longer has is dropped (see [`CredentialPools::retain`]).
     pub fn replace(&self, runtime: Runtime) {
-        let present = runtime.pool_members();
+        self.pools
+            .retain(&runtime.router, &self.metrics.credentials);
         self.runtime.store(Arc::new(runtime));
-        self.pools.retain(&present, &self.metrics.credentials);
     }
 }
