@@ -660,6 +660,17 @@ mod tests {
         }
     }
 
+    /// `acme()` plus an "anonymous" tenant allowed `docker.example/library/*`.
+    fn acme_with_anonymous_library() -> Vec<TenantSpec> {
+        let mut t = acme();
+        t.push(TenantSpec {
+            name: "anonymous".into(),
+            allow: vec!["docker.example/library/*".into()],
+            ..Default::default()
+        });
+        t
+    }
+
     fn acme() -> Vec<TenantSpec> {
         vec![
             TenantSpec {
@@ -1036,13 +1047,7 @@ mod tests {
     // and an anonymous token from the network; a verified user lacking the right gets 403.
     #[tokio::test]
     async fn without_a_user_refusals_are_401() {
-        let mut t = acme();
-        t.push(TenantSpec {
-            name: "anonymous".into(),
-            allow: vec!["docker.example/library/*".into()],
-            ..Default::default()
-        });
-        let f = fixture(t);
+        let f = fixture(acme_with_anonymous_library());
         let push = req(Some("x/y"), Action::Push, false);
         let office = f.auth.identify(None, OFFICE, &push).await.unwrap();
         let e = f.auth.authorize(&office, &push).unwrap_err();
@@ -1310,13 +1315,7 @@ mod tests {
     // Rule: an "anonymous" tenant narrows what anonymous tokens get.
     #[tokio::test]
     async fn anonymous_tenant_narrows_grant() {
-        let mut t = acme();
-        t.push(TenantSpec {
-            name: "anonymous".into(),
-            allow: vec!["docker.example/library/*".into()],
-            ..Default::default()
-        });
-        let f = fixture(t);
+        let f = fixture(acme_with_anonymous_library());
         let q = TokenRequest::from_query(
             "scope=repository:library/alpine:pull,push&scope=repository:private/x:pull",
         )

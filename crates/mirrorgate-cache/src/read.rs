@@ -203,7 +203,6 @@ impl Stream for FileBody {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use futures_util::TryStreamExt;
     use std::io::Write;
 
     fn pattern(len: usize) -> Vec<u8> {
@@ -248,16 +247,17 @@ mod tests {
                 rustix::fs::Advice::DontNeed,
             );
         }
-        let whole: Vec<u8> = FileBody::range(file.clone(), digest(), 0, data.len() as u64)
-            .map_ok(|b| b.to_vec())
-            .try_concat()
-            .await
-            .unwrap();
+        let whole = crate::tests::collect(FileBody::range(
+            file.clone(),
+            digest(),
+            0,
+            data.len() as u64,
+        ))
+        .await
+        .unwrap();
         assert_eq!(whole.len(), data.len());
         assert!(whole == data, "bytes differ");
-        let part: Vec<u8> = FileBody::range(file, digest(), 1000, CHUNK * 2 + 7)
-            .map_ok(|b| b.to_vec())
-            .try_concat()
+        let part = crate::tests::collect(FileBody::range(file, digest(), 1000, CHUNK * 2 + 7))
             .await
             .unwrap();
         assert!(

@@ -66,7 +66,7 @@ fn once_body(
     futures_util::stream::iter(vec![Ok(Bytes::from_static(bytes))])
 }
 
-async fn collect(mut body: FileBody) -> Result<Vec<u8>, CacheError> {
+pub(crate) async fn collect(mut body: FileBody) -> Result<Vec<u8>, CacheError> {
     let mut out = Vec::new();
     while let Some(chunk) = body.next().await {
         out.extend_from_slice(&chunk?);

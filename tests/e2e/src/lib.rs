@@ -46,7 +46,8 @@ pub use skopeo::{layer_digests_in_layout, Outcome, Skopeo};
 pub use slapd::Slapd;
 pub use squid::Squid;
 pub use stage::{
-    endpoints, kv, metric, rewrite, route, route_lines, sha256, Stage, GENEROUS_LIMITS, TEST_HOSTS,
+    endpoints, kv, metric, office_team_readers, rewrite, route, route_lines, sha256, Stage,
+    GENEROUS_LIMITS, TEST_HOSTS,
 };
 pub use token::{TokenIssuer, TokenIssuerOptions};
 

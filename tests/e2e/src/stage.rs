@@ -207,6 +207,41 @@ pub fn rewrite(path: &Path, text: &str) {
     }
 }
 
+/// The identity scenario's auth and tenants (`identity.rs`, `docker.rs`): htpasswd plus the token server, the
+/// office network `cidr` (pull `library/*` only), team (alice: pull, and push `team/*`), readers (bob: pull
+/// `library/*` and `team/*`, no push), and one private route docker.test → `upstream`.
+pub fn office_team_readers(cidr: &str, upstream: &str) -> String {
+    format!(
+        r#"
+[auth]
+htpasswd = "htpasswd"
+
+[auth.token]
+key = "token-key.pem"
+
+[[tenant]]
+name = "office"
+cidrs = [{cidr:?}]
+allow = ["docker.test/library/*"]
+
+[[tenant]]
+name = "team"
+users = ["alice"]
+allow = ["docker.test/library/*", "push:docker.test/team/*"]
+
+[[tenant]]
+name = "readers"
+users = ["bob"]
+allow = ["docker.test/library/*", "docker.test/team/*"]
+
+[[route]]
+host = "docker.test"
+upstream = {upstream:?}
+anonymous = false
+"#
+    )
+}
+
 /// An anonymous `[[route]]` for `host` served by `upstream`, plus `extra` `key = value` lines.
 pub fn route(host: &str, upstream: &str, extra: &str) -> String {
     format!("[[route]]\nhost = {host:?}\nupstream = {upstream:?}\nanonymous = true\n{extra}\n\n")

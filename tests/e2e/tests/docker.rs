@@ -10,7 +10,7 @@
 #![allow(clippy::unwrap_used)]
 
 use mirrorgate_e2e::htpasswd::{basic_auth, Htpasswd};
-use mirrorgate_e2e::{push, Docker, Gateway, OciImage, Pushed, Registry};
+use mirrorgate_e2e::{office_team_readers, push, Docker, Gateway, OciImage, Pushed, Registry};
 
 const ALICE: (&str, &str) = ("alice", "pw-alice");
 const BOB: (&str, &str) = ("bob", "pw-bob");
@@ -52,40 +52,9 @@ impl Stage {
         }
     }
 
-    /// A gateway with the token server, one private route docker.test → upstream, and three tenants: the
-    /// office network `cidr` (pull `library/*` only), team (alice: pull, and push `team/*`), readers (bob:
-    /// pull `library/*` and `team/*`, no push).
+    /// A gateway with the identity scenario's tenants ([`office_team_readers`]) for the office network `cidr`.
     fn gateway(&self, cidr: &str) -> Gateway {
-        let rest = format!(
-            r#"
-[auth]
-htpasswd = "htpasswd"
-
-[auth.token]
-key = "token-key.pem"
-
-[[tenant]]
-name = "office"
-cidrs = [{cidr:?}]
-allow = ["docker.test/library/*"]
-
-[[tenant]]
-name = "team"
-users = ["alice"]
-allow = ["docker.test/library/*", "push:docker.test/team/*"]
-
-[[tenant]]
-name = "readers"
-users = ["bob"]
-allow = ["docker.test/library/*", "docker.test/team/*"]
-
-[[route]]
-host = "docker.test"
-upstream = {:?}
-anonymous = false
-"#,
-            self.upstream.url()
-        );
+        let rest = office_team_readers(cidr, &self.upstream.url());
         Gateway::start(self.t.path(), &self.config(&rest)).unwrap()
     }
 

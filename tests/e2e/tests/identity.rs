@@ -13,7 +13,9 @@
 use std::path::PathBuf;
 
 use mirrorgate_e2e::htpasswd::Htpasswd;
-use mirrorgate_e2e::{push, Containerd, Gateway, OciImage, Outcome, Podman, Registry};
+use mirrorgate_e2e::{
+    office_team_readers, push, Containerd, Gateway, OciImage, Outcome, Podman, Registry,
+};
 
 const ALICE: &str = "alice:pw-alice";
 const BOB: &str = "bob:pw-bob";
@@ -69,37 +71,7 @@ impl Stage {
             &[("alice", "pw-alice", 5), ("bob", "pw-bob", 5)],
         )
         .unwrap();
-        let rest = format!(
-            r#"
-[auth]
-htpasswd = "htpasswd"
-
-[auth.token]
-key = "token-key.pem"
-
-[[tenant]]
-name = "office"
-cidrs = [{:?}]
-allow = ["docker.test/library/*"]
-
-[[tenant]]
-name = "team"
-users = ["alice"]
-allow = ["docker.test/library/*", "push:docker.test/team/*"]
-
-[[tenant]]
-name = "readers"
-users = ["bob"]
-allow = ["docker.test/library/*", "docker.test/team/*"]
-
-[[route]]
-host = "docker.test"
-upstream = {:?}
-anonymous = false
-"#,
-            net.cidr(),
-            upstream.url()
-        );
+        let rest = office_team_readers(&net.cidr(), &upstream.url());
         let gw = base.gateway(&rest);
         Self {
             base,
