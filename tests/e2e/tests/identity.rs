@@ -71,7 +71,7 @@ impl Stage {
             &[("alice", "pw-alice", 5), ("bob", "pw-bob", 5)],
         )
         .unwrap();
-        let rest = office_team_readers(&net.cidr(), &upstream.url());
+        let rest = office_team_readers(net.cidr(), &upstream.url());
         let gw = base.gateway(&rest);
         Self {
             base,
