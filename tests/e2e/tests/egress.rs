@@ -34,6 +34,23 @@ fn get(s: &Stage, path: &str, auth: &str) -> (u16, String) {
 }
 
 /// `[auth]`, one tenant allowed everything on docker.test but `tenant_deny`, and the route with `route_deny`.
+/// `library/app:latest`'s manifest through the gateway on `host`.
+fn pull_app(s: &Stage, host: &str) -> mirrorgate_e2e::RawResponse {
+    s.send(
+        &s.get(host, "/v2/library/app/manifests/latest")
+            .with_header("accept", MT_MANIFEST),
+    )
+}
+
+/// Waits for squid's access log to show `needle`; fails with the log otherwise.
+fn assert_squid_logged(squid: &Squid, needle: &str) {
+    assert!(
+        squid.wait_for_log(needle),
+        "no {needle:?} in squid's log:\n{}",
+        squid.access_log()
+    );
+}
+
 fn deny_rest(upstream: &Registry, tenant_deny: &str, route_deny: &str) -> String {
     format!(
         "[auth]\nhtpasswd = \"htpasswd\"\n\n\
@@ -313,23 +330,14 @@ fn upstream_traffic_goes_through_the_outbound_proxy() {
         )
     };
     let gw = s.gateway_with(&server("proxy-password"), &routes("proxy-password"));
-    let pull = |host: &str| {
-        s.send(
-            &s.get(host, "/v2/library/app/manifests/latest")
-                .with_header("accept", MT_MANIFEST),
-        )
-    };
+    let pull = |host: &str| pull_app(&s, host);
 
     // https upstream: a CONNECT tunnel through squid, as the proxy user
     let resp = pull("docker.test");
     assert_eq!(resp.status, 200, "{}", resp.text());
     assert_eq!(sha256(&resp.body), tls_app.manifest_digest);
     let connect = format!("CONNECT upstream.test:{} proxyuser", secure.port());
-    assert!(
-        squid.wait_for_log(&connect),
-        "no {connect:?} in squid's log:\n{}",
-        squid.access_log()
-    );
+    assert_squid_logged(&squid, &connect);
 
     // http upstream: absolute-form requests through squid
     let resp = pull("gcr.test");
@@ -339,11 +347,7 @@ fn upstream_traffic_goes_through_the_outbound_proxy() {
         "GET http://upstream.test:{}/v2/library/app/manifests/latest proxyuser",
         plain.port()
     );
-    assert!(
-        squid.wait_for_log(&absolute),
-        "no {absolute:?} in squid's log:\n{}",
-        squid.access_log()
-    );
+    assert_squid_logged(&squid, &absolute);
 
     // a no_proxy host goes direct: the same registry by 127.0.0.1 is served (squid's log is checked at the end)
     let resp = pull("quay.test");
@@ -361,11 +365,7 @@ fn upstream_traffic_goes_through_the_outbound_proxy() {
         "{}",
         gw.log()
     );
-    assert!(
-        squid.wait_for_log("TCP_DENIED/407"),
-        "{}",
-        squid.access_log()
-    );
+    assert_squid_logged(&squid, "TCP_DENIED/407");
     let log = squid.access_log();
     assert!(
         !log.contains(&format!("127.0.0.1:{}", plain.port())),
@@ -397,21 +397,12 @@ fn the_environment_proxy_is_honoured_when_the_config_says_nothing() {
         ),
         route("gcr.test", &secure.url(), &upstream_ca),
     ));
-    let pull = |host: &str| {
-        s.send(
-            &s.get(host, "/v2/library/app/manifests/latest")
-                .with_header("accept", MT_MANIFEST),
-        )
-    };
+    let pull = |host: &str| pull_app(&s, host);
     let resp = pull("docker.test");
     assert_eq!(resp.status, 200, "{}", resp.text());
     assert_eq!(sha256(&resp.body), app.manifest_digest);
     let connect = format!("CONNECT upstream.test:{} envuser", secure.port());
-    assert!(
-        squid.wait_for_log(&connect),
-        "no {connect:?} in squid's log:\n{}",
-        squid.access_log()
-    );
+    assert_squid_logged(&squid, &connect);
     // NO_PROXY: the same registry by 127.0.0.1 is reached directly
     let resp = pull("gcr.test");
     assert_eq!(resp.status, 200, "{}", resp.text());
